@@ -1,0 +1,42 @@
+"""T.A.R.S. hotfix framework core: hookspecs, plugin manager, runner, ledger, config and reports.
+
+Plugins import only what is re-exported here. Nothing in this package imports a plugin or a heavy
+library at import time, so ``tars-run list`` stays fast with every plugin installed.
+"""
+
+from tars_core.hookspecs import hookimpl, hookspec
+from tars_core.model import (
+    ApplyResult,
+    BenchmarkResult,
+    Context,
+    FixError,
+    Metric,
+    PhaseRecord,
+    PluginInfo,
+    Release,
+    ReportSection,
+    SandboxContribution,
+    SandboxSite,
+    ServiceSpec,
+    Targets,
+    VerifyResult,
+)
+
+__all__ = [
+    "ApplyResult",
+    "BenchmarkResult",
+    "Context",
+    "FixError",
+    "Metric",
+    "PhaseRecord",
+    "PluginInfo",
+    "Release",
+    "ReportSection",
+    "SandboxContribution",
+    "SandboxSite",
+    "ServiceSpec",
+    "Targets",
+    "VerifyResult",
+    "hookimpl",
+    "hookspec",
+]

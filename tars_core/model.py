@@ -1,0 +1,223 @@
+"""The values that cross the boundary between the core and a plugin.
+
+Everything here is a plain attrs class so that plugins can build them without importing the runner,
+and so that the ledger and the reports can serialise them with cattrs without special cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+if TYPE_CHECKING:
+    from tars_core.flags import FeatureFlags
+
+Kind = Literal["hotfix", "monitor"]
+Phase = Literal["apply", "verify", "rollback", "benchmark"]
+
+
+class FixError(Exception):
+    """An expected failure of a fix (target unreachable, precondition not met).
+
+    The runner prints its message as one line, without a traceback, and treats the step as failed.
+    Anything else a hook raises is an unexpected failure: same release semantics, traceback with --debug.
+    """
+
+
+@attrs.frozen
+class PluginInfo:
+    """What a plugin says about itself; returned by ``tars_plugin_info``.
+
+    ``requires`` names plugins that must be applied before this one; the runner orders the release by it
+    and refuses a cycle or a requirement that is not installed. ``config`` is the attrs class of the
+    plugin's ``plugins.<name>`` config section (``None``: the plugin takes no config); the core structures
+    the section into it with cattrs so a typo is reported with its path before anything runs.
+    """
+
+    name: str
+    title: str
+    requires: Sequence[str] = ()
+    kind: Kind = "hotfix"
+    fix_id: str | None = None
+    config: type | None = None
+    description: str = ""
+    risk: str = ""
+
+
+@attrs.frozen
+class ApplyResult:
+    """Outcome of ``tars_apply`` or ``tars_rollback``.
+
+    ``changed`` is false when the target was already in the wanted state: the conformance check relies on
+    a second apply reporting ``changed=False``. A hook may also return ``None`` (changed unknown).
+    """
+
+    changed: bool = True
+    detail: str = ""
+
+
+@attrs.frozen
+class VerifyResult:
+    """Outcome of ``tars_verify``: is the fix in place and behaving as intended on the target?
+
+    ``ok`` false is a failed verification (the release rolls back). ``checks`` maps a check's name to a
+    short human result, shown in reports so an SRE can see *which* property did not hold.
+    """
+
+    ok: bool
+    detail: str = ""
+    checks: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Metric:
+    """One before/after figure from ``tars_benchmark``; ``target`` states what it is judged against."""
+
+    name: str
+    before: float | None
+    after: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+
+
+@attrs.frozen
+class BenchmarkResult:
+    metrics: Sequence[Metric] = ()
+    detail: str = ""
+
+
+@attrs.frozen
+class ReportSection:
+    """A plugin's section of the release report (Markdown body plus machine-readable data)."""
+
+    title: str
+    markdown: str = ""
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Targets:
+    """Where the running T.A.R.S. deployment lives (the ``targets`` config section).
+
+    Plugins read only the keys they need and raise ``FixError`` naming the key when it is missing.
+    """
+
+    postgres: str | None = None
+    redis: str | None = None
+    prometheus_url: str | None = None
+    prometheus_rules_dir: str | None = None
+    grafana_dashboards_dir: str | None = None
+    grafana_url: str | None = None
+    websocket_url: str | None = None
+    otlp_endpoint: str | None = None
+    flags_key: str = "tars:feature_flags"
+
+    def require(self, key: str) -> str:
+        """The value of ``targets.<key>``, or a ``FixError`` that tells the user which key to set."""
+        value = getattr(self, key)
+        if not value:
+            raise FixError(f"targets.{key} is not set: add it to the config (or run against the sandbox)")
+        return str(value)
+
+
+@attrs.define
+class Context:
+    """What a phase hook receives.
+
+    ``state_dir`` is the plugin's own persistent folder (``.tars/plugins/<name>/``) for backups that its
+    rollback needs; ``flags`` reads and writes the feature flags the running services obey.
+    """
+
+    plugin: PluginInfo
+    config: Any
+    targets: Targets
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    dry_run: bool
+    flags: FeatureFlags
+    state_dir: Path
+    release: str = "v1.0.1"
+    phase: str = ""
+
+
+@attrs.frozen
+class ServiceSpec:
+    """A long-running process a plugin adds to the sandbox (a hub, a producer, an exporter, a trainer).
+
+    ``ready`` says how readiness is checked: ``"tcp"`` waits for ``port`` to accept, ``"http:/path"``
+    waits for a 2xx on that path, ``None`` waits only for the process to stay up.
+    """
+
+    name: str
+    argv: Sequence[str]
+    port: int | None = None
+    ready: str | None = "tcp"
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SandboxContribution:
+    """What a plugin adds to the sandbox; returned by ``tars_sandbox``.
+
+    ``config`` is the plugin's section of the generated ``.tars/sandbox/tars.yaml``; ``scrape_targets``
+    are ``host:port`` exporters the sandbox Prometheus scrapes.
+    """
+
+    services: Sequence[ServiceSpec] = ()
+    scrape_targets: Sequence[str] = ()
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class SandboxSite:
+    """The sandbox being built, as ``tars_sandbox`` sees it.
+
+    ``targets`` already point at the sandbox's own PostgreSQL, Redis and Prometheus; ``dir`` is the
+    plugin's folder under ``.tars/sandbox/`` for its files; ``python`` is the interpreter to run plugin
+    services with (``[site.python, "-m", "my_plugin.hub", ...]``).
+    """
+
+    dir: Path
+    targets: Targets
+    python: str
+
+    def free_port(self) -> int:
+        """A loopback TCP port that is free now (the sandbox keeps it for the services' lifetime)."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+@attrs.frozen
+class PhaseRecord:
+    """One ledger row: a phase of a plugin in a run."""
+
+    run_id: str
+    plugin: str
+    phase: str
+    outcome: str  # running | ok | failed | skipped | interrupted | resolved
+    started_at: str
+    ended_at: str | None = None
+    error: str | None = None
+    detail: str | None = None
+    version: str = ""
+    config_digest: str = ""
+
+
+@attrs.frozen
+class Release:
+    """What ``tars_report`` sees: the release as the ledger knows it, secrets already redacted."""
+
+    name: str
+    plugins: Sequence[PluginInfo]
+    states: Mapping[str, str]  # plugin name -> applied | rolled_back | failed | not_applied
+    phases: Sequence[PhaseRecord]
+    benchmarks: Mapping[str, BenchmarkResult]
+    targets: Mapping[str, str | None]
+    report_dir: Path
