@@ -1,0 +1,353 @@
+"""``tars-run``: the command line of the hotfix framework.
+
+Contract (DESIGN.md): exit 0 success, 1 a fix failed (rolled back by policy), 2 bad input, 3 another
+run holds the lock, 4 a rollback failed (manual action), 130 interrupted by Ctrl-C/SIGTERM (rolled back by
+policy). ``--format json`` prints exactly one JSON document on stdout; everything for people (progress,
+errors) goes to stderr, one line per error, no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from tars_core.config import ConfigError, Redactor, RedactingFilter, find_config, load_config, plugin_config
+from tars_core.ledger import Holder, LedgerError, LockHeld, open_ledger
+from tars_core.plugins import LoadedPlugin, PluginHost, UsageError
+
+COMMANDS = ("list", "plan", "apply", "verify", "rollback", "benchmark", "report", "status", "sandbox", "new-plugin")
+NEEDS_TARGETS = ("apply", "verify", "rollback", "benchmark")
+EXIT_NAMES = {0: "ok", 1: "failed", 2: "bad input", 3: "locked", 4: "rollback failed", 130: "interrupted"}
+
+
+def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too")
+    parser.add_argument("--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)")
+    parser.add_argument("--state", default=d(None), help="ledger URL: sqlite:///PATH or postgresql://...")
+    parser.add_argument("--format", choices=("text", "json"), default=d("text"))
+    parser.add_argument("--dry-run", action="store_true", default=d(False), help="change nothing; say what would happen")
+    parser.add_argument("--no-rollback", action="store_true", default=d(False), help="leave a failed release as is")
+    parser.add_argument("-p", dest="block", action="append", default=d([]), metavar="no:NAME",
+                        help="disable a plugin (repeatable)")
+    parser.add_argument("--debug", action="store_true", default=d(False), help="tracebacks and debug logs")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tars-run",
+        description="Apply, verify and roll back T.A.R.S. hotfix plugins as one release.",
+        epilog="exit codes: 0 ok, 1 fix failed (rolled back), 2 bad input, 3 lock held, 4 rollback failed",
+    )
+    _options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    helps = {
+        "list": "installed plugins with their versions",
+        "plan": "the order a release would run in and what each step would do",
+        "apply": "apply then verify each fix; roll back on failure",
+        "verify": "check every selected fix is in place and working",
+        "rollback": "undo the selected fixes in reverse order",
+        "benchmark": "measure each fix (before/after figures)",
+        "report": "write .tars/reports/<release>/ (report.json, report.md, junit.xml)",
+        "status": "what the ledger says about each plugin",
+        "sandbox": "manage the embedded sandbox deployment",
+        "new-plugin": "scaffold a third-party plugin distribution",
+    }
+    for name in COMMANDS:
+        p = sub.add_parser(name, help=helps[name])
+        _options(p, suppress=True)
+        if name == "sandbox":
+            p.add_argument("action", choices=("up", "down", "status", "reset"))
+        if name == "new-plugin":
+            p.add_argument("name", help="plugin name, e.g. acme-cache-fix")
+            p.add_argument("--dir", type=Path, default=None, help="where to create it (default ./NAME)")
+    return parser
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _setup_logging(redactor: Redactor, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(redactor))
+    logger = logging.getLogger("tars")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+
+
+def _emit(fmt: str, doc: dict[str, Any], text: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    elif text:
+        sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    redactor = Redactor()
+    _setup_logging(redactor, args.debug)
+    blocked = [b[3:] if b.startswith("no:") else b for b in args.block]
+    try:
+        return _main(args, blocked, redactor)
+    except LockHeld as exc:
+        _stderr(f"tars-run: {redactor(str(exc))}")
+        return 3
+    except (UsageError, ConfigError, LedgerError) as exc:
+        _stderr(f"tars-run: error: {redactor(str(exc))}")
+        return 2
+    except KeyboardInterrupt:
+        _stderr("tars-run: interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        text = redactor(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        _stderr(f"tars-run: internal error: {text} (run with --debug for the traceback)")
+        return 1
+
+
+def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> int:
+    root = Path.cwd()
+    if args.command == "new-plugin":
+        from tars_core.scaffold import new_plugin
+
+        path = new_plugin(args.name, args.dir or root / args.name)
+        _stderr(f"created {path}: pip install -e {path}[test] && pytest {path}/tests")
+        return 0
+    host = PluginHost(blocked=blocked)
+    host.load_entry_points()
+    if args.command == "list":
+        return _list(host, args.format)
+    if args.command == "sandbox":
+        from tars_core import sandbox
+
+        return sandbox.run_command(host, root, args.action, args.format)
+    cfg_path = find_config(args.config, root)
+    if cfg_path is None:
+        cfg_path = _sandbox_config(host, root, start=args.command in NEEDS_TARGETS and not args.dry_run)
+    cfg, redactor = load_config(cfg_path, redactor)
+    plugins = host.select(args.plugins)
+    for p in plugins:  # every config error before anything runs
+        plugin_config(p.info, cfg)
+    ledger = open_ledger(args.state or cfg.state.url, root, redactor)
+    from tars_core.runner import Runner
+
+    runner = Runner(
+        host, cfg, ledger, redactor, root=root, dry_run=args.dry_run,
+        rollback_policy=not args.no_rollback, progress=_stderr, debug=args.debug,
+    )
+    return int(anyio.run(_run, runner, args, plugins))
+
+
+def _sandbox_config(host: PluginHost, root: Path, *, start: bool) -> Path | None:
+    """With no config, target the sandbox: start it for commands that touch targets."""
+    from tars_core import sandbox
+
+    generated = root / ".tars" / "sandbox" / "tars.yaml"
+    if not start:
+        return generated if generated.exists() else None
+    return sandbox.ensure_running(host, root, announce=_stderr)
+
+
+async def _run(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin]) -> int:
+    from tars_core.runner import RollbackFailed
+
+    ledger = runner.ledger
+    cmd = args.command
+    writes = cmd in NEEDS_TARGETS and not args.dry_run
+    await ledger.open()
+    try:
+        if writes:
+            await ledger.acquire(Holder.me(f"tars-run {cmd}"))
+            await ledger.start_run(runner.run_id, runner.release, cmd)
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, runner)
+            try:
+                code = await _command(runner, args, plugins, writes)
+            except RollbackFailed as exc:
+                _stderr(f"tars-run: {exc}; manual action needed")
+                code = 4
+            tg.cancel_scope.cancel()
+        if writes:
+            await ledger.end_run(runner.run_id, EXIT_NAMES.get(code, str(code)))
+        if cmd in NEEDS_TARGETS:
+            _stderr(f"tars-run: {cmd} finished in {time.monotonic() - started:.1f}s: {EXIT_NAMES.get(code, code)}")
+        return code
+    finally:
+        with anyio.CancelScope(shield=True):
+            await ledger.close()
+
+
+async def _watch_signals(runner: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            runner.interrupt()
+
+
+async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin], writes: bool) -> int:
+    cmd, fmt = args.command, args.format
+    if writes:
+        recovered = await runner.resolve_crashed()
+    else:
+        recovered = []
+    if cmd in ("plan", "status"):
+        return await _plan_or_status(runner, plugins, cmd, fmt)
+    if cmd == "report":
+        return await _report(runner, plugins, fmt)
+    action = getattr(runner, cmd)
+    selected = plugins
+    if cmd == "rollback":
+        selected = await _with_applied_dependents(runner, plugins)
+    out = await action(selected)
+    doc = {
+        "command": cmd,
+        "release": runner.release,
+        "run_id": runner.run_id,
+        "dry_run": runner.dry_run,
+        "exit_code": out.exit_code,
+        "result": EXIT_NAMES.get(out.exit_code, str(out.exit_code)),
+        "message": out.message,
+        "recovered": recovered,
+        "rolled_back": out.rolled_back,
+        "steps": [attrs.asdict(s) for s in out.steps],
+    }
+    if out.message:
+        _stderr(f"tars-run: {out.message}")
+    text = "\n".join(
+        f"{s.plugin:24} {s.phase:9} {s.outcome:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
+        for s in out.steps
+    )
+    _emit(fmt, doc, text)
+    return int(out.exit_code)
+
+
+async def _with_applied_dependents(runner: Any, plugins: list[LoadedPlugin]) -> list[LoadedPlugin]:
+    """Rolling back a fix that another applied fix requires would pull the ground from under it."""
+    states = await runner.ledger.states(runner.release)
+    names = {p.name for p in plugins}
+    changed = True
+    while changed:
+        changed = False
+        for p in runner.host.plugins.values():
+            if p.name not in names and states.get(p.name, {}).get("state") == "applied":
+                if any(r in names for r in p.info.requires):
+                    names.add(p.name)
+                    changed = True
+                    _stderr(f"tars-run: also rolling back {p.name}, which requires a plugin being rolled back")
+    return [runner.host.plugins[n] for n in runner.host.order(names)]
+
+
+def _list(host: PluginHost, fmt: str) -> int:
+    rows = [
+        {
+            "name": p.name,
+            "title": p.info.title,
+            "kind": p.info.kind,
+            "fix_id": p.info.fix_id,
+            "distribution": p.distribution,
+            "version": p.version,
+            "requires": list(p.info.requires),
+            "status": "ok",
+        }
+        for p in (host.plugins[n] for n in sorted(host.plugins))
+    ]
+    rows += [
+        {"name": f.name, "title": None, "kind": None, "fix_id": None, "distribution": f.distribution,
+         "version": f.version, "requires": [], "status": "broken", "error": f.error}
+        for f in host.failures.values()
+    ]
+    text = "\n".join(
+        f"{r['name']:24} {r['version'] or '':10} {r['kind'] or '':8} {r['fix_id'] or '':10} {r['title'] or ''}"
+        + (f"  BROKEN: {r['error']}" if r["status"] == "broken" else "")
+        for r in rows
+    ) or "no plugins installed (pip install a tars plugin, e.g. plugins/tars_1004_db)"
+    _emit(fmt, {"plugins": rows}, text)
+    for f in host.failures.values():
+        _stderr(f"tars-run: warning: {f.message()}")
+    return 0
+
+
+async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fmt: str) -> int:
+    states = await runner.ledger.states(runner.release)
+    rows = []
+    for p in plugins:
+        st = states.get(p.name, {})
+        same = st.get("version") == p.version and st.get("config_digest") == runner.digest(p)
+        if cmd == "plan":
+            if st.get("state") == "applied" and same:
+                action = "verify; skip apply if still verified"
+            elif st.get("state") == "applied":
+                action = "re-apply (version or config changed)"
+            else:
+                action = "apply, then verify"
+            rows.append({"plugin": p.name, "fix_id": p.info.fix_id, "requires": list(p.info.requires),
+                         "state": st.get("state", "not_applied"), "action": action})
+        else:
+            rows.append({"plugin": p.name, "fix_id": p.info.fix_id, "version": p.version,
+                         "state": st.get("state", "not_applied"), "applied_version": st.get("version"),
+                         "updated_at": st.get("updated_at"), "config_changed": bool(st) and not same})
+    doc: dict[str, Any] = {"command": cmd, "release": runner.release, "ledger": runner.ledger.location,
+                           "plugins": rows}
+    if cmd == "status":
+        doc["last_run"] = await runner.ledger.last_run()
+    if cmd == "plan":
+        text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
+    else:
+        text = "\n".join(f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}"
+                         for r in rows)
+        last = doc["last_run"]
+        if last:
+            text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
+    _emit(fmt, doc, text)
+    return 0
+
+
+async def _report(runner: Any, plugins: list[LoadedPlugin], fmt: str) -> int:
+    from tars_core.config import converter
+    from tars_core.report import build_release, write_report
+
+    ledger = runner.ledger
+    report_dir = runner.root / ".tars" / "reports" / runner.release
+    targets = runner.redact.data(converter.unstructure(runner.cfg.targets))
+    release = build_release(
+        runner.release, plugins, await ledger.states(runner.release), await ledger.phases(runner.release),
+        await ledger.benchmarks(runner.release), targets, report_dir,
+    )
+    sections: dict[str, Any] = {}
+    for p in plugins:
+        if not runner.host.has_hook(p.name, "tars_report"):
+            continue
+        try:
+            result = await runner.host.call(p.name, "tars_report", timeout=runner.cfg.timeout(p.name, "report"),
+                                            release=release)
+            results = result if isinstance(result, list) else [result]
+            sections[p.name] = next((r for r in results if r is not None), None)
+        except Exception as exc:
+            sections[p.name] = runner.redact(f"tars_report failed: {type(exc).__name__}: {exc}")
+    paths = write_report(release, sections, runner.redact, {p.name: p.version for p in plugins})
+    _stderr(f"tars-run: report written to {paths['md']}")
+    _emit(fmt, {"command": "report", "release": runner.release, "files": {k: str(v) for k, v in paths.items()},
+                "states": dict(release.states)}, str(paths["md"]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The release ledger: what every phase of every plugin did, and the lock that makes runs exclusive.
+
+Two backends share one schema (versioned in ``tars_meta``): SQLite at ``.tars/state.db`` by default,
+PostgreSQL (asyncpg, imported only when used) with ``--state postgresql://...`` so a team shares one
+ledger. A phase row is written as ``running`` *before* the hook is called and closed after it; a row
+still ``running`` when the next run holds the lock can only come from a run that died (SIGKILL, power
+loss), which is how crash recovery finds the work it must resolve.
+
+Locking: SQLite uses ``flock`` on a sibling ``.lock`` file (released by the kernel when the holder dies);
+PostgreSQL uses a session advisory lock (released when the holder's connection drops). In both cases the
+holder writes who it is (host, pid, start time) so a refused run can name it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tars_core.model import PhaseRecord
+
+SCHEMA_VERSION = 1
+ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
+
+_TABLES = [
+    "CREATE TABLE IF NOT EXISTS tars_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS tars_runs (
+        run_id TEXT PRIMARY KEY, release TEXT NOT NULL, command TEXT NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, outcome TEXT)""",
+    """CREATE TABLE IF NOT EXISTS tars_phases (
+        id {serial}, run_id TEXT NOT NULL, release TEXT NOT NULL, plugin TEXT NOT NULL,
+        phase TEXT NOT NULL, outcome TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT,
+        error TEXT, detail TEXT, version TEXT NOT NULL, config_digest TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tars_state (
+        release TEXT NOT NULL, plugin TEXT NOT NULL, state TEXT NOT NULL, version TEXT NOT NULL,
+        config_digest TEXT NOT NULL, updated_at TEXT NOT NULL, run_id TEXT NOT NULL,
+        PRIMARY KEY (release, plugin))""",
+    """CREATE TABLE IF NOT EXISTS tars_benchmarks (
+        release TEXT NOT NULL, plugin TEXT NOT NULL, run_id TEXT NOT NULL, at TEXT NOT NULL,
+        data TEXT NOT NULL, PRIMARY KEY (release, plugin))""",
+    """CREATE TABLE IF NOT EXISTS tars_lock (
+        id INTEGER PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at TEXT NOT NULL,
+        command TEXT NOT NULL)""",
+]
+_PHASE_COLS = "run_id, plugin, phase, outcome, started_at, ended_at, error, detail, version, config_digest"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@attrs.frozen
+class Holder:
+    host: str
+    pid: int
+    started_at: str
+    command: str
+
+    @classmethod
+    def me(cls, command: str) -> Holder:
+        return cls(socket.gethostname(), os.getpid(), now(), command)
+
+    def describe(self) -> str:
+        return f"{self.command} by pid {self.pid} on {self.host}, started {self.started_at}"
+
+
+class LockHeld(Exception):
+    """Another run holds the ledger lock (exit 3)."""
+
+    def __init__(self, holder: Holder | None, where: str) -> None:
+        self.holder = holder
+        who = holder.describe() if holder else "an unknown process"
+        super().__init__(f"another tars-run holds the ledger lock ({where}): {who}; wait for it to finish")
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened or has an unknown schema (exit 2)."""
+
+
+class Ledger(ABC):
+    """Backend-neutral ledger API; every method is async because the PostgreSQL backend is."""
+
+    location: str
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def acquire(self, holder: Holder) -> None:
+        """Take the run lock or raise :class:`LockHeld` naming the current holder."""
+
+    @abstractmethod
+    async def release_lock(self) -> None: ...
+
+    @abstractmethod
+    async def _execute(self, sql: str, *args: Any) -> None: ...
+
+    @abstractmethod
+    async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    async def _insert_phase(self, values: Sequence[Any]) -> int: ...
+
+    # -- runs and phases -------------------------------------------------------------------------
+    async def start_run(self, run_id: str, release: str, command: str) -> None:
+        await self._execute(
+            "INSERT INTO tars_runs (run_id, release, command, host, pid, started_at) VALUES ($1,$2,$3,$4,$5,$6)",
+            run_id, release, command, socket.gethostname(), os.getpid(), now(),
+        )
+
+    async def end_run(self, run_id: str, outcome: str) -> None:
+        await self._execute("UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id)
+
+    async def phase_start(
+        self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str
+    ) -> int:
+        return await self._insert_phase((run_id, release, plugin, phase, "running", now(), version, digest))
+
+    async def phase_end(self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None) -> None:
+        await self._execute(
+            "UPDATE tars_phases SET outcome=$1, ended_at=$2, error=$3, detail=$4 WHERE id=$5",
+            outcome, now(), error, detail, phase_id,
+        )
+
+    async def unfinished(self) -> list[tuple[int, PhaseRecord, str]]:
+        """Phases left ``running`` by a dead run, with their row id and release."""
+        rows = await self._fetch(
+            f"SELECT id, release, {_PHASE_COLS} FROM tars_phases WHERE outcome='running' ORDER BY id"
+        )
+        return [(int(r[0]), PhaseRecord(*r[2:]), str(r[1])) for r in rows]
+
+    async def close_dead_runs(self, current: str) -> list[str]:
+        """Mark runs that never ended (their process died) as crashed; called with the lock held."""
+        rows = await self._fetch("SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current)
+        for (run_id,) in rows:
+            await self.end_run(run_id, "crashed")
+        return [r[0] for r in rows]
+
+    async def phases(self, release: str) -> list[PhaseRecord]:
+        rows = await self._fetch(
+            f"SELECT {_PHASE_COLS} FROM tars_phases WHERE release=$1 ORDER BY id", release
+        )
+        return [PhaseRecord(*r) for r in rows]
+
+    async def last_run(self) -> dict[str, Any] | None:
+        rows = await self._fetch(
+            "SELECT run_id, release, command, host, pid, started_at, ended_at, outcome FROM tars_runs "
+            "ORDER BY started_at DESC LIMIT 1"
+        )
+        keys = ("run_id", "release", "command", "host", "pid", "started_at", "ended_at", "outcome")
+        return dict(zip(keys, rows[0])) if rows else None
+
+    # -- per-plugin state ------------------------------------------------------------------------
+    async def set_state(self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str) -> None:
+        await self._execute("DELETE FROM tars_state WHERE release=$1 AND plugin=$2", release, plugin)
+        await self._execute(
+            "INSERT INTO tars_state (release, plugin, state, version, config_digest, updated_at, run_id) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            release, plugin, state, version, digest, now(), run_id,
+        )
+
+    async def states(self, release: str) -> dict[str, dict[str, str]]:
+        rows = await self._fetch(
+            "SELECT plugin, state, version, config_digest, updated_at, run_id FROM tars_state WHERE release=$1",
+            release,
+        )
+        keys = ("state", "version", "config_digest", "updated_at", "run_id")
+        return {r[0]: dict(zip(keys, r[1:])) for r in rows}
+
+    async def save_benchmark(self, release: str, plugin: str, run_id: str, data: dict[str, Any]) -> None:
+        await self._execute("DELETE FROM tars_benchmarks WHERE release=$1 AND plugin=$2", release, plugin)
+        await self._execute(
+            "INSERT INTO tars_benchmarks (release, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5)",
+            release, plugin, run_id, now(), json.dumps(data),
+        )
+
+    async def benchmarks(self, release: str) -> dict[str, dict[str, Any]]:
+        rows = await self._fetch("SELECT plugin, data FROM tars_benchmarks WHERE release=$1", release)
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    async def _migrate(self) -> None:
+        await self._execute(_TABLES[0])
+        rows = await self._fetch("SELECT value FROM tars_meta WHERE key='schema_version'")
+        if rows and int(rows[0][0]) > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.location} has schema {rows[0][0]}, newer than this tars-run ({SCHEMA_VERSION}); "
+                "upgrade tars-core"
+            )
+        for ddl in _TABLES[1:]:
+            await self._execute(ddl.format(serial=self._serial))
+        if not rows:
+            await self._execute("INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION))
+
+    _serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
+
+
+class SQLiteLedger(Ledger):
+    """The embedded default; SQLite's own locking is per transaction, so the run lock is a flock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.location = str(path)
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}; check --state and permissions") from None
+        await self._migrate()
+
+    async def close(self) -> None:
+        await self.release_lock()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def acquire(self, holder: Holder) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                data = os.read(fd, 4096).decode() or "{}"
+                current = Holder(**json.loads(data)) if data.strip() != "{}" else None
+            except (ValueError, TypeError):
+                current = None
+            os.close(fd)
+            raise LockHeld(current, self.location) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(attrs.asdict(holder)).encode())
+        os.fsync(fd)
+        self._lock_fd = fd
+
+    async def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _sql(self, sql: str) -> str:
+        # The statements are written with PostgreSQL placeholders; SQLite accepts ?NNN.
+        import re
+
+        return re.sub(r"\$(\d+)", r"?\1", sql)
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        assert self._db is not None
+        self._db.execute(self._sql(sql), args)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        assert self._db is not None
+        return list(self._db.execute(self._sql(sql), args).fetchall())
+
+    async def _insert_phase(self, values: Sequence[Any]) -> int:
+        assert self._db is not None
+        cur = self._db.execute(
+            "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version, config_digest)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            tuple(values),
+        )
+        return int(cur.lastrowid or 0)
+
+
+class PostgresLedger(Ledger):
+    """A shared ledger in PostgreSQL; the advisory lock lives as long as this connection."""
+
+    _serial = "BIGSERIAL PRIMARY KEY"
+
+    def __init__(self, dsn: str, redacted: str) -> None:
+        self.dsn = dsn
+        self.location = redacted
+        self._conn: Any = None
+        self._locked = False
+
+    async def open(self) -> None:
+        import asyncpg
+
+        try:
+            self._conn = await asyncpg.connect(self.dsn, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LedgerError(f"cannot connect to ledger {self.location}: {msg}; check --state") from None
+        await self._conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_KEY + 1)  # serialise migration
+        try:
+            await self._migrate()
+        finally:
+            await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY + 1)
+
+    async def close(self) -> None:
+        await self.release_lock()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def acquire(self, holder: Holder) -> None:
+        got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY)
+        if not got:
+            row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
+            raise LockHeld(Holder(**dict(row)) if row else None, self.location)
+        self._locked = True
+        await self._conn.execute("DELETE FROM tars_lock WHERE id=1")
+        await self._conn.execute(
+            "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4)",
+            holder.host, holder.pid, holder.started_at, holder.command,
+        )
+
+    async def release_lock(self) -> None:
+        if self._locked and self._conn is not None:
+            await self._conn.execute("DELETE FROM tars_lock WHERE id=1")
+            await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+            self._locked = False
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def _insert_phase(self, values: Sequence[Any]) -> int:
+        return int(
+            await self._conn.fetchval(
+                "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version,"
+                " config_digest) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
+                *values,
+            )
+        )
+
+
+def open_ledger(url: str | None, root: Path, redact: Any) -> Ledger:
+    """``None`` or ``sqlite:///path`` -> SQLite; ``postgresql://`` / ``postgres://`` -> PostgreSQL."""
+    if not url:
+        return SQLiteLedger(root / ".tars" / "state.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresLedger(url, redact(url))
+    if url.startswith("sqlite:///"):
+        return SQLiteLedger(Path(url[len("sqlite:///") :]))
+    raise LedgerError(f"unsupported --state {redact(url)!r}: use sqlite:///PATH or postgresql://...")

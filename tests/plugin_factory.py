@@ -1,0 +1,127 @@
+"""Writes small, real plugin distributions (module + dist-info with entry points) for the CLI tests.
+
+The dist-info on ``PYTHONPATH`` is what ``importlib.metadata`` discovers, exactly like a pip install, so
+``tars-run`` finds these plugins with no change to the core.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+TEMPLATE = '''
+"""Test plugin {name}: a fix whose "target" is a marker file; every call is logged to calls.log."""
+from pathlib import Path
+
+import anyio
+import attrs
+
+from tars_core import (ApplyResult, BenchmarkResult, FixError, Metric, PluginInfo, ReportSection,
+                       VerifyResult, hookimpl)
+
+NAME = {name!r}
+
+
+@attrs.define
+class Config:
+    dir: str = "."
+    fail_apply: bool = False
+    fail_verify: bool = False
+    fail_rollback: bool = False
+    sleep_apply: float = 0.0
+    password: str = ""
+    retries: int = 1
+
+
+def _log(ctx, what):
+    with open(Path(ctx.config.dir) / "calls.log", "a") as f:
+        f.write(f"{{what}} {{NAME}}\\n")
+
+
+def _marker(ctx):
+    return Path(ctx.config.dir) / f"{{NAME}}.applied"
+
+
+@hookimpl
+def tars_plugin_info():
+    return PluginInfo(name=NAME, title="test fix " + NAME, requires={requires!r}, fix_id={fix_id!r},
+                      config=Config)
+
+
+@hookimpl
+async def tars_apply(ctx):
+    _log(ctx, "apply")
+    marker = _marker(ctx)
+    if ctx.dry_run:
+        ctx.log.info("would write %s", marker)
+        return ApplyResult(changed=not marker.exists())
+    if ctx.config.sleep_apply:
+        marker.write_text("partial")
+        (Path(ctx.config.dir) / f"{{NAME}}.sleeping").write_text("1")
+        await anyio.sleep(ctx.config.sleep_apply)
+    if ctx.config.fail_apply:
+        raise FixError(f"cannot apply {{NAME}}: connecting with password {{ctx.config.password}} failed")
+    changed = not marker.exists() or marker.read_text() != "ok"
+    marker.write_text("ok")
+    ctx.log.info("applied with password %s", ctx.config.password)
+    return ApplyResult(changed=changed)
+
+
+@hookimpl
+def tars_verify(ctx):
+    _log(ctx, "verify")
+    marker = _marker(ctx)
+    ok = marker.exists() and marker.read_text() == "ok" and not ctx.config.fail_verify
+    return VerifyResult(ok=ok, detail="marker present" if ok else "marker missing or verify forced to fail")
+
+
+@hookimpl
+def tars_rollback(ctx):
+    _log(ctx, "rollback")
+    if ctx.config.fail_rollback:
+        raise RuntimeError("disk on fire")
+    existed = _marker(ctx).exists()
+    _marker(ctx).unlink(missing_ok=True)
+    return ApplyResult(changed=existed)
+
+
+@hookimpl
+async def tars_benchmark(ctx):
+    return BenchmarkResult(metrics=[Metric("latency", 2.0, 1.0, "ms", "< 1.5 ms", True)])
+
+
+@hookimpl
+def tars_report(release):
+    return ReportSection(title=f"{{NAME}} notes", markdown=f"state: {{release.states.get(NAME)}}")
+'''
+
+
+def write_dist(
+    site: Path,
+    dist: str,
+    plugins: dict[str, Sequence[str]],
+    *,
+    version: str = "0.1.0",
+    broken: Sequence[str] = (),
+    fix_ids: dict[str, str] | None = None,
+) -> None:
+    """Write distribution ``dist`` into ``site`` with one module per plugin name (value: its requires).
+
+    Names in ``broken`` get a module that raises at import, to test load-failure reporting.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    eps = ["[tars.plugins]"]
+    for name, requires in plugins.items():
+        module = "tp_" + name.replace("-", "_")
+        if name in broken:
+            body = "raise ImportError('No module named totally_missing_dependency')\n"
+        else:
+            body = TEMPLATE.format(name=name, requires=tuple(requires), fix_id=(fix_ids or {}).get(name))
+        (site / f"{module}.py").write_text(textwrap.dedent(body))
+        eps.append(f"{name} = {module}")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("\n".join(eps) + "\n")
+    (info / "RECORD").write_text("")
