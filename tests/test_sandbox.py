@@ -1,0 +1,465 @@
+"""The embedded sandbox against real processes: its own PostgreSQL cluster, redis-server and Prometheus.
+
+One sandbox is built for the module (with two small in-process plugins contributing a web service, a
+process tree and seeds) and shared by the tests in file order, to keep the cost at one ``initdb``. Every
+process the sandbox starts inherits ``TARS_SANDBOX_TEST_MARK``, so "nothing left behind" is checked by
+scanning ``/proc/*/environ`` for it, which also catches grandchildren and PostgreSQL backends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import attrs
+import pytest
+import redis as redis_lib
+import yaml
+
+from tars_core import (
+    Context,
+    PluginInfo,
+    SandboxContribution,
+    SandboxSite,
+    ServiceSpec,
+    hookimpl,
+    sandbox,
+)
+from tars_core.config import load_config
+from tars_core.plugins import PluginHost, UsageError
+
+MARK = "TARS_SANDBOX_TEST_MARK"
+SEED_ORDER_KEY = "sbx:seed-order"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# -- small plugins that contribute to the sandbox -------------------------------------------------
+
+
+@attrs.define
+class AlphaConfig:
+    port: int = 0
+    greeting: str = "hello"
+
+
+class Alpha:
+    """Contributes a real HTTP exporter (scraped by Prometheus), a target hint and a seed in PostgreSQL."""
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="sbx-alpha", title="sandbox test alpha", config=AlphaConfig)
+
+    @hookimpl
+    def tars_sandbox(self, site: SandboxSite) -> SandboxContribution:
+        port = site.free_port()
+        www = site.dir / "www"
+        www.mkdir(exist_ok=True)
+        (www / "metrics").write_text("# TYPE sbx_alpha_up gauge\nsbx_alpha_up 1\n")
+        argv = [site.python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), str(port)]
+        return SandboxContribution(
+            services=[ServiceSpec("web", argv, port=port, ready="http:/metrics")],
+            scrape_targets=[f"127.0.0.1:{port}"],
+            config={
+                "port": port,
+                "greeting": "hi",
+                "targets": {"websocket_url": f"ws://127.0.0.1:{port}/ws"},
+            },
+        )
+
+    @hookimpl
+    async def tars_sandbox_seed(self, ctx: Context) -> None:
+        conn = await asyncpg.connect(ctx.targets.require("postgres"))
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS sbx_alpha_seed (greeting text PRIMARY KEY)")
+            await conn.execute(
+                "INSERT INTO sbx_alpha_seed VALUES ($1) ON CONFLICT DO NOTHING", ctx.config.greeting
+            )
+        finally:
+            await conn.close()
+        rules = {
+            "groups": [
+                {"name": "sbx_alpha", "rules": [{"record": "sbx:alpha_up:sum", "expr": "sum(sbx_alpha_up)"}]}
+            ]
+        }
+        (Path(ctx.targets.require("prometheus_rules_dir")) / "sbx_alpha.yml").write_text(
+            yaml.safe_dump(rules)
+        )
+        r = redis_lib.Redis.from_url(ctx.targets.require("redis"))
+        r.rpush(SEED_ORDER_KEY, "sbx-alpha")
+        r.close()
+
+
+class Beta:
+    """Requires alpha; contributes a process tree (a parent that spawns a child) with no readiness port."""
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="sbx-beta", title="sandbox test beta", requires=("sbx-alpha",))
+
+    @hookimpl
+    def tars_sandbox(self, site: SandboxSite) -> SandboxContribution:
+        code = (
+            "import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+            "time.sleep(3600)\n"
+        )
+        return SandboxContribution(services=[ServiceSpec("tree", [site.python, "-c", code], ready=None)])
+
+    @hookimpl
+    def tars_sandbox_seed(self, ctx: Context) -> None:
+        r = redis_lib.Redis.from_url(ctx.targets.require("redis"))
+        r.rpush(SEED_ORDER_KEY, "sbx-beta")
+        r.close()
+
+
+class Gamma:
+    """Installed after the sandbox exists: it must join without rebuilding anything."""
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="sbx-gamma", title="sandbox test gamma")
+
+    @hookimpl
+    def tars_sandbox(self, site: SandboxSite) -> SandboxContribution:
+        prom = site.targets.require("prometheus_url").removeprefix("http://")
+        return SandboxContribution(scrape_targets=[prom], config={"joined": True})
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Box:
+    root: Path
+    host: PluginHost
+    mark: str
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.root / ".tars" / "sandbox" / "state.json").read_text())
+
+    def pids(self) -> dict[str, int]:
+        return {s["name"]: s["pid"] for s in self.state()["services"]}
+
+    def targets(self) -> dict[str, Any]:
+        return self.state()["targets"]
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Live processes (not zombies) whose environment carries ``mark``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if f"{MARK}={mark}".encode() in env.split(b"\0") and stat[stat.rindex(")") + 2] not in "ZX":
+            found.append(int(entry))
+    return found
+
+
+def postmasters(data_dir: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/postgres") and data_dir.encode() in argv:
+                out.append(int(entry))
+    return out
+
+
+def kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # our child in this process: reap it like init would
+        except ChildProcessError:
+            pass
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rindex(")") + 2] in "ZX":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} survived SIGKILL")
+
+
+def run_json(box: Box, action: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = sandbox.run_command(box.host, box.root, action, "json")
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def pg_fetch(dsn: str, query: str) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(query)
+        finally:
+            await conn.close()
+
+    return anyio.run(go)
+
+
+# -- the shared sandbox ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Box]:
+    root = Path(tempfile.mkdtemp(prefix="tars-sbx-"))
+    os.chmod(root, 0o755)  # the postgres account must reach the cluster folder inside
+    mark = uuid.uuid4().hex
+    os.environ[MARK] = mark
+    host = PluginHost()
+    host.register(Alpha(), "sbx-alpha")
+    host.register(Beta(), "sbx-beta")
+    try:
+        yield Box(root, host, mark)
+    finally:
+        sandbox.destroy(root)
+        del os.environ[MARK]
+        shutil.rmtree(root, ignore_errors=True)
+        assert marked_pids(mark) == [], "sandbox processes left behind after destroy"
+
+
+def test_up_announces_once_and_writes_a_loadable_config(box: Box) -> None:
+    said: list[str] = []
+    path = sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert path == box.root / ".tars" / "sandbox" / "tars.yaml"
+    assert len(said) == 1 and said[0].startswith("tars: no tars.yaml; using the sandbox at"), said
+    assert "PostgreSQL :" in said[0] and "started in" in said[0]
+
+    cfg, _ = load_config(path)
+    t = cfg.targets
+    assert t.postgres and t.postgres.endswith("/tars") and ":5432/" not in t.postgres
+    assert t.redis and ":6379" not in t.redis
+    assert t.prometheus_url and t.prometheus_rules_dir and t.grafana_dashboards_dir
+    assert Path(t.prometheus_rules_dir).is_dir() and Path(t.grafana_dashboards_dir).is_dir()
+    alpha = cfg.plugins["sbx-alpha"]
+    assert alpha["greeting"] == "hi" and "targets" not in alpha  # target hints moved into targets
+    assert t.websocket_url == f"ws://127.0.0.1:{alpha['port']}/ws"
+    assert cfg.plugins["sbx-beta"] == {}
+
+
+def test_services_are_real_seeded_and_scraped(box: Box) -> None:
+    state = box.state()
+    names = [s["name"] for s in state["services"]]
+    assert names == ["postgres", "redis", "prometheus", "sbx-alpha.web", "sbx-beta.tree"]
+    logs = box.root / ".tars" / "sandbox" / "logs"
+    assert {p.name for p in logs.glob("*.log")} >= {"postgres.log", "redis.log", "prometheus.log"}
+
+    # PostgreSQL runs unprivileged, in its own session, from a data folder that account owns
+    pg = next(s for s in state["services"] if s["name"] == "postgres")
+    status = Path(f"/proc/{pg['pid']}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    if os.geteuid() == 0:
+        assert uid != 0
+        assert (Path(state["pg_dir"]) / "data").stat().st_uid == uid
+    assert os.getsid(pg["pid"]) == pg["pid"]
+
+    targets = box.targets()
+    assert pg_fetch(targets["postgres"], "SELECT greeting FROM sbx_alpha_seed")[0]["greeting"] == "hi"
+    r = redis_lib.Redis.from_url(targets["redis"])
+    assert r.lrange(SEED_ORDER_KEY, 0, -1) == [b"sbx-alpha", b"sbx-beta"]  # dependency order
+    r.close()
+
+    prom = targets["prometheus_url"]
+    with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as resp:
+        rules = json.load(resp)["data"]["groups"]
+    assert any(rule["name"] == "sbx:alpha_up:sum" for g in rules for rule in g["rules"])
+    with urllib.request.urlopen(f"{prom}/api/v1/status/config", timeout=5) as resp:
+        loaded = yaml.safe_load(json.load(resp)["data"]["yaml"])
+    jobs = {j["job_name"]: j for j in loaded["scrape_configs"]}
+    alpha_port = box.state()["plugins"]["sbx-alpha"]["port"]
+    assert jobs["sbx-alpha"]["static_configs"][0]["targets"] == [f"127.0.0.1:{alpha_port}"]
+
+
+def test_second_up_reuses_the_healthy_sandbox(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    before = box.pids()
+    said: list[str] = []
+    sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert said == []
+    code, doc = run_json(box, "up", capsys)
+    assert code == 0 and doc["state"] == "running" and doc["started"] == [] and not doc["created"]
+    assert box.pids() == before
+    assert len(postmasters(str(Path(box.state()["pg_dir"]) / "data"))) == 1
+
+
+def test_concurrent_ups_after_down_start_one_cluster(box: Box) -> None:
+    sandbox.down(box.root)
+    said: list[str] = []
+    errors: list[BaseException] = []
+
+    def up() -> None:
+        try:
+            sandbox.ensure_running(box.host, box.root, announce=said.append)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=up) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(said) == 1, said  # the second caller found it healthy and said nothing
+    assert len(postmasters(str(Path(box.state()["pg_dir"]) / "data"))) == 1
+    assert sandbox.status(box.root)["state"] == "running"
+
+
+def test_killed_services_are_reported_unhealthy_and_restarted_by_up(
+    box: Box, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = box.pids()
+    kill_and_wait(before["redis"])
+    kill_and_wait(before["sbx-beta.tree"])
+
+    code, doc = run_json(box, "status", capsys)
+    assert code == 1 and doc["state"] == "degraded"
+    health = {r["name"]: r["health"] for r in doc["services"]}
+    assert health == {
+        "postgres": "healthy",
+        "redis": "unhealthy",
+        "prometheus": "healthy",
+        "sbx-alpha.web": "healthy",
+        "sbx-beta.tree": "unhealthy",
+    }
+    assert next(r for r in doc["services"] if r["name"] == "redis")["pid"] is None
+
+    code, doc = run_json(box, "up", capsys)
+    assert code == 0 and doc["state"] == "running"
+    assert sorted(doc["started"]) == ["redis", "sbx-beta.tree"]
+    after = box.pids()
+    assert after["redis"] != before["redis"] and after["sbx-beta.tree"] != before["sbx-beta.tree"]
+    assert after["postgres"] == before["postgres"] and after["prometheus"] == before["prometheus"]
+
+
+def test_killed_postgres_recovers_with_its_data(box: Box) -> None:
+    before = box.pids()
+    kill_and_wait(before["postgres"])
+    assert sandbox.status(box.root)["state"] == "degraded"
+    said: list[str] = []
+    sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert len(said) == 1 and "restarted postgres" in said[0], said
+    assert box.pids()["postgres"] != before["postgres"]
+    assert pg_fetch(box.targets()["postgres"], "SELECT greeting FROM sbx_alpha_seed")[0]["greeting"] == "hi"
+    assert len(postmasters(str(Path(box.state()["pg_dir"]) / "data"))) == 1
+
+
+def test_a_plugin_installed_later_joins_the_running_sandbox(box: Box) -> None:
+    before = box.pids()
+    box.host.register(Gamma(), "sbx-gamma")
+    said: list[str] = []
+    path = sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert len(said) == 1 and "added sbx-gamma" in said[0], said
+    assert box.pids() == before  # nothing restarted, Prometheus reloaded in place
+    cfg, _ = load_config(path)
+    assert cfg.plugins["sbx-gamma"] == {"joined": True}
+    with urllib.request.urlopen(f"{cfg.targets.prometheus_url}/api/v1/status/config", timeout=5) as resp:
+        loaded = yaml.safe_load(json.load(resp)["data"]["yaml"])
+    assert "sbx-gamma" in {j["job_name"] for j in loaded["scrape_configs"]}
+
+
+def test_down_leaves_no_process_and_up_brings_the_data_back(
+    box: Box, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = redis_lib.Redis.from_url(box.targets()["redis"])
+    r.set("sbx:kept", "yes")
+    r.close()
+    assert marked_pids(box.mark)  # the postmaster, its backends, redis, prometheus, the tree...
+
+    code, doc = run_json(box, "down", capsys)
+    assert code == 0 and set(doc["stopped"]) == set(box.pids()) and doc["not_running"] == []
+    assert marked_pids(box.mark) == []
+    code, doc = run_json(box, "status", capsys)
+    assert code == 1 and doc["state"] == "stopped"
+    assert {r["health"] for r in doc["services"]} == {"stopped"}
+    code, doc = run_json(box, "down", capsys)
+    assert code == 0 and doc["stopped"] == []
+
+    said: list[str] = []
+    sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert len(said) == 1
+    r = redis_lib.Redis.from_url(box.targets()["redis"])
+    assert r.get("sbx:kept") == b"yes"  # saved on the clean stop
+    r.close()
+    assert pg_fetch(box.targets()["postgres"], "SELECT count(*) AS n FROM sbx_alpha_seed")[0]["n"] == 1
+
+
+def test_reset_builds_a_fresh_sandbox_and_seeds_it_again(
+    box: Box, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = box.pids()
+    code, doc = run_json(box, "reset", capsys)
+    assert code == 0 and doc["created"] and doc["state"] == "running"
+    after = box.pids()
+    assert set(after) == set(before) and all(after[n] != before[n] for n in before)
+    r = redis_lib.Redis.from_url(box.targets()["redis"])
+    assert r.get("sbx:kept") is None
+    assert r.lrange(SEED_ORDER_KEY, 0, -1) == [b"sbx-alpha", b"sbx-beta"]
+    r.close()
+    assert len(postmasters(str(Path(box.state()["pg_dir"]) / "data"))) == 1
+
+
+def test_text_output_goes_to_stderr(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert sandbox.run_command(box.host, box.root, "status", "text") == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "running" in err and "postgres" in err and "healthy" in err
+    with pytest.raises(UsageError, match="unknown sandbox action"):
+        sandbox.run_command(box.host, box.root, "start", "text")
+
+
+# -- separate roots -------------------------------------------------------------------------------
+
+
+def test_missing_binaries_are_named_with_the_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(UsageError) as info:
+        sandbox.ensure_running(PluginHost(), tmp_path, announce=print)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "redis-server: apt-get install -y redis-server" in msg and "targets.redis" in msg
+    assert "prometheus: apt-get install -y prometheus" in msg
+    assert not (tmp_path / ".tars" / "sandbox" / "state.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the cluster as another account")
+def test_cluster_moves_out_of_a_folder_postgres_cannot_reach() -> None:
+    parent = Path(tempfile.mkdtemp(prefix="tars-sbx-private-"))  # 0700, like /root
+    root = parent / "checkout"
+    root.mkdir()
+    try:
+        sandbox.ensure_running(PluginHost(), root, announce=lambda _: None)
+        link = root / ".tars" / "sandbox" / "pg"
+        assert link.is_symlink() and str(link.resolve()).startswith("/var/tmp/tars-sandbox-")
+        assert sandbox.status(root)["state"] == "running"
+        outside = link.resolve().parent
+    finally:
+        sandbox.destroy(root)
+        shutil.rmtree(parent, ignore_errors=True)
+    assert not outside.exists()
