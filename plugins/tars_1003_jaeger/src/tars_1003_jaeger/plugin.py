@@ -1,0 +1,482 @@
+"""The ``tars-1003-jaeger`` hooks: trace context through Redis Streams, behind a feature flag.
+
+The fixed code (``tars_1003_jaeger.streams``) ships inside the services; the hooks only flip the flag the
+services obey, after checking that every required service runs code that can propagate (it says so in
+the registry hash), and verify the running behaviour by sending probe entries through the live streams.
+
+Imports here are cheap on purpose (tars_core, attrs, stdlib): redis and OpenTelemetry load inside hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from tars_core import (
+    ApplyResult,
+    BenchmarkResult,
+    FixError,
+    Metric,
+    PluginInfo,
+    ReportSection,
+    SandboxContribution,
+    ServiceSpec,
+    VerifyResult,
+    hookimpl,
+)
+
+if TYPE_CHECKING:
+    from tars_core import Context, Release, SandboxSite
+
+NAME = "tars-1003-jaeger"
+CAPABILITY = "w3c-trace-context/redis-streams"  # same string as services.CAPABILITY (kept import-free)
+
+
+@attrs.define
+class JaegerConfig:
+    """The ``plugins.tars-1003-jaeger`` config section."""
+
+    #: Feature flag the services obey (in ``targets.flags_key``).
+    flag: str = "tars-1003-trace-propagation"
+    #: Evaluation jobs stream (hop 1) and its worker group.
+    stream: str = "tars:evaluations:jobs"
+    group: str = "tars-evaluators"
+    #: Results stream (hop 2) and the dashboard feed's group.
+    result_stream: str = "tars:evaluations:results"
+    result_group: str = "tars-dashboard"
+    #: Hash where services report version, capability and propagation state (JSON per service name).
+    registry_key: str = "tars:services:tracing"
+    #: Services that must report the capability before apply turns the flag on.
+    services: tuple[str, ...] = ("eval-producer", "eval-consumer")
+    #: A registry entry older than this is a dead service.
+    heartbeat_max_age_s: float = 10.0
+    #: How long apply/rollback wait for the services to report the new flag state.
+    flag_ack_timeout_s: float = 15.0
+    #: Hash where the consumer records the traces of probe entries (written by the services).
+    probe_key: str = "tars:trace:probes"
+    #: Probe entries verify sends through the live streams; continuity must be 100%.
+    probe_messages: int = 20
+    probe_timeout_s: float = 20.0
+    #: Prefix for verify's own two-hop pipeline streams (deleted afterwards).
+    scratch_prefix: str = "tars:trace:verify"
+    pipeline_messages: int = 40
+    #: Judge verify's own pipeline with process spans that link to the producer instead of parenting.
+    links: bool = False
+    #: OTLP protocol of the sandbox services' exporter (endpoint: ``targets.otlp_endpoint``).
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    #: Benchmark size for the hook (benchmarks/tars-1003-jaeger_bench.py runs 10,000).
+    benchmark_messages: int = 2000
+    benchmark_rounds: int = 1
+
+
+@hookimpl
+def tars_plugin_info() -> PluginInfo:
+    return PluginInfo(
+        name=NAME,
+        title="Trace context through Redis Streams (W3C, OTLP export)",
+        kind="hotfix",
+        fix_id="TARS-1003",
+        config=JaegerConfig,
+        description=(
+            "Producers inject W3C traceparent/tracestate/baggage into stream entries; consumers process "
+            "each entry in a CONSUMER span continuing the producer's trace, across XACK and XAUTOCLAIM."
+        ),
+        risk="high: changes the evaluation pipeline's running code (behind a feature flag)",
+    )
+
+
+def _redacted(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(parts)
+
+
+async def _client(ctx: Context) -> Any:
+    import redis
+    import redis.asyncio as aioredis
+
+    url = ctx.targets.require("redis")
+    client = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    except redis.RedisError as exc:
+        await client.aclose()
+        raise FixError(
+            f"TARS-1003: cannot reach targets.redis {_redacted(url)} ({type(exc).__name__}); "
+            "check the URL and that Redis is up"
+        ) from None
+    return client
+
+
+def _is_on(value: str | None) -> bool:
+    return value not in (None, "", "0", "off", "false")
+
+
+async def _registry(client: Any, cfg: JaegerConfig) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, raw in (await client.hgetall(cfg.registry_key)).items():
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = {"invalid": raw}
+    return out
+
+
+def _service_problems(registry: dict[str, dict[str, Any]], cfg: JaegerConfig, want: str | None) -> list[str]:
+    """Why the required services do not (yet) run the fixed code, or report ``want`` propagation."""
+    problems = []
+    now = time.time()
+    for name in cfg.services:
+        rec = registry.get(name)
+        if rec is None:
+            problems.append(f"{name} is not registered")
+        elif now - float(rec.get("heartbeat", 0)) > cfg.heartbeat_max_age_s:
+            problems.append(f"{name} heartbeat is {now - float(rec.get('heartbeat', 0)):.0f}s old")
+        elif CAPABILITY not in rec.get("capabilities", ()):
+            problems.append(f"{name} (version {rec.get('version', '?')}) lacks {CAPABILITY}")
+        elif want is not None and rec.get("propagation") != want:
+            problems.append(f"{name} reports propagation {rec.get('propagation')}")
+    return problems
+
+
+async def _wait_for_services(client: Any, cfg: JaegerConfig, want: str) -> list[str]:
+    deadline = time.monotonic() + cfg.flag_ack_timeout_s
+    while True:
+        problems = _service_problems(await _registry(client, cfg), cfg, want)
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        await asyncio.sleep(0.2)
+
+
+def _save_state(state_dir: Path, data: dict[str, Any]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "flag.json").write_text(json.dumps(data, indent=2))
+
+
+@hookimpl
+async def tars_apply(ctx: Context) -> ApplyResult:
+    cfg: JaegerConfig = ctx.config
+    client = await _client(ctx)
+    try:
+        problems = _service_problems(await _registry(client, cfg), cfg, None)
+        if problems:
+            raise FixError(
+                f"TARS-1003: the fixed code is not what runs ({'; '.join(problems)} in {cfg.registry_key}); "
+                "deploy tars-1003-jaeger to those services before applying"
+            )
+        before = await ctx.flags.get(cfg.flag)
+        if _is_on(before):
+            ctx.log.info("flag %s is already on (%s)", cfg.flag, before)
+            return ApplyResult(changed=False, detail=f"flag {cfg.flag} already on")
+        if ctx.dry_run:
+            ctx.log.info("dry run: would turn on %s in %s", cfg.flag, ctx.targets.flags_key)
+            return ApplyResult(changed=False, detail=f"dry run: would turn on {cfg.flag}")
+        _save_state(ctx.state_dir, {"flag": cfg.flag, "before": before, "applied_at": time.time()})
+        await ctx.flags.set(cfg.flag, "on")
+        ctx.log.info("turned on %s; waiting for %s to report propagation", cfg.flag, ", ".join(cfg.services))
+        lagging = await _wait_for_services(client, cfg, "on")
+        if lagging:
+            raise FixError(
+                f"TARS-1003: flag {cfg.flag} is on but {'; '.join(lagging)} after "
+                f"{cfg.flag_ack_timeout_s:g}s; check the services' logs"
+            )
+        return ApplyResult(changed=True, detail=f"flag {cfg.flag} on; {', '.join(cfg.services)} propagating")
+    finally:
+        await client.aclose()
+
+
+@hookimpl
+async def tars_rollback(ctx: Context) -> ApplyResult:
+    cfg: JaegerConfig = ctx.config
+    client = await _client(ctx)
+    try:
+        current = await ctx.flags.get(cfg.flag)
+        if not _is_on(current):
+            ctx.log.warning("flag %s is not on (%r): nothing to roll back", cfg.flag, current)
+            return ApplyResult(changed=False, detail=f"flag {cfg.flag} already off")
+        if ctx.dry_run:
+            ctx.log.info("dry run: would turn off %s", cfg.flag)
+            return ApplyResult(changed=False, detail=f"dry run: would turn off {cfg.flag}")
+        await ctx.flags.set(cfg.flag, "off")
+        _save_state(ctx.state_dir, {"flag": cfg.flag, "before": current, "rolled_back_at": time.time()})
+        lagging = await _wait_for_services(client, cfg, "off")
+        if lagging:  # the flag is off; a service that is down will read it when it starts
+            ctx.log.warning("flag %s is off but %s", cfg.flag, "; ".join(lagging))
+        return ApplyResult(changed=True, detail=f"flag {cfg.flag} off")
+    finally:
+        await client.aclose()
+
+
+async def probe_services(client: Any, cfg: JaegerConfig) -> tuple[Any, Any]:
+    """Send probe entries through the live jobs stream and judge both hops from what the consumer saw.
+
+    Returns (hop 1, hop 2) :class:`~tars_1003_jaeger.scenarios.Continuity`. Hop 1 must be a child of
+    the probe's producer span; hop 2 a child of the span that sent the result (the one it extracted),
+    in the same trace.
+    """
+    from tars_1003_jaeger.scenarios import Continuity, memory_provider
+    from tars_1003_jaeger.streams import StreamTracing
+
+    provider, exporter = memory_provider()
+    tracing = StreamTracing(provider)
+    run = uuid.uuid4().hex[:12]
+    probes = [f"{run}-{i}" for i in range(cfg.probe_messages)]
+    sent: dict[str, str] = {}
+    for probe in probes:
+        sent[probe] = await tracing.xadd(
+            client, cfg.stream, {"tars_probe": probe, "agent": "tars-1003-probe"}
+        )
+    producers = {s.attributes["messaging.message.id"]: s.context for s in exporter.get_finished_spans()}
+    provider.shutdown()
+    fields = [f"{p}:{hop}" for p in probes for hop in (1, 2)]
+    deadline = time.monotonic() + cfg.probe_timeout_s
+    while True:
+        values = await client.hmget(cfg.probe_key, fields)
+        if all(values) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    await client.hdel(cfg.probe_key, *fields)
+    await client.xdel(cfg.stream, *sent.values())
+    hops: list[list[str]] = [[], []]
+    ok = [0, 0]
+    for i, probe in enumerate(probes):
+        want = producers[sent[probe]]
+        for hop in (0, 1):
+            raw = values[2 * i + hop]
+            if raw is None:
+                hops[hop].append(f"{probe}: not processed within {cfg.probe_timeout_s:g}s")
+                continue
+            rec = json.loads(raw)
+            parent = f"{want.span_id:016x}" if hop == 0 else rec["producer_span_id"]
+            if rec["trace_id"] == f"{want.trace_id:032x}" and parent and rec["parent_span_id"] == parent:
+                ok[hop] += 1
+            else:
+                hops[hop].append(f"{probe}: trace {rec['trace_id']} parent {rec['parent_span_id'] or '-'}")
+    n = len(probes)
+    return Continuity(ok[0], n, 0, tuple(hops[0][:3])), Continuity(ok[1], n, 0, tuple(hops[1][:3]))
+
+
+@hookimpl
+async def tars_verify(ctx: Context) -> VerifyResult:
+    from tars_1003_jaeger.scenarios import pipeline_check
+
+    cfg: JaegerConfig = ctx.config
+    client = await _client(ctx)
+    checks: dict[str, str] = {}
+    try:
+        flag = await ctx.flags.get(cfg.flag)
+        checks["flag"] = f"{cfg.flag}={flag!r}"
+        problems = _service_problems(await _registry(client, cfg), cfg, "on")
+        checks["services"] = "; ".join(problems) or f"{', '.join(cfg.services)} run the fix and propagate"
+        pipeline = await pipeline_check(
+            ctx.targets.require("redis"),
+            prefix=cfg.scratch_prefix,
+            messages=cfg.pipeline_messages,
+            links=cfg.links,
+        )
+        for hop, cont in pipeline.items():
+            checks[f"library {hop}"] = str(cont) + ("" if cont.complete else f": {'; '.join(cont.failures)}")
+        hop1, hop2 = await probe_services(client, cfg)
+        checks["probes hop1"] = str(hop1) + ("" if hop1.complete else f": {'; '.join(hop1.failures)}")
+        checks["probes hop2"] = str(hop2) + ("" if hop2.complete else f": {'; '.join(hop2.failures)}")
+    finally:
+        await client.aclose()
+    ok = (
+        _is_on(flag)
+        and not problems
+        and all(c.complete for c in pipeline.values())
+        and hop1.complete
+        and hop2.complete
+    )
+    detail = (
+        f"trace continuity {hop1.percent:.2f}% / {hop2.percent:.2f}% over {hop1.total} probes (hop 1 / hop 2)"
+    )
+    return VerifyResult(ok=ok, detail=detail, checks=checks)
+
+
+@hookimpl
+async def tars_benchmark(ctx: Context) -> BenchmarkResult:
+    from tars_1003_jaeger.scenarios import benchmark
+
+    cfg: JaegerConfig = ctx.config
+    url = ctx.targets.require("redis")
+    figures = await asyncio.to_thread(
+        benchmark,
+        url,
+        prefix=f"{cfg.scratch_prefix}:bench",
+        messages=cfg.benchmark_messages,
+        rounds=cfg.benchmark_rounds,
+    )
+    before, after = figures.continuity_before, figures.continuity_after
+    tp = figures.throughput
+    metrics = [
+        Metric(
+            "trace continuity",
+            before.percent,
+            after.percent,
+            "%",
+            target=f"100.00% over {figures.messages} messages incl. {figures.redelivered} redeliveries",
+            met=after.complete,
+        ),
+        Metric(
+            "throughput XADD+XREADGROUP+XACK vs no tracing",
+            tp["plain"],
+            tp["propagated"],
+            "msg/s",
+            target=f">= 75% of uninstrumented (aim 90%); got {figures.ratio:.0%}",
+            met=figures.ratio >= 0.75,
+        ),
+        Metric(
+            "throughput vs v1.0.0 tracing (spans, no propagation)",
+            tp["unpropagated"],
+            tp["propagated"],
+            "msg/s",
+            target=f"cost of the fix itself; got {tp['propagated'] / tp['unpropagated']:.0%}",
+        ),
+        Metric("per-message overhead vs no tracing", None, figures.overhead_us, "µs/msg"),
+        Metric("per-message overhead vs v1.0.0 tracing", None, figures.propagation_overhead_us, "µs/msg"),
+        Metric("inject (propagator into entry fields)", None, figures.inject_us, "µs/msg"),
+        Metric("extract (entry fields to context)", None, figures.extract_us, "µs/msg"),
+    ]
+    detail = (
+        f"{figures.messages} messages x {figures.rounds} round(s) per mode on targets.redis; "
+        "full size: python benchmarks/tars-1003-jaeger_bench.py"
+    )
+    return BenchmarkResult(metrics=metrics, detail=detail)
+
+
+@hookimpl
+def tars_report(release: Release) -> ReportSection | None:
+    if not any(p.name == NAME for p in release.plugins):
+        return None
+    state = release.states.get(NAME, "not_applied")
+    lines = [
+        f"TARS-1003 trace propagation through Redis Streams: **{state}**.",
+        "",
+        "Producers inject W3C `traceparent`/`tracestate`/`baggage` into stream entries; consumers process "
+        "each entry in a CONSUMER span whose parent is the producer span (XREADGROUP and XAUTOCLAIM), "
+        "exported over OTLP with ParentBased sampling.",
+    ]
+    bench = release.benchmarks.get(NAME)
+    data: dict[str, Any] = {"state": state}
+    if bench is not None:
+        lines += ["", "| metric | before | after | unit | target | met |", "|---|---|---|---|---|---|"]
+        for m in bench.metrics:
+            b = "-" if m.before is None else f"{m.before:,.2f}"
+            met = {True: "yes", False: "no", None: ""}[m.met]
+            lines.append(f"| {m.name} | {b} | {m.after:,.2f} | {m.unit} | {m.target} | {met} |")
+        data["benchmark"] = {
+            m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in bench.metrics
+        }
+    verifies = [p for p in release.phases if p.plugin == NAME and p.phase == "verify"]
+    if verifies:
+        last = verifies[-1]
+        lines += ["", f"Last verify: {last.outcome}" + (f" — {last.detail}" if last.detail else "")]
+    return ReportSection(title="TARS-1003 Jaeger trace context", markdown="\n".join(lines), data=data)
+
+
+@hookimpl
+def tars_sandbox(site: SandboxSite) -> SandboxContribution:
+    """The evaluation stream's producer and consumer, plus an OTLP receiver standing in for Jaeger."""
+    assert site.targets.redis, "the sandbox Redis is up before plugins contribute"
+    cfg = JaegerConfig()
+    otlp = site.targets.otlp_endpoint
+    services = []
+    hints: dict[str, str] = {}
+    if not otlp:
+        port = site.free_port()
+        otlp = f"http://127.0.0.1:{port}"
+        hints["otlp_endpoint"] = otlp
+        services.append(
+            ServiceSpec(
+                "otlp-receiver",
+                [
+                    site.python,
+                    "-m",
+                    "tars_1003_jaeger.otlp_receiver",
+                    "--port",
+                    str(port),
+                    "--out",
+                    str(site.dir / "spans.jsonl"),
+                ],
+                port=port,
+                ready="tcp",
+            )
+        )
+    common = [
+        "--redis",
+        site.targets.redis,
+        "--flags-key",
+        site.targets.flags_key,
+        "--flag",
+        cfg.flag,
+        "--stream",
+        cfg.stream,
+        "--result-stream",
+        cfg.result_stream,
+        "--group",
+        cfg.group,
+        "--result-group",
+        cfg.result_group,
+        "--registry-key",
+        cfg.registry_key,
+        "--probe-key",
+        cfg.probe_key,
+        "--otlp-endpoint",
+        otlp,
+        "--otlp-protocol",
+        cfg.otlp_protocol,
+    ]
+    scrape = []
+    for role, name in (("producer", cfg.services[0]), ("consumer", cfg.services[1])):
+        port = site.free_port()
+        scrape.append(f"127.0.0.1:{port}")
+        services.append(
+            ServiceSpec(
+                name,
+                [
+                    site.python,
+                    "-m",
+                    "tars_1003_jaeger.services",
+                    role,
+                    "--name",
+                    name,
+                    "--metrics-port",
+                    str(port),
+                    *common,
+                ],
+                port=port,
+                ready="tcp",
+            )
+        )
+    config: dict[str, Any] = {"targets": hints} if hints else {}
+    return SandboxContribution(services=services, scrape_targets=scrape, config=config)
+
+
+@hookimpl
+async def tars_sandbox_seed(ctx: Context) -> None:
+    """v1.0.0 baseline: the streams and consumer groups exist, the flag is off."""
+    import redis
+
+    cfg: JaegerConfig = ctx.config
+    client = await _client(ctx)
+    try:
+        for stream, group in ((cfg.stream, cfg.group), (cfg.result_stream, cfg.result_group)):
+            try:
+                await client.xgroup_create(stream, group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        if await ctx.flags.get(cfg.flag) is None:
+            await ctx.flags.set(cfg.flag, "off")
+    finally:
+        await client.aclose()
