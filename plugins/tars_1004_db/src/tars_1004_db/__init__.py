@@ -1,0 +1,1 @@
+"""TARS-1004: composite indexes built CONCURRENTLY, invalid-index repair and keyset pagination."""
