@@ -1,0 +1,47 @@
+"""TARS-1001: a WebSocket client that survives every kind of disconnect and loses no message, and its hub.
+
+The names below are imported lazily (PEP 562) so that importing the plugin entry point
+``tars_1001_ws.plugin`` (which imports this package first) does not pull in ``websockets``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tars_1001_ws.client import (
+        ClientClosed,
+        ClientError,
+        ConnectError,
+        ConnectionState,
+        Message,
+        OutboxFull,
+        Publication,
+        ReconnectingWebSocketClient,
+        ResyncRequired,
+        StateEvent,
+        SyncReconnectingWebSocketClient,
+    )
+    from tars_1001_ws.hub import Hub, HubServer, serve
+    from tars_1001_ws.proxy import FaultProxy
+
+_LAZY = {
+    **dict.fromkeys(
+        ["ClientClosed", "ClientError", "ConnectError", "ConnectionState", "Message", "OutboxFull", "Publication",
+         "ReconnectingWebSocketClient", "ResyncRequired", "StateEvent", "SyncReconnectingWebSocketClient"],
+        "tars_1001_ws.client",
+    ),
+    **dict.fromkeys(["Hub", "HubServer", "serve"], "tars_1001_ws.hub"),
+    "FaultProxy": "tars_1001_ws.proxy",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tars_1001_ws' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,534 @@
+"""Behaviour checks and measurements against a hub: what apply, verify and the benchmark run.
+
+Kept apart from ``plugin.py`` so the entry point imports nothing heavy, and shared by the hooks and
+``benchmarks/tars-1001-ws_bench.py`` so the figures in a report and in the script come from one code path.
+Everything here works on the real hub at ``targets.websocket_url``, over real sockets; faults are made by
+a :class:`FaultProxy` this process puts in front of the hub, so nothing outside the probe channels is
+touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tars_1001_ws.client import ConnectionState, Message, ReconnectingWebSocketClient, StateEvent
+from tars_1001_ws.protocol import INFO_PATH, SUBPROTOCOL, decode, encode
+from tars_1001_ws.proxy import FaultProxy
+
+
+class HubError(Exception):
+    """The hub is unreachable or does not behave as the fixed protocol says (message is one line)."""
+
+
+def http_url(ws_url: str, path: str) -> str:
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise HubError(f"targets.websocket_url must be ws:// or wss://, got {_safe(ws_url)}")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def host_port(ws_url: str) -> tuple[str, int]:
+    parts = urlsplit(ws_url)
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
+
+
+def _safe(url: str) -> str:
+    """The URL without credentials, for messages (a userinfo part may hold a token)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return url
+
+
+async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET the hub's info document (what build runs, whether v1.0.1 is offered right now)."""
+    url = http_url(ws_url, INFO_PATH)
+
+    def fetch() -> dict[str, Any]:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return dict(json.loads(response.read()))
+
+    try:
+        return await asyncio.to_thread(fetch)
+    except urllib.error.HTTPError as exc:
+        raise HubError(f"{_safe(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
+                       f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first") from None
+    except (OSError, ValueError) as exc:
+        raise HubError(f"cannot reach the hub at {_safe(ws_url)}: {exc}") from None
+
+
+async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
+    """Speak v1.0.1 on the wire: sequence numbers, idempotent publish and replay after a given seq.
+
+    Written against raw frames, not through our client, so it checks the hub and not our own reading
+    of it. Raises :class:`HubError` naming the first property that does not hold.
+    """
+    channel = f"tars-1001-probe:{uuid.uuid4().hex[:12]}"
+    try:
+        async with asyncio.timeout(timeout):
+            async with connect(ws_url, subprotocols=[SUBPROTOCOL], ping_interval=None, proxy=None,  # type: ignore[list-item]
+                               open_timeout=timeout, close_timeout=1) as ws:
+                if ws.subprotocol != SUBPROTOCOL:
+                    raise HubError(f"the hub at {_safe(ws_url)} does not negotiate {SUBPROTOCOL} (flag off or "
+                                   f"v1.0.0 hub)")
+                frames = _Frames(ws)
+                acks = []
+                for i, key in enumerate(["k1", "k2", "k3", "k2"]):
+                    await ws.send(encode({"type": "publish", "id": i, "channel": channel, "data": i, "key": key}))
+                    acks.append(await frames.next("ack"))
+                seqs = [a.get("seq") for a in acks]
+                if seqs != [1, 2, 3, 2] or not acks[3].get("duplicate"):
+                    raise HubError(f"publish acks carry seqs {seqs}: expected 1,2,3 and the repeated key "
+                                   f"deduplicated to 2")
+                epoch = acks[0]["epoch"]
+                await ws.send(encode({"type": "subscribe", "id": 9,
+                                      "channels": [{"channel": channel, "epoch": epoch, "seq": 1}]}))
+                sub = (await frames.next("subscribed"))["channels"][0]
+                if not sub.get("recovered") or sub.get("first") != 2:
+                    raise HubError(f"resubscribe after seq 1 was not recovered from seq 2: {sub}")
+                replay = [(await frames.next("msg"))["seq"] for _ in range(2)]
+                if replay != [2, 3]:
+                    raise HubError(f"replay after seq 1 gave seqs {replay}, expected [2, 3]")
+                await ws.send(encode({"type": "subscribe", "id": 10,
+                                      "channels": [{"channel": channel, "epoch": "not-" + epoch, "seq": 3}]}))
+                sub = (await frames.next("subscribed"))["channels"][0]
+                if sub.get("recovered") is not False or sub.get("reason") != "epoch_changed":
+                    raise HubError(f"a stale epoch was not reported as a resync: {sub}")
+    except TimeoutError:
+        raise HubError(f"the hub at {_safe(ws_url)} did not answer the protocol probe within {timeout:g} s") from None
+    except (OSError, ConnectionClosed) as exc:
+        raise HubError(f"protocol probe against {_safe(ws_url)} failed: {exc}") from None
+    except Exception as exc:
+        if isinstance(exc, HubError):
+            raise
+        raise HubError(f"protocol probe against {_safe(ws_url)} failed: {type(exc).__name__}: {exc}") from None
+    return "seq, idempotent publish, replay after seq and epoch resync all hold"
+
+
+class _Frames:
+    """Read frames, skipping the ones a probe is not waiting for (welcome, other types)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def next(self, kind: str) -> dict[str, Any]:
+        while True:
+            frame = decode(await self.ws.recv())
+            if frame["type"] == "error":
+                raise HubError(f"hub error: {frame.get('code')}: {frame.get('message')}")
+            if frame["type"] == kind:
+                return frame
+
+
+@dataclass
+class Recorder:
+    """Collects deliveries and state events of one client, for exactly-once/in-order judgements."""
+
+    seqs: dict[str, list[int]] = field(default_factory=dict)
+    data: dict[str, list[Any]] = field(default_factory=dict)
+    events: list[StateEvent] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def handler(self, msg: Message) -> None:
+        self.seqs.setdefault(msg.channel, []).append(msg.seq)
+        self.data.setdefault(msg.channel, []).append(msg.data)
+        self.changed.set()
+
+    def listener(self, event: StateEvent) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    def count(self, state: ConnectionState) -> int:
+        return sum(1 for e in self.events if e.state is state)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+        return True
+
+
+def judge(received: list[Any], expected: list[Any]) -> tuple[int, int, bool]:
+    """(lost, duplicated, in_order) of what a subscriber got against what was published."""
+    want = set(expected)
+    got = [x for x in received if x in want]
+    lost = len(want - set(got))
+    duplicated = len(got) - len(set(got))
+    order = {x: i for i, x in enumerate(expected)}
+    in_order = all(order[a] < order[b] for a, b in zip(got, got[1:]))
+    return lost, duplicated, in_order
+
+
+async def conformance(ws_url: str, *, heartbeat_interval: float = 0.2, channels: int = 3,
+                      messages: int = 150, timeout: float = 60.0) -> dict[str, tuple[bool, str]]:
+    """Run the TARS-1001 behaviour against the hub: subscribe, publish, forced drop, silent drop.
+
+    A subscriber reaches the hub through a FaultProxy; a publisher goes direct. The proxy resets the
+    subscriber's connection, later blackholes it; the publisher keeps publishing, and a publish is made
+    through the subscriber while it is cut off. Every channel must then hold each message exactly once,
+    in order. Returns check name -> (ok, detail).
+    """
+    host, port = host_port(ws_url)
+    prefix = f"tars-1001-verify:{uuid.uuid4().hex[:10]}"
+    names = [f"{prefix}:{i}" for i in range(channels)]
+    checks: dict[str, tuple[bool, str]] = {}
+    rec = Recorder()
+    opts = dict(heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_interval,
+                backoff_initial=heartbeat_interval, backoff_max=heartbeat_interval * 5, connect_timeout=10.0)
+    async with FaultProxy(host, port) as proxy:
+        sub = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port, **opts)  # type: ignore[arg-type]
+        pub = ReconnectingWebSocketClient(ws_url, **opts)  # type: ignore[arg-type]
+        sub.add_listener(rec.listener)
+        async with sub, pub:
+            checks["handshake"] = (True, f"negotiated {SUBPROTOCOL}")
+            for name in names:
+                await sub.subscribe(name, rec.handler)
+            sent: dict[str, list[int]] = {name: [] for name in names}
+
+            async def produce(start: int, stop: int) -> None:
+                for i in range(start, stop):
+                    for name in names:
+                        await pub.publish(name, i)
+                        sent[name].append(i)
+                    await asyncio.sleep(0.002)
+
+            third = messages // 3
+            await produce(0, third)
+            recovered_before = rec.count(ConnectionState.RECOVERED)
+            proxy.reset()
+            await produce(third, 2 * third)
+            try:
+                await rec.wait_for(lambda: rec.count(ConnectionState.RECOVERED) > recovered_before, timeout / 4)
+                checks["forced_drop"] = (True, "connection reset: reconnected and resubscribed")
+            except TimeoutError:
+                checks["forced_drop"] = (False, "no recovery after a connection reset")
+            recovered_before = rec.count(ConnectionState.RECOVERED)
+            proxy.blackhole()
+            outbox_pub = await sub.publish(names[0], "sent-while-cut-off")
+            await produce(2 * third, messages)
+            try:
+                await rec.wait_for(lambda: rec.count(ConnectionState.RECOVERED) > recovered_before, timeout / 4)
+                dead = [e.reason for e in rec.events if e.state is ConnectionState.DISCONNECTED][-1]
+                checks["silent_drop"] = (True, f"half-open connection detected ({dead}) and recovered")
+            except TimeoutError:
+                checks["silent_drop"] = (False, "a blackholed connection was never declared dead")
+            try:
+                seq = await outbox_pub.wait(timeout / 4)
+                sent[names[0]].append("sent-while-cut-off")
+                checks["outbox"] = (True, f"publish made while cut off was sent after reconnect (seq {seq})")
+            except (TimeoutError, Exception) as exc:
+                checks["outbox"] = (False, f"publish made while cut off never acknowledged: {exc}")
+            for name in names:
+                await pub.publish(name, "end")
+                sent[name].append("end")
+            try:
+                await rec.wait_for(lambda: all(rec.data.get(n, [None])[-1:] == ["end"] for n in names), timeout / 4)
+            except TimeoutError:
+                pass
+            restored = [n for n in names if n in rec.seqs and rec.seqs[n][-1:] and rec.data[n][-1] == "end"]
+            checks["resubscribe"] = (len(restored) == len(names),
+                                     f"{len(restored)}/{len(names)} channels delivering after two reconnects")
+            problems = []
+            total = 0
+            for name in names:
+                got = rec.data.get(name, [])
+                total += len(got)
+                lost, dup, in_order = judge(got, sent[name])
+                seqs = rec.seqs.get(name, [])
+                contiguous = seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else False
+                if lost or dup or not in_order or not contiguous:
+                    problems.append(f"{name}: lost {lost}, duplicated {dup}, in order {in_order}, "
+                                    f"contiguous seqs {contiguous}")
+            checks["exactly_once_in_order"] = (
+                not problems, "; ".join(problems) or f"{total} messages on {len(names)} channels: 0 lost, "
+                                                      "0 duplicated, in order")
+            resyncs = rec.count(ConnectionState.RESYNC_REQUIRED)
+            checks["no_resync"] = (resyncs == 0, f"{resyncs} resync-required events (hub replay buffer held)")
+    return checks
+
+
+# -- benchmark measurements ---------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
+    """Seconds from a connection reset to RECOVERED (resubscribed), default backoff, ``drops`` times.
+
+    ``stable_after`` is set below ``spacing`` so each drop hits a connection that had become healthy:
+    this measures the first retry after a drop, what a user sees, not a flapping link's backoff.
+    """
+    host, port = host_port(ws_url)
+    rec = Recorder()
+    times: list[float] = []
+    async with FaultProxy(host, port) as proxy:
+        client = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port, stable_after=spacing * 0.8)
+        client.add_listener(rec.listener)
+        async with client:
+            await client.subscribe(f"tars-1001-bench:{uuid.uuid4().hex[:8]}", lambda m: None)
+            for _ in range(drops):
+                before = rec.count(ConnectionState.RECOVERED)
+                await asyncio.sleep(spacing)
+                start = time.monotonic()
+                proxy.reset()
+                await rec.wait_for(lambda b=before: rec.count(ConnectionState.RECOVERED) > b, 60)  # type: ignore[misc]
+                times.append(time.monotonic() - start)
+    return times
+
+
+async def plain_reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
+    """The same for the idiomatic plain `websockets` loop (``async for ws in connect(...)``)."""
+    host, port = host_port(ws_url)
+    times: list[float] = []
+    subscribed = asyncio.Event()
+    channel = f"tars-1001-bench:{uuid.uuid4().hex[:8]}"
+
+    async def run() -> None:
+        async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None):  # type: ignore[arg-type]
+            try:
+                await ws.send(encode({"type": "subscribe", "channels": [channel]}))
+                subscribed.set()
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                continue
+
+    async with FaultProxy(host, port) as proxy:
+        task = asyncio.create_task(run())
+        try:
+            for _ in range(drops):
+                await asyncio.sleep(spacing)
+                subscribed.clear()
+                start = time.monotonic()
+                proxy.reset()
+                async with asyncio.timeout(120):
+                    await subscribed.wait()
+                times.append(time.monotonic() - start)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return times
+
+
+async def silent_detection_times(ws_url: str, samples: int, *, interval: float, timeout: float,
+                                 missed: int = 3) -> list[float]:
+    """Seconds from blackholing a quiet connection to the client declaring it dead."""
+    host, port = host_port(ws_url)
+    rec = Recorder()
+    times: list[float] = []
+    async with FaultProxy(host, port) as proxy:
+        client = ReconnectingWebSocketClient(
+            ws_url, host=proxy.host, port=proxy.port, heartbeat_interval=interval, heartbeat_timeout=timeout,
+            max_missed_heartbeats=missed, backoff_initial=0.05, backoff_max=0.1,
+        )
+        client.add_listener(rec.listener)
+        async with client:
+            for _ in range(samples):
+                before = rec.count(ConnectionState.DISCONNECTED)
+                recovered = rec.count(ConnectionState.RECOVERED)
+                await rec.wait_for(lambda r=recovered: rec.count(ConnectionState.RECOVERED) >= r, 30)  # type: ignore[misc]
+                await asyncio.sleep(interval * 0.5)
+                start = time.monotonic()
+                proxy.blackhole()
+                await rec.wait_for(lambda b=before: rec.count(ConnectionState.DISCONNECTED) > b,  # type: ignore[misc]
+                                   interval + missed * timeout + 30)
+                times.append(time.monotonic() - start)
+                await rec.wait_for(lambda r=recovered: rec.count(ConnectionState.RECOVERED) > r, 30)  # type: ignore[misc]
+    return times
+
+
+async def loss_over_drops(ws_url: str, *, messages: int, drops: int, rate: float, plain: bool,
+                          heartbeat: float = 0.2) -> dict[str, Any]:
+    """Publish ``messages`` at ``rate``/s while the subscriber's link is dropped ``drops`` times.
+
+    Drops alternate between a reset and a blackhole (silent). ``plain`` subscribes with the idiomatic
+    `websockets` loop on the v1.0.0 protocol (keepalive scaled to the same detection budget,
+    interval + 3 x timeout); otherwise with ReconnectingWebSocketClient. Returns lost/duplicated/in order.
+    """
+    host, port = host_port(ws_url)
+    channel = f"tars-1001-loss:{uuid.uuid4().hex[:8]}"
+    got: list[int] = []
+    ready = asyncio.Event()
+    async with FaultProxy(host, port) as proxy:
+        if plain:
+            async def run_plain() -> None:
+                async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None,  # type: ignore[arg-type]
+                                        ping_interval=heartbeat, ping_timeout=3 * heartbeat, close_timeout=0.5):
+                    try:
+                        await ws.send(encode({"type": "subscribe", "channels": [channel]}))
+                        async for raw in ws:
+                            frame = decode(raw)
+                            if frame["type"] == "subscribed":
+                                ready.set()
+                            elif frame["type"] == "msg":
+                                got.append(frame["data"])
+                    except ConnectionClosed:
+                        continue
+
+            sub_task = asyncio.create_task(run_plain())
+            sub_client = None
+        else:
+            sub_client = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port,
+                                                     heartbeat_interval=heartbeat, heartbeat_timeout=heartbeat,
+                                                     stable_after=0.5)
+            await sub_client.start()
+            await sub_client.subscribe(channel, lambda m: got.append(m.data))
+            ready.set()
+            sub_task = None
+        await ready.wait()
+        async with ReconnectingWebSocketClient(ws_url) as pub:
+            drop_every = max(1, messages // (drops + 1))
+            done_drops = 0
+            start = time.monotonic()
+            for i in range(messages):
+                if i and i % drop_every == 0 and done_drops < drops:
+                    (proxy.reset if done_drops % 2 == 0 else proxy.blackhole)()
+                    done_drops += 1
+                pending = await pub.publish(channel, i)
+                lag = start + (i + 1) / rate - time.monotonic()
+                if lag > 0:
+                    await asyncio.sleep(lag)
+            await pending.wait(60)
+            # wait until the subscriber has caught up or clearly stopped receiving
+            stable_since, last = time.monotonic(), -1
+            while time.monotonic() - stable_since < 3 * heartbeat + 2.0 and (not got or got[-1] != messages - 1):
+                if len(got) != last:
+                    stable_since, last = time.monotonic(), len(got)
+                await asyncio.sleep(0.1)
+            if got and got[-1] == messages - 1:
+                await asyncio.sleep(0.3)
+        if sub_client is not None:
+            await sub_client.close()
+        if sub_task is not None:
+            sub_task.cancel()
+            await asyncio.gather(sub_task, return_exceptions=True)
+    lost, dup, in_order = judge(got, list(range(messages)))
+    return {"messages": messages, "drops": done_drops, "lost": lost, "duplicated": dup, "in_order": in_order}
+
+
+@dataclass
+class HubProcess:
+    """A hub in its own process, so the client-side CPU and memory figures exclude the hub."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @classmethod
+    async def start(cls, *extra: str) -> HubProcess:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "tars_1001_ws.hub", "--port", str(port),
+                                 "--log-level", "WARNING", *extra])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return cls(port, proc)
+            if proc.poll() is not None:
+                raise HubError(f"hub process exited with {proc.returncode}")
+            await asyncio.sleep(0.05)
+        proc.kill()
+        raise HubError("hub process did not start listening within 20 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool = False) -> dict[str, float]:
+    """CPU (% of one core) of this process over ``window`` s with ``clients`` idle connected clients at the
+    default heartbeat, and resident memory per client (RSS growth / clients)."""
+    import gc
+
+    import psutil
+
+    proc = psutil.Process(os.getpid())
+    gc.collect()
+    rss_before = proc.memory_info().rss
+    holders: list[Any] = []
+    tasks: list[asyncio.Task[None]] = []
+    if plain:
+        connected = 0
+
+        async def run_plain(channel: str) -> None:
+            nonlocal connected
+            async for ws in connect(ws_url, proxy=None):
+                try:
+                    await ws.send(encode({"type": "subscribe", "channels": [channel]}))
+                    connected += 1
+                    async for _ in ws:
+                        pass
+                except ConnectionClosed:
+                    continue
+
+        for i in range(clients):
+            tasks.append(asyncio.create_task(run_plain(f"idle:{i % 50}")))
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)
+        while connected < clients:
+            await asyncio.sleep(0.1)
+    else:
+        for i in range(0, clients, 50):
+            batch = [ReconnectingWebSocketClient(ws_url, connect_timeout=60) for _ in range(min(50, clients - i))]
+            await asyncio.gather(*(c.start() for c in batch))
+            await asyncio.gather(*(c.subscribe(f"idle:{i % 50}", lambda m: None) for c in batch))
+            holders.extend(batch)
+    await asyncio.sleep(1.0)
+    gc.collect()
+    rss_after = proc.memory_info().rss
+    cpu0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(window)
+    cpu1, t1 = time.process_time(), time.monotonic()
+    for i in range(0, len(holders), 100):
+        await asyncio.gather(*(c.close() for c in holders[i:i + 100]))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "cpu_percent": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        "kb_per_client": (rss_after - rss_before) / 1024 / clients,
+        "clients": clients,
+        "window_s": t1 - t0,
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values),
+            "n": len(values)}
