@@ -143,7 +143,7 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
     if cfg_path is None:
         cfg_path = _sandbox_config(host, root, start=args.command in NEEDS_TARGETS and not args.dry_run)
     cfg, redactor = load_config(cfg_path, redactor)
-    plugins = host.select(args.plugins)
+    plugins = host.select(args.plugins, with_requirements=args.command in ("apply", "plan"))
     for p in plugins:  # every config error before anything runs
         plugin_config(p.info, cfg)
     ledger = open_ledger(args.state or cfg.state.url, root, redactor)
@@ -189,7 +189,9 @@ async def _run(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin
         if writes:
             await ledger.end_run(runner.run_id, EXIT_NAMES.get(code, str(code)))
         if cmd in NEEDS_TARGETS:
-            _stderr(f"tars-run: {cmd} finished in {time.monotonic() - started:.1f}s: {EXIT_NAMES.get(code, code)}")
+            message = getattr(runner, "final_message", "")
+            _stderr(f"tars-run: {cmd} {EXIT_NAMES.get(code, code)} after {time.monotonic() - started:.1f}s"
+                    + (f": {message}" if message else ""))
         return code
     finally:
         with anyio.CancelScope(shield=True):
@@ -229,8 +231,7 @@ async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPl
         "rolled_back": out.rolled_back,
         "steps": [attrs.asdict(s) for s in out.steps],
     }
-    if out.message:
-        _stderr(f"tars-run: {out.message}")
+    runner.final_message = out.message
     text = "\n".join(
         f"{s.plugin:24} {s.phase:9} {s.outcome:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
         for s in out.steps

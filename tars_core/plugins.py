@@ -155,8 +155,8 @@ class PluginHost:
         known = ", ".join(sorted(self.plugins)) or "none installed"
         raise UsageError(f"unknown plugin {t!r}: installed plugins are {known} (see tars-run list)")
 
-    def select(self, spec: str | Sequence[str] = "all") -> list[LoadedPlugin]:
-        """The plugins named by ``--plugins`` plus their requirements, in dependency order.
+    def select(self, spec: str | Sequence[str] = "all", *, with_requirements: bool = True) -> list[LoadedPlugin]:
+        """The plugins named by ``--plugins`` (plus their requirements for apply), in dependency order.
 
         ``all`` refuses to run when an installed plugin failed to load: a release that silently skips
         a fix is worse than one that stops; ``-p no:NAME`` is the explicit way to leave it out.
@@ -177,6 +177,8 @@ class PluginHost:
                 continue
             wanted.add(n)
             for req in self.plugins[n].info.requires:
+                if req in wanted or (not with_requirements and req in self.plugins):
+                    continue
                 if req not in self.plugins:
                     why = "is disabled" if req in self.blocked else "is not installed"
                     raise UsageError(f"plugin {n} requires {req}, which {why}; install it or deselect {n}")

@@ -106,6 +106,7 @@ class Runner:
         self._t0 = time.monotonic()
         self._scope: anyio.CancelScope | None = None
         self.interrupted = False
+        self.final_message = ""
         self._contexts: dict[tuple[str, str], Context] = {}
         self._digests: dict[str, str] = {}
 

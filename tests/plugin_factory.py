@@ -30,6 +30,7 @@ class Config:
     fail_verify: bool = False
     fail_rollback: bool = False
     sleep_apply: float = 0.0
+    sleep_verify: float = 0.0
     password: str = ""
     retries: int = 1
 
@@ -72,6 +73,10 @@ async def tars_apply(ctx):
 def tars_verify(ctx):
     _log(ctx, "verify")
     marker = _marker(ctx)
+    if ctx.config.sleep_verify:
+        import time
+        (Path(ctx.config.dir) / f"{{NAME}}.sleeping").write_text("1")
+        time.sleep(ctx.config.sleep_verify)
     ok = marker.exists() and marker.read_text() == "ok" and not ctx.config.fail_verify
     return VerifyResult(ok=ok, detail="marker present" if ok else "marker missing or verify forced to fail")
 

@@ -1,0 +1,107 @@
+"""Fixtures for the core tests: real plugin distributions on disk, the real ``tars-run`` binary, and
+fresh PostgreSQL databases (created per test, dropped after; the machine's other data is never touched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plugin_factory import write_dist  # noqa: E402
+
+PG_ADMIN = os.environ.get("TARS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+TARS_RUN = shutil.which("tars-run") or "tars-run"
+
+
+class Project:
+    """A working folder with a plugin distribution on PYTHONPATH and a tars.yaml, driven through the CLI."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.site = root / "site"
+        self.work = root / "work"
+        self.work.mkdir(parents=True)
+        self.plugins: list[str] = []
+
+    def dist(self, dist: str, plugins: dict[str, list[str]], **kw: object) -> None:
+        write_dist(self.site, dist, plugins, **kw)  # type: ignore[arg-type]
+        self.plugins += list(plugins)
+
+    def config(self, plugins: dict[str, dict[str, object]] | None = None, **extra: object) -> Path:
+        doc: dict[str, object] = {"plugins": {n: {"dir": str(self.work)} for n in self.plugins}}
+        for name, section in (plugins or {}).items():
+            doc["plugins"][name].update(section)  # type: ignore[index]
+        doc.update(extra)
+        path = self.work / "tars.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env.update(extra)
+        return env
+
+    def cmd(self, *args: str, select: bool = True) -> list[str]:
+        sel = ["--plugins", ",".join(self.plugins)] if select and self.plugins else []
+        return [TARS_RUN, *sel, *args]
+
+    def run(self, *args: str, select: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args, select=select), cwd=self.work, env=env or self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def json(self, *args: str, **kw: object) -> tuple[int, dict[str, object]]:
+        res = self.run("--format", "json", *args, **kw)  # type: ignore[arg-type]
+        return res.returncode, json.loads(res.stdout) if res.stdout.strip() else {}
+
+    def calls(self) -> list[str]:
+        log = self.work / "calls.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def applied(self) -> set[str]:
+        return {p.name.removesuffix(".applied") for p in self.work.glob("*.applied")}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+@pytest.fixture
+def three(project: Project) -> Project:
+    """Three fixes a <- b <- c (c requires b requires a) in one third-party distribution."""
+    project.dist("acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]},
+                 fix_ids={"fix-a": "ACME-1"})
+    return project
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A new database on the machine's PostgreSQL, dropped afterwards; yields its DSN."""
+    import asyncpg
+    import anyio
+
+    name = f"tars_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    anyio.run(admin, f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
