@@ -1,0 +1,127 @@
+"""OTLP export to a real in-process OTLP/HTTP receiver, and the services' flush on graceful stop."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import redis
+from opentelemetry.exporter.otlp.proto.http import Compression
+from tars_1003_jaeger import StreamTracing, configure_tracing, otlp_exporter
+from tars_1003_jaeger.otlp_receiver import OTLPReceiver
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_spans_reach_an_otlp_receiver_with_continuity(redis_url: str, prefix: str, sync_client: Any) -> None:
+    stream = f"{prefix}:otlp"
+    sync_client.xgroup_create(stream, "g", id="0", mkstream=True)
+    with OTLPReceiver() as receiver:
+        producer = configure_tracing("eval-api", endpoint=receiver.endpoint, set_global=False)
+        consumer = configure_tracing(
+            "eval-worker", endpoint=receiver.endpoint + "/v1/traces", set_global=False
+        )
+        for i in range(3):
+            StreamTracing(producer).xadd(sync_client, stream, {"n": str(i)})
+        for msg in StreamTracing(consumer).xreadgroup(sync_client, "g", "c", {stream: ">"}):
+            with msg.process():
+                pass
+        # nothing forced: shutdown (graceful stop) is what flushes the batch processors
+        producer.shutdown()
+        consumer.shutdown()
+        spans = receiver.wait_for(7, timeout=10)
+    assert len(spans) == 7  # 3 send + 1 receive + 3 process
+    sends = {s["attributes"]["messaging.message.id"]: s for s in spans if s["kind"] == "PRODUCER"}
+    processes = [s for s in spans if s["kind"] == "CONSUMER"]
+    assert {s["service"] for s in sends.values()} == {"eval-api"}
+    assert {s["service"] for s in processes} == {"eval-worker"}
+    for span in processes:
+        send = sends[span["attributes"]["messaging.message.id"]]
+        assert span["trace_id"] == send["trace_id"] and span["parent_span_id"] == send["span_id"]
+        assert span["attributes"]["messaging.system"] == "redis"
+        assert span["attributes"]["messaging.destination.name"] == stream
+    [receive] = [s for s in spans if s["kind"] == "CLIENT"]
+    assert receive["attributes"]["messaging.batch.message_count"] == 3
+    assert len(receive["links"]) == 3
+
+
+def test_receiver_decodes_gzip_and_rejects_garbage() -> None:
+    with OTLPReceiver() as receiver:
+        provider = configure_tracing(
+            "gz", exporter=otlp_exporter(receiver.endpoint), set_global=False
+        )  # plain first
+        provider.get_tracer("t").start_span("plain").end()
+        provider.shutdown()
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        gz = OTLPSpanExporter(endpoint=receiver.endpoint + "/v1/traces", compression=Compression.Gzip)
+        provider = configure_tracing("gz", exporter=gz, set_global=False)
+        provider.get_tracer("t").start_span("compressed").end()
+        provider.shutdown()
+        assert [s["name"] for s in receiver.wait_for(2)] == ["plain", "compressed"]
+        bad = urllib.request.Request(
+            receiver.endpoint + "/v1/traces", data=gzip.compress(b"\xff\xffnot protobuf"), method="POST"
+        )
+        bad.add_header("Content-Encoding", "gzip")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=5)
+        assert err.value.code == 400
+
+
+def test_grpc_protocol_is_selectable_and_unknown_is_refused() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    exporter = otlp_exporter("http://127.0.0.1:4317", "grpc")
+    assert isinstance(exporter, GrpcExporter)
+    exporter.shutdown()
+    with pytest.raises(ValueError, match="unknown OTLP protocol"):
+        otlp_exporter("http://x", "thrift")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sample_ratio"):
+        configure_tracing("x", sample_ratio=2.0, set_global=False)
+
+
+def test_services_propagate_export_and_flush_on_sigterm(services: Any, redis_url: str) -> None:
+    """The sandbox producer and consumer with the flag on, exporting to the receiver; SIGTERM flushes."""
+    k = services.keys
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.hset(k["flags_key"], "tars-1003-trace-propagation", "on")
+    with OTLPReceiver() as receiver:
+        otlp = ("--otlp-endpoint", receiver.endpoint)
+        producer = services.start("producer", "eval-producer", *otlp)
+        consumer = services.start("consumer", "eval-consumer", *otlp)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # producer at 5/s: wait for a few jobs through both hops
+            groups = {g["name"]: g for g in client.xinfo_groups(k["result_stream"])}
+            if (groups.get("tars-dashboard", {}).get("entries-read") or 0) >= 3:
+                break
+            time.sleep(0.2)
+        assert receiver.spans == [], "default batch delay not reached yet: what arrives next is the flush"
+        producer.terminate()
+        consumer.terminate()
+        assert producer.wait(15) == 0 and consumer.wait(15) == 0
+        spans = receiver.wait_for(1, timeout=5)
+    assert client.hgetall(k["registry_key"]) == {}, "services deregister on graceful stop"
+    client.close()
+    sends = {
+        (s["attributes"]["messaging.destination.name"], s["attributes"]["messaging.message.id"]): s
+        for s in spans
+        if s["kind"] == "PRODUCER"
+    }
+    processes = [s for s in spans if s["kind"] == "CONSUMER"]
+    hop2 = [s for s in processes if s["attributes"]["messaging.destination.name"] == k["result_stream"]]
+    assert len(hop2) >= 3
+    for span in processes:
+        send = sends.get(
+            (span["attributes"]["messaging.destination.name"], span["attributes"]["messaging.message.id"])
+        )
+        if send is None:  # produced before the consumer started exporting, e.g. a previous run's entry
+            continue
+        assert (span["trace_id"], span["parent_span_id"]) == (send["trace_id"], send["span_id"])
+    roots = {s["trace_id"] for s in spans if s["name"] == "submit evaluation"}
+    assert {s["trace_id"] for s in hop2} <= roots, "hop 2 continues the trace the producer started"
+    assert "stopped" in services.log("eval-consumer")
+    assert json.dumps(spans)  # decoded into plain JSON-able values
