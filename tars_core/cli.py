@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -22,11 +21,22 @@ from typing import Any
 import anyio
 import attrs
 
-from tars_core.config import ConfigError, Redactor, RedactingFilter, find_config, load_config, plugin_config
+from tars_core.config import ConfigError, RedactingFilter, Redactor, find_config, load_config, plugin_config
 from tars_core.ledger import Holder, LedgerError, LockHeld, open_ledger
 from tars_core.plugins import LoadedPlugin, PluginHost, UsageError
 
-COMMANDS = ("list", "plan", "apply", "verify", "rollback", "benchmark", "report", "status", "sandbox", "new-plugin")
+COMMANDS = (
+    "list",
+    "plan",
+    "apply",
+    "verify",
+    "rollback",
+    "benchmark",
+    "report",
+    "status",
+    "sandbox",
+    "new-plugin",
+)
 NEEDS_TARGETS = ("apply", "verify", "rollback", "benchmark")
 EXIT_NAMES = {0: "ok", 1: "failed", 2: "bad input", 3: "locked", 4: "rollback failed", 130: "interrupted"}
 
@@ -35,14 +45,28 @@ def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too")
-    parser.add_argument("--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)")
+    parser.add_argument(
+        "--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)"
+    )
     parser.add_argument("--state", default=d(None), help="ledger URL: sqlite:///PATH or postgresql://...")
     parser.add_argument("--format", choices=("text", "json"), default=d("text"))
-    parser.add_argument("--dry-run", action="store_true", default=d(False), help="change nothing; say what would happen")
-    parser.add_argument("--no-rollback", action="store_true", default=d(False), help="leave a failed release as is")
-    parser.add_argument("-p", dest="block", action="append", default=d([]), metavar="no:NAME",
-                        help="disable a plugin (repeatable)")
+    parser.add_argument(
+        "--dry-run", action="store_true", default=d(False), help="change nothing; say what would happen"
+    )
+    parser.add_argument(
+        "--no-rollback", action="store_true", default=d(False), help="leave a failed release as is"
+    )
+    parser.add_argument(
+        "-p",
+        dest="block",
+        action="append",
+        default=d([]),
+        metavar="no:NAME",
+        help="disable a plugin (repeatable)",
+    )
     parser.add_argument("--debug", action="store_true", default=d(False), help="tracebacks and debug logs")
 
 
@@ -150,8 +174,15 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
     from tars_core.runner import Runner
 
     runner = Runner(
-        host, cfg, ledger, redactor, root=root, dry_run=args.dry_run,
-        rollback_policy=not args.no_rollback, progress=_stderr, debug=args.debug,
+        host,
+        cfg,
+        ledger,
+        redactor,
+        root=root,
+        dry_run=args.dry_run,
+        rollback_policy=not args.no_rollback,
+        progress=_stderr,
+        debug=args.debug,
     )
     return int(anyio.run(_run, runner, args, plugins))
 
@@ -190,8 +221,10 @@ async def _run(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin
             await ledger.end_run(runner.run_id, EXIT_NAMES.get(code, str(code)))
         if cmd in NEEDS_TARGETS:
             message = getattr(runner, "final_message", "")
-            _stderr(f"tars-run: {cmd} {EXIT_NAMES.get(code, code)} after {time.monotonic() - started:.1f}s"
-                    + (f": {message}" if message else ""))
+            _stderr(
+                f"tars-run: {cmd} {EXIT_NAMES.get(code, code)} after {time.monotonic() - started:.1f}s"
+                + (f": {message}" if message else "")
+            )
         return code
     finally:
         with anyio.CancelScope(shield=True):
@@ -252,7 +285,9 @@ async def _with_applied_dependents(runner: Any, plugins: list[LoadedPlugin]) -> 
                 if any(r in names for r in p.info.requires):
                     names.add(p.name)
                     changed = True
-                    _stderr(f"tars-run: also rolling back {p.name}, which requires a plugin being rolled back")
+                    _stderr(
+                        f"tars-run: also rolling back {p.name}, which requires a plugin being rolled back"
+                    )
     return [runner.host.plugins[n] for n in runner.host.order(names)]
 
 
@@ -271,15 +306,27 @@ def _list(host: PluginHost, fmt: str) -> int:
         for p in (host.plugins[n] for n in sorted(host.plugins))
     ]
     rows += [
-        {"name": f.name, "title": None, "kind": None, "fix_id": None, "distribution": f.distribution,
-         "version": f.version, "requires": [], "status": "broken", "error": f.error}
+        {
+            "name": f.name,
+            "title": None,
+            "kind": None,
+            "fix_id": None,
+            "distribution": f.distribution,
+            "version": f.version,
+            "requires": [],
+            "status": "broken",
+            "error": f.error,
+        }
         for f in host.failures.values()
     ]
-    text = "\n".join(
-        f"{r['name']:24} {r['version'] or '':10} {r['kind'] or '':8} {r['fix_id'] or '':10} {r['title'] or ''}"
-        + (f"  BROKEN: {r['error']}" if r["status"] == "broken" else "")
-        for r in rows
-    ) or "no plugins installed (pip install a tars plugin, e.g. plugins/tars_1004_db)"
+    text = (
+        "\n".join(
+            f"{r['name']:24} {r['version'] or '':10} {r['kind'] or '':8} {r['fix_id'] or '':10} {r['title'] or ''}"
+            + (f"  BROKEN: {r['error']}" if r["status"] == "broken" else "")
+            for r in rows
+        )
+        or "no plugins installed (pip install a tars plugin, e.g. plugins/tars_1004_db)"
+    )
     _emit(fmt, {"plugins": rows}, text)
     for f in host.failures.values():
         _stderr(f"tars-run: warning: {f.message()}")
@@ -299,21 +346,44 @@ async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fm
                 action = "re-apply (version or config changed)"
             else:
                 action = "apply, then verify"
-            rows.append({"plugin": p.name, "fix_id": p.info.fix_id, "requires": list(p.info.requires),
-                         "state": st.get("state", "not_applied"), "action": action})
+            rows.append(
+                {
+                    "plugin": p.name,
+                    "fix_id": p.info.fix_id,
+                    "requires": list(p.info.requires),
+                    "state": st.get("state", "not_applied"),
+                    "action": action,
+                }
+            )
         else:
-            rows.append({"plugin": p.name, "fix_id": p.info.fix_id, "version": p.version,
-                         "state": st.get("state", "not_applied"), "applied_version": st.get("version"),
-                         "updated_at": st.get("updated_at"), "config_changed": bool(st) and not same})
-    doc: dict[str, Any] = {"command": cmd, "release": runner.release, "ledger": runner.ledger.location,
-                           "plugins": rows}
+            rows.append(
+                {
+                    "plugin": p.name,
+                    "fix_id": p.info.fix_id,
+                    "version": p.version,
+                    "state": st.get("state", "not_applied"),
+                    "applied_version": st.get("version"),
+                    "updated_at": st.get("updated_at"),
+                    "config_changed": bool(st) and not same,
+                }
+            )
+    doc: dict[str, Any] = {
+        "command": cmd,
+        "release": runner.release,
+        "ledger": runner.ledger.location,
+        "plugins": rows,
+    }
     if cmd == "status":
         doc["last_run"] = await runner.ledger.last_run()
     if cmd == "plan":
-        text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
+        text = "\n".join(
+            f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows)
+        )
     else:
-        text = "\n".join(f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}"
-                         for r in rows)
+        text = "\n".join(
+            f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}"
+            for r in rows
+        )
         last = doc["last_run"]
         if last:
             text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
@@ -329,24 +399,38 @@ async def _report(runner: Any, plugins: list[LoadedPlugin], fmt: str) -> int:
     report_dir = runner.root / ".tars" / "reports" / runner.release
     targets = runner.redact.data(converter.unstructure(runner.cfg.targets))
     release = build_release(
-        runner.release, plugins, await ledger.states(runner.release), await ledger.phases(runner.release),
-        await ledger.benchmarks(runner.release), targets, report_dir,
+        runner.release,
+        plugins,
+        await ledger.states(runner.release),
+        await ledger.phases(runner.release),
+        await ledger.benchmarks(runner.release),
+        targets,
+        report_dir,
     )
     sections: dict[str, Any] = {}
     for p in plugins:
         if not runner.host.has_hook(p.name, "tars_report"):
             continue
         try:
-            result = await runner.host.call(p.name, "tars_report", timeout=runner.cfg.timeout(p.name, "report"),
-                                            release=release)
+            result = await runner.host.call(
+                p.name, "tars_report", timeout=runner.cfg.timeout(p.name, "report"), release=release
+            )
             results = result if isinstance(result, list) else [result]
             sections[p.name] = next((r for r in results if r is not None), None)
         except Exception as exc:
             sections[p.name] = runner.redact(f"tars_report failed: {type(exc).__name__}: {exc}")
     paths = write_report(release, sections, runner.redact, {p.name: p.version for p in plugins})
     _stderr(f"tars-run: report written to {paths['md']}")
-    _emit(fmt, {"command": "report", "release": runner.release, "files": {k: str(v) for k, v in paths.items()},
-                "states": dict(release.states)}, str(paths["md"]))
+    _emit(
+        fmt,
+        {
+            "command": "report",
+            "release": runner.release,
+            "files": {k: str(v) for k, v in paths.items()},
+            "states": dict(release.states),
+        },
+        str(paths["md"]),
+    )
     return 0
 
 

@@ -109,7 +109,9 @@ class Redactor:
     def data(self, node: Any) -> Any:
         """A redacted deep copy of JSON-like data (for reports)."""
         if isinstance(node, Mapping):
-            return {k: ("***" if SECRET_KEY.search(str(k)) and node[k] else self.data(v)) for k, v in node.items()}
+            return {
+                k: ("***" if SECRET_KEY.search(str(k)) and node[k] else self.data(v)) for k, v in node.items()
+            }
         if isinstance(node, (list, tuple)):
             return [self.data(v) for v in node]
         if isinstance(node, str):
@@ -159,7 +161,9 @@ def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
 
 
 def describe_errors(exc: Exception, root: str) -> str:
-    lines = cattrs.transform_error(exc, path=root) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+    lines = (
+        cattrs.transform_error(exc, path=root) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+    )
     out = []
     for line in lines:
         msg, _, where = line.rpartition(" @ ")
@@ -177,7 +181,9 @@ def load_config(path: Path | None, redactor: Redactor | None = None) -> tuple[Ta
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}; pass an existing file with --config") from None
+        raise ConfigError(
+            f"cannot read config {path}: {exc.strerror}; pass an existing file with --config"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -209,7 +215,9 @@ def plugin_config(info: PluginInfo, cfg: TarsConfig) -> Any:
     root = f"plugins.{info.name}"
     if info.config is None:
         if section:
-            raise ConfigError(f"config {cfg.source}: {root}: plugin {info.name} takes no settings; remove them")
+            raise ConfigError(
+                f"config {cfg.source}: {root}: plugin {info.name} takes no settings; remove them"
+            )
         return None
     return structure_section(info.config, section, f"config {cfg.source}: ", root)
 

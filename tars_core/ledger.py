@@ -117,21 +117,34 @@ class Ledger(ABC):
     async def start_run(self, run_id: str, release: str, command: str) -> None:
         await self._execute(
             "INSERT INTO tars_runs (run_id, release, command, host, pid, started_at) VALUES ($1,$2,$3,$4,$5,$6)",
-            run_id, release, command, socket.gethostname(), os.getpid(), now(),
+            run_id,
+            release,
+            command,
+            socket.gethostname(),
+            os.getpid(),
+            now(),
         )
 
     async def end_run(self, run_id: str, outcome: str) -> None:
-        await self._execute("UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id)
+        await self._execute(
+            "UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id
+        )
 
     async def phase_start(
         self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str
     ) -> int:
         return await self._insert_phase((run_id, release, plugin, phase, "running", now(), version, digest))
 
-    async def phase_end(self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None) -> None:
+    async def phase_end(
+        self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None
+    ) -> None:
         await self._execute(
             "UPDATE tars_phases SET outcome=$1, ended_at=$2, error=$3, detail=$4 WHERE id=$5",
-            outcome, now(), error, detail, phase_id,
+            outcome,
+            now(),
+            error,
+            detail,
+            phase_id,
         )
 
     async def unfinished(self) -> list[tuple[int, PhaseRecord, str]]:
@@ -143,7 +156,9 @@ class Ledger(ABC):
 
     async def close_dead_runs(self, current: str) -> list[str]:
         """Mark runs that never ended (their process died) as crashed; called with the lock held."""
-        rows = await self._fetch("SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current)
+        rows = await self._fetch(
+            "SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current
+        )
         for (run_id,) in rows:
             await self.end_run(run_id, "crashed")
         return [r[0] for r in rows]
@@ -160,15 +175,23 @@ class Ledger(ABC):
             "ORDER BY started_at DESC LIMIT 1"
         )
         keys = ("run_id", "release", "command", "host", "pid", "started_at", "ended_at", "outcome")
-        return dict(zip(keys, rows[0])) if rows else None
+        return dict(zip(keys, rows[0], strict=True)) if rows else None
 
     # -- per-plugin state ------------------------------------------------------------------------
-    async def set_state(self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str) -> None:
+    async def set_state(
+        self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str
+    ) -> None:
         await self._execute("DELETE FROM tars_state WHERE release=$1 AND plugin=$2", release, plugin)
         await self._execute(
             "INSERT INTO tars_state (release, plugin, state, version, config_digest, updated_at, run_id) "
             "VALUES ($1,$2,$3,$4,$5,$6,$7)",
-            release, plugin, state, version, digest, now(), run_id,
+            release,
+            plugin,
+            state,
+            version,
+            digest,
+            now(),
+            run_id,
         )
 
     async def states(self, release: str) -> dict[str, dict[str, str]]:
@@ -177,13 +200,17 @@ class Ledger(ABC):
             release,
         )
         keys = ("state", "version", "config_digest", "updated_at", "run_id")
-        return {r[0]: dict(zip(keys, r[1:])) for r in rows}
+        return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
 
     async def save_benchmark(self, release: str, plugin: str, run_id: str, data: dict[str, Any]) -> None:
         await self._execute("DELETE FROM tars_benchmarks WHERE release=$1 AND plugin=$2", release, plugin)
         await self._execute(
             "INSERT INTO tars_benchmarks (release, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5)",
-            release, plugin, run_id, now(), json.dumps(data),
+            release,
+            plugin,
+            run_id,
+            now(),
+            json.dumps(data),
         )
 
     async def benchmarks(self, release: str) -> dict[str, dict[str, Any]]:
@@ -201,7 +228,9 @@ class Ledger(ABC):
         for ddl in _TABLES[1:]:
             await self._execute(ddl.format(serial=self._serial))
         if not rows:
-            await self._execute("INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION))
+            await self._execute(
+                "INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION)
+            )
 
     _serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
@@ -223,7 +252,9 @@ class SQLiteLedger(Ledger):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}; check --state and permissions") from None
+            raise LedgerError(
+                f"cannot open ledger {self.path}: {exc}; check --state and permissions"
+            ) from None
         await self._migrate()
 
     async def close(self) -> None:
@@ -320,7 +351,10 @@ class PostgresLedger(Ledger):
         await self._conn.execute("DELETE FROM tars_lock WHERE id=1")
         await self._conn.execute(
             "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4)",
-            holder.host, holder.pid, holder.started_at, holder.command,
+            holder.host,
+            holder.pid,
+            holder.started_at,
+            holder.command,
         )
 
     async def release_lock(self) -> None:

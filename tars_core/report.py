@@ -94,7 +94,12 @@ def _section_data(section: ReportSection | str | None) -> dict[str, Any] | None:
 
 
 def _markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Release {doc['release']}", "", "| plugin | fix | version | state | last phase |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Release {doc['release']}",
+        "",
+        "| plugin | fix | version | state | last phase |",
+        "|---|---|---|---|---|",
+    ]
     for p in doc["plugins"]:
         last = p["phases"][-1] if p["phases"] else None
         last_txt = f"{last['phase']} {last['outcome']}" if last else "never run"
@@ -108,14 +113,18 @@ def _markdown(doc: dict[str, Any]) -> str:
             lines += ["| phase | outcome | started | ended | error |", "|---|---|---|---|---|"]
             for r in p["phases"]:
                 err = (r.get("error") or "").replace("|", "\\|")
-                lines.append(f"| {r['phase']} | {r['outcome']} | {r['started_at']} | {r.get('ended_at') or ''} | {err} |")
+                lines.append(
+                    f"| {r['phase']} | {r['outcome']} | {r['started_at']} | {r.get('ended_at') or ''} | {err} |"
+                )
             lines.append("")
         if p["benchmark"]:
             lines += ["| metric | before | after | unit | target | met |", "|---|---|---|---|---|---|"]
             for m in p["benchmark"]["metrics"]:
                 met = "" if m.get("met") is None else ("yes" if m["met"] else "**no**")
                 before = "" if m.get("before") is None else f"{m['before']:g}"
-                lines.append(f"| {m['name']} | {before} | {m['after']:g} | {m['unit']} | {m.get('target', '')} | {met} |")
+                lines.append(
+                    f"| {m['name']} | {before} | {m['after']:g} | {m['unit']} | {m.get('target', '')} | {met} |"
+                )
             lines.append("")
         if p["section"]:
             lines += [f"### {p['section']['title']}", "", p["section"]["markdown"], ""]
@@ -135,7 +144,9 @@ def _junit(doc: dict[str, Any]) -> str:
             case = ET.SubElement(suite, "testcase", classname=p["name"], name=phase)
             if r["outcome"] in ("failed", "interrupted"):
                 failures += 1
-                ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = r.get("error") or ""
+                ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = (
+                    r.get("error") or ""
+                )
             elif r["outcome"] in ("skipped", "dry-run"):
                 skipped += 1
                 ET.SubElement(case, "skipped", message=r.get("detail") or r["outcome"])

@@ -173,7 +173,9 @@ class Runner:
                     outcome, error = "interrupted", f"{hook} interrupted by the user"
                 elif phase == "verify" and not getattr(result, "ok", False):
                     outcome = "failed"
-                    error = self.redact(getattr(result, "detail", "") or "verify reported the fix is not in place")
+                    error = self.redact(
+                        getattr(result, "detail", "") or "verify reported the fix is not in place"
+                    )
         except Exception as exc:
             self._scope = None
             outcome, error = "failed", self._error_text(exc, hook, timeout)
@@ -205,7 +207,7 @@ class Runner:
         """Resolve phases a killed run left ``running``: verify decides between finishing and rolling back."""
         said: list[str] = []
         dead = await self.ledger.close_dead_runs(self.run_id)
-        for phase_id, rec, release in await self.ledger.unfinished():
+        for phase_id, rec, _release in await self.ledger.unfinished():
             await self.ledger.phase_end(phase_id, "interrupted", "the run died during this phase")
             plugin = self.host.plugins.get(rec.plugin)
             if plugin is None:
@@ -218,16 +220,22 @@ class Runner:
                 step, _ = await self.phase(plugin, "verify")
                 if step.outcome == "ok":
                     await self.set_state(plugin, "applied")
-                    said.append(f"{rec.plugin}: {rec.phase} was interrupted by a crash; verify says the fix is "
-                                "in place, recorded as applied")
+                    said.append(
+                        f"{rec.plugin}: {rec.phase} was interrupted by a crash; verify says the fix is "
+                        "in place, recorded as applied"
+                    )
                     continue
             step, _ = await self.phase(plugin, "rollback")
             if step.outcome != "ok":
                 await self.set_state(plugin, "rollback_failed")
-                raise RollbackFailed([rec.plugin], f"{rec.plugin}: resolving a crashed {rec.phase} failed: {step.error}")
+                raise RollbackFailed(
+                    [rec.plugin], f"{rec.plugin}: resolving a crashed {rec.phase} failed: {step.error}"
+                )
             await self.set_state(plugin, "rolled_back")
-            said.append(f"{rec.plugin}: {rec.phase} was interrupted by a crash and the fix is not in place; "
-                        "rolled back")
+            said.append(
+                f"{rec.plugin}: {rec.phase} was interrupted by a crash and the fix is not in place; "
+                "rolled back"
+            )
         if dead and not said:
             said.append(f"found {len(dead)} run(s) that died between phases; nothing was in flight")
         for line in said:
@@ -247,8 +255,11 @@ class Runner:
             ):
                 step, _ = await self.phase(plugin, "verify")
                 if step.outcome in ("ok", "dry-run"):
-                    self.steps.append(Step(plugin.name, "apply", "skipped", 0.0,
-                                           detail="already applied and still verified"))
+                    self.steps.append(
+                        Step(
+                            plugin.name, "apply", "skipped", 0.0, detail="already applied and still verified"
+                        )
+                    )
                     self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
                     continue
                 if self.interrupted:
@@ -272,7 +283,9 @@ class Runner:
             return Outcome(1, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
             await self.set_state(failed, "failed")
-            return Outcome(code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is")
+            return Outcome(
+                code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is"
+            )
         order = [failed, *reversed(applied)]
         with anyio.CancelScope(shield=True):
             out = await self._rollback_all(order)
@@ -321,11 +334,15 @@ class Runner:
                 failed.append(f"{plugin.name} ({step.error})")
             elif result is not None and not self.dry_run:
                 data = converter.unstructure(result)
-                await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
+                await self.ledger.save_benchmark(
+                    self.release, plugin.name, self.run_id, self.redact.data(data)
+                )
                 for m in getattr(result, "metrics", ()):
                     before = "n/a" if m.before is None else f"{m.before:g}"
                     verdict = "" if m.met is None else (" (target met)" if m.met else " (TARGET MISSED)")
-                    self.progress(f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}")
+                    self.progress(
+                        f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}"
+                    )
             if self.interrupted:
                 return Outcome(130, self.steps, message="interrupted")
         if failed:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tars_core.plugins import UsageError
 
 FILES: dict[str, str] = {
-    "pyproject.toml": '''[build-system]
+    "pyproject.toml": """[build-system]
 requires = ["hatchling>=1.24"]
 build-backend = "hatchling.build"
 
@@ -33,8 +33,8 @@ test = ["pytest>=8"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["src/{pkg}"]
-''',
-    "README.md": '''# {name}
+""",
+    "README.md": """# {name}
 
 {title}: a T.A.R.S. hotfix plugin. Install it next to `tars-core` and it shows up in `tars-run list`.
 
@@ -46,9 +46,9 @@ tars-run --plugins {name} plan
 
 Config section (`plugins.{name}` in tars.yaml): `path` (str, the file this fix manages) and `line`
 (str, the line the fix guarantees is present).
-''',
+""",
     "src/{pkg}/__init__.py": '"""{title}."""\n',
-    "src/{pkg}/plugin.py": '''"""Hooks of {name}. Keep module-level imports cheap: heavy libraries go inside the hooks."""
+    "src/{pkg}/plugin.py": '''"""Hooks of {name}. Keep module-level imports cheap: heavy libraries go in the hooks."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def tars_rollback(ctx: Context) -> ApplyResult:
     backup.unlink()
     return ApplyResult(changed=True, detail="restored")
 ''',
-    "tests/test_conformance.py": '''import anyio
+    "tests/test_conformance.py": """import anyio
 
 from tars_core import Targets
 from tars_core.testing import check_conformance, make_context
@@ -137,16 +137,20 @@ def test_conformance(tmp_path):
 def test_registers(tars_register):
     loaded = tars_register(plugin, "{name}")
     assert loaded.info.name == "{name}"
-''',
+""",
 }
 
 
 def new_plugin(name: str, dest: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9-]*[a-z0-9]", name):
-        raise UsageError(f"plugin name {name!r} must be lowercase letters, digits and dashes, e.g. acme-cache-fix")
+        raise UsageError(
+            f"plugin name {name!r} must be lowercase letters, digits and dashes, e.g. acme-cache-fix"
+        )
     pkg = name.replace("-", "_")
     if keyword.iskeyword(pkg):
-        raise UsageError(f"plugin name {name!r} makes the package name {pkg!r}, a Python keyword; pick another")
+        raise UsageError(
+            f"plugin name {name!r} makes the package name {pkg!r}, a Python keyword; pick another"
+        )
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} exists and is not empty; choose another --dir")
     title = f"{name} hotfix"

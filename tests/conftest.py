@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from plugin_factory import write_dist  # noqa: E402
+from plugin_factory import write_dist
 
 PG_ADMIN = os.environ.get("TARS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TARS_RUN = shutil.which("tars-run") or "tars-run"
@@ -55,10 +55,17 @@ class Project:
         sel = ["--plugins", ",".join(self.plugins)] if select and self.plugins else []
         return [TARS_RUN, *sel, *args]
 
-    def run(self, *args: str, select: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cmd(*args, select=select), cwd=self.work, env=env or self.env(),
-                              capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *args: str, select: bool = True, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.cmd(*args, select=select),
+            cwd=self.work,
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def json(self, *args: str, **kw: object) -> tuple[int, dict[str, object]]:
         res = self.run("--format", "json", *args, **kw)  # type: ignore[arg-type]
@@ -80,16 +87,17 @@ def project(tmp_path: Path) -> Project:
 @pytest.fixture
 def three(project: Project) -> Project:
     """Three fixes a <- b <- c (c requires b requires a) in one third-party distribution."""
-    project.dist("acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]},
-                 fix_ids={"fix-a": "ACME-1"})
+    project.dist(
+        "acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]}, fix_ids={"fix-a": "ACME-1"}
+    )
     return project
 
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A new database on the machine's PostgreSQL, dropped afterwards; yields its DSN."""
-    import asyncpg
     import anyio
+    import asyncpg
 
     name = f"tars_test_{uuid.uuid4().hex[:10]}"
 

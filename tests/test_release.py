@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Project
 
 
@@ -65,15 +64,23 @@ def test_apply_then_idempotent_rerun(three: Project) -> None:
     assert code == 0, doc
     assert three.applied() == {"fix-a", "fix-b", "fix-c"}
     first = three.calls()
-    assert first == ["apply fix-a", "verify fix-a", "apply fix-b", "verify fix-b", "apply fix-c", "verify fix-c"]
+    assert first == [
+        "apply fix-a",
+        "verify fix-a",
+        "apply fix-b",
+        "verify fix-b",
+        "apply fix-c",
+        "verify fix-c",
+    ]
     code, doc = three.json("apply")
     assert code == 0
-    assert three.calls()[len(first):] == ["verify fix-a", "verify fix-b", "verify fix-c"]
+    assert three.calls()[len(first) :] == ["verify fix-a", "verify fix-b", "verify fix-c"]
     skipped = [s for s in doc["steps"] if s["phase"] == "apply"]  # type: ignore[union-attr]
     assert all(s["outcome"] == "skipped" for s in skipped) and len(skipped) == 3
     code, status = three.json("status")
     assert {r["plugin"]: r["state"] for r in status["plugins"]} == dict.fromkeys(  # type: ignore[union-attr]
-        ["fix-a", "fix-b", "fix-c"], "applied")
+        ["fix-a", "fix-b", "fix-c"], "applied"
+    )
 
 
 def test_rerun_reapplies_when_fix_is_no_longer_in_place(three: Project) -> None:
@@ -102,7 +109,8 @@ def test_third_plugin_fails_verify_rolls_back_in_reverse_order(three: Project) -
     assert 'classname="fix-c" name="verify"><failure' in junit
     data = json.loads((report / "report.json").read_text())
     assert {p["name"]: p["state"] for p in data["plugins"]} == dict.fromkeys(
-        ["fix-a", "fix-b", "fix-c"], "rolled_back")
+        ["fix-a", "fix-b", "fix-c"], "rolled_back"
+    )
     assert "fix-a notes" in (report / "report.md").read_text()
 
 
@@ -121,7 +129,7 @@ def test_failed_rollback_exits_4_and_names_the_plugin(three: Project) -> None:
     assert res.returncode == 4
     line = one_clear_line(res.stderr)
     assert "rollback FAILED for fix-a" in line and "manual action" in line
-    code, status = three.json("status")
+    _, status = three.json("status")
     assert {r["plugin"]: r["state"] for r in status["plugins"]}["fix-a"] == "rollback_failed"  # type: ignore
 
 
@@ -175,7 +183,11 @@ def test_broken_plugin_is_reported_and_can_be_disabled(project: Project) -> None
     code, doc = project.json("list", select=False)
     assert code == 0
     broken = next(r for r in doc["plugins"] if r["name"] == "fix-broken")  # type: ignore[union-attr]
-    assert broken["status"] == "broken" and broken["distribution"] == "acme-broken" and broken["version"] == "2.3.4"
+    assert (
+        broken["status"] == "broken"
+        and broken["distribution"] == "acme-broken"
+        and broken["version"] == "2.3.4"
+    )
     res = project.run("--plugins", "fix-broken", "apply", select=False)
     assert res.returncode == 2
     line = one_clear_line(res.stderr)
@@ -201,7 +213,9 @@ def test_malformed_yaml_is_bad_input(three: Project) -> None:
         ({"fix-a": {"colour": "blue"}}, "colour"),
     ],
 )
-def test_wrong_config_names_the_path(three: Project, section: dict[str, dict[str, object]], expected: str) -> None:
+def test_wrong_config_names_the_path(
+    three: Project, section: dict[str, dict[str, object]], expected: str
+) -> None:
     three.config(section)
     res = three.run("apply")
     assert res.returncode == 2
@@ -225,8 +239,13 @@ def test_unset_env_variable_is_bad_input(three: Project) -> None:
 
 def test_secrets_never_reach_logs_reports_or_ledger(three: Project) -> None:
     secret, dsn_pw = "s3cr3t-Hunter2", "dbpass-77x"
-    three.config({"fix-a": {"password": "${ACME_PASSWORD}"}, "fix-c": {"password": "${ACME_PASSWORD}",
-                  "fail_apply": True}}, targets={"postgres": f"postgresql://app:{dsn_pw}@db.example:5432/tars"})
+    three.config(
+        {
+            "fix-a": {"password": "${ACME_PASSWORD}"},
+            "fix-c": {"password": "${ACME_PASSWORD}", "fail_apply": True},
+        },
+        targets={"postgres": f"postgresql://app:{dsn_pw}@db.example:5432/tars"},
+    )
     env = three.env(ACME_PASSWORD=secret)
     res = three.run("--format", "json", "apply", env=env)
     assert res.returncode == 1
@@ -235,7 +254,9 @@ def test_secrets_never_reach_logs_reports_or_ledger(three: Project) -> None:
     texts = [res.stdout, res.stderr, res2.stdout, res2.stderr]
     texts += [p.read_text() for p in (three.work / ".tars" / "reports").rglob("*") if p.is_file()]
     db = sqlite3.connect(three.work / ".tars" / "state.db")
-    texts += [repr(db.execute(f"SELECT * FROM {t}").fetchall()) for t in ("tars_phases", "tars_runs", "tars_state")]
+    texts += [
+        repr(db.execute(f"SELECT * FROM {t}").fetchall()) for t in ("tars_phases", "tars_runs", "tars_state")
+    ]
     assert "applied with password ***" in res.stderr
     for text in texts:
         assert secret not in text and dsn_pw not in text
@@ -244,8 +265,14 @@ def test_secrets_never_reach_logs_reports_or_ledger(three: Project) -> None:
 
 def test_second_run_exits_3_naming_the_holder_and_ctrl_c_rolls_back(three: Project) -> None:
     three.config({"fix-b": {"sleep_apply": 120}})
-    first = subprocess.Popen(three.cmd("--format", "json", "apply"), cwd=three.work, env=three.env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        three.cmd("--format", "json", "apply"),
+        cwd=three.work,
+        env=three.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(three.work / "fix-b.sleeping", first)
         res = three.run("apply")
@@ -261,17 +288,28 @@ def test_second_run_exits_3_naming_the_holder_and_ctrl_c_rolls_back(three: Proje
     doc = json.loads(out)
     assert doc["rolled_back"] == ["fix-b", "fix-a"]
     assert three.applied() == set()
-    code, status = three.json("status")
+    _, status = three.json("status")
     assert {r["plugin"]: r["state"] for r in status["plugins"]} == {  # type: ignore[union-attr]
-        "fix-a": "rolled_back", "fix-b": "rolled_back", "fix-c": "not_applied"}
+        "fix-a": "rolled_back",
+        "fix-b": "rolled_back",
+        "fix-c": "not_applied",
+    }
     assert three.run("--plugins", "fix-a", "apply", select=False).returncode == 0  # the lock was released
 
 
-@pytest.mark.parametrize(("sleep_key", "expect"), [("sleep_apply", "rolled back"), ("sleep_verify", "recorded as applied")])
+@pytest.mark.parametrize(
+    ("sleep_key", "expect"), [("sleep_apply", "rolled back"), ("sleep_verify", "recorded as applied")]
+)
 def test_sigkill_mid_phase_is_resolved_by_the_next_run(three: Project, sleep_key: str, expect: str) -> None:
     three.config({"fix-b": {sleep_key: "${SLEEP:-0}"}})
-    first = subprocess.Popen(three.cmd("apply"), cwd=three.work, env=three.env(SLEEP="120"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        three.cmd("apply"),
+        cwd=three.work,
+        env=three.env(SLEEP="120"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(three.work / "fix-b.sleeping", first)
         os.kill(first.pid, signal.SIGKILL)
@@ -286,12 +324,19 @@ def test_sigkill_mid_phase_is_resolved_by_the_next_run(three: Project, sleep_key
     res = three.run("--format", "json", "apply", env=three.env(SLEEP="0"))
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert len(doc["recovered"]) == 1 and doc["recovered"][0].startswith("fix-b") and expect in doc["recovered"][0]
-    assert f"recovered: fix-b" in res.stderr
+    assert (
+        len(doc["recovered"]) == 1
+        and doc["recovered"][0].startswith("fix-b")
+        and expect in doc["recovered"][0]
+    )
+    assert "recovered: fix-b" in res.stderr
     assert three.applied() == {"fix-a", "fix-b", "fix-c"}
     db = sqlite3.connect(three.work / ".tars" / "state.db")
     assert db.execute("SELECT count(*) FROM tars_phases WHERE outcome='running'").fetchone() == (0,)
-    assert db.execute("SELECT outcome FROM tars_runs ORDER BY started_at").fetchall() == [("crashed",), ("ok",)]
+    assert db.execute("SELECT outcome FROM tars_runs ORDER BY started_at").fetchall() == [
+        ("crashed",),
+        ("ok",),
+    ]
 
 
 def test_rollback_command_reverses_and_is_idempotent(three: Project) -> None:
@@ -342,8 +387,10 @@ def test_postgres_ledger_and_advisory_lock(three: Project, pg_database: str) -> 
         conn = await asyncpg.connect(pg_database)
         try:
             assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", 0x7A125)
-            await conn.execute("INSERT INTO tars_lock (id, host, pid, started_at, command) "
-                               "VALUES (1, 'ops-box', 4242, '2026-11-27T00:00:00Z', 'tars-run apply')")
+            await conn.execute(
+                "INSERT INTO tars_lock (id, host, pid, started_at, command) "
+                "VALUES (1, 'ops-box', 4242, '2026-11-27T00:00:00Z', 'tars-run apply')"
+            )
             return await anyio.to_thread.run_sync(lambda: three.run("--state", pg_database, "apply"))
         finally:
             await conn.execute("DELETE FROM tars_lock")

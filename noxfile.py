@@ -1,0 +1,81 @@
+"""Sessions: the core tests, one session per plugin folder (tars-core + that plugin only), lint,
+typecheck, build, demo and bench. ``nox -t tests`` runs every test session (the README's test command).
+
+Each plugin session installs nothing but ``tars-core`` and the one plugin, so "install only the plugins
+you need" is tested rather than assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(
+    p.name
+    for p in (ROOT / "plugins").iterdir()
+    if (p / "pyproject.toml").exists() and not p.name.startswith("_")
+)
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["core", "plugin", "lint", "typecheck"]
+
+
+@nox.session(tags=["tests"])
+def core(session: nox.Session) -> None:
+    """The core's own tests (real tars-run binary, real PostgreSQL for the shared ledger)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-p", "no:cacheprovider", "tests", *session.posargs)
+
+
+@nox.session(tags=["tests"])
+@nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
+def plugin(session: nox.Session, plugin: str) -> None:
+    """One plugin with the core and nothing else."""
+    session.install("-e", ".", "-e", f"plugins/{plugin}[test]")
+    session.run("pytest", "-p", "no:cacheprovider", f"plugins/{plugin}/tests", *session.posargs)
+
+
+@nox.session(tags=["tests"])
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "tars_core", "tests", "plugins", "benchmarks", "noxfile.py")
+
+
+@nox.session(tags=["tests"])
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy", "types-PyYAML")
+    session.run("mypy", "tars_core")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Wheels and sdists of every distribution into dist/, with SHA256SUMS."""
+    session.install("build")
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    for folder in [ROOT, *(ROOT / "plugins" / p for p in PLUGINS)]:
+        session.run("python", "-m", "build", "--outdir", str(dist), str(folder))
+    sums = [
+        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}"
+        for f in sorted(dist.iterdir())
+        if f.suffix in (".whl", ".gz")
+    ]
+    (dist / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    session.log("\n".join(sums))
+
+
+@nox.session(python=False)
+def demo(session: nox.Session) -> None:
+    """The main job: every plugin applied, verified, benchmarked and reported on the sandbox."""
+    session.run("bash", "scripts/demo.sh", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Full-size benchmarks (minutes): the core's runner overhead and startup."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/core_bench.py", *session.posargs)

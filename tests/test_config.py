@@ -1,0 +1,81 @@
+"""Config loading: interpolation, errors naming the path, redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from tars_core import PluginInfo
+from tars_core.config import ConfigError, Redactor, load_config, plugin_config
+
+
+@attrs.define
+class DbConfig:
+    lock_timeout: float = 2.0
+    indexes: list[str] = attrs.field(factory=list)
+
+
+INFO = PluginInfo(name="tars-x", title="x", config=DbConfig)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tars.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_interpolation_defaults_and_escape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TARS_DB_PASSWORD", "pa:ss#word")
+    cfg, red = load_config(
+        write(
+            tmp_path,
+            """
+release: {name: "v1.0.1-${TARS_STAGE:-staging}"}
+targets:
+  postgres: "postgresql://app:${TARS_DB_PASSWORD}@db:5432/tars"
+  redis: "redis://127.0.0.1:6379/0"
+plugins:
+  tars-x: {lock_timeout: 1.5, indexes: ["$$literal"]}
+""",
+        )
+    )
+    assert cfg.release.name == "v1.0.1-staging"
+    assert cfg.targets.postgres == "postgresql://app:pa:ss#word@db:5432/tars"
+    section = plugin_config(INFO, cfg)
+    assert section == DbConfig(1.5, ["$literal"])
+    assert red(f"connect {cfg.targets.postgres} failed") == "connect postgresql://app:***@db:5432/tars failed"
+    assert "pa:ss#word" not in red("the password pa:ss#word leaked")
+
+
+def test_plugin_type_error_names_path_and_type(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {lock_timeout: soon}\n"))
+    with pytest.raises(
+        ConfigError, match=r"plugins\.tars-x\.lock_timeout: invalid value for type, expected float"
+    ):
+        plugin_config(INFO, cfg)
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {lock_timout: 1}\n"))
+    with pytest.raises(ConfigError, match="lock_timout"):
+        plugin_config(INFO, cfg)
+    with pytest.raises(ConfigError, match="tagets"):
+        load_config(write(tmp_path, "tagets: {}\n"))
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_redactor_data_masks_secret_keys() -> None:
+    red = Redactor()
+    data = red.data({"api_token": "abc123", "url": "redis://:hunter2@r:6379/0", "n": 3})
+    assert data == {"api_token": "***", "url": "redis://:***@r:6379/0", "n": 3}
