@@ -82,6 +82,11 @@ def empty_database() -> Iterator[str]:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(name="dsn_for")
+def dsn_for_fixture() -> Any:
+    return dsn_for
+
+
 @pytest.fixture
 def make_ctx(tmp_path: Path) -> Any:
     def make(dsn: str | None, *, dry_run: bool = False, **config: Any) -> Context:

@@ -118,10 +118,7 @@ async def _cancelled_build_leaves_invalid_index(dsn: str, create_sql: str) -> No
         build = asyncio.create_task(builder.execute(create_sql))
 
         async def waiting() -> bool:
-            return (
-                await watcher.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
-                == "Lock"
-            )
+            return await watcher.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid) == "Lock"
 
         await wait_for(waiting, "the concurrent build to wait for the open writer")
         assert await watcher.fetchval("SELECT pg_cancel_backend($1)", pid)
@@ -135,9 +132,7 @@ async def _cancelled_build_leaves_invalid_index(dsn: str, create_sql: str) -> No
             await conn.close()
 
 
-async def test_invalid_index_from_a_cancelled_build_is_dropped_and_rebuilt(
-    database: str, make_ctx: Any
-) -> None:
+async def test_invalid_index_from_a_cancelled_build_is_dropped_and_rebuilt(database: str, make_ctx: Any) -> None:
     spec = index_specs()[1]
     await _cancelled_build_leaves_invalid_index(database, spec.create_sql)
     assert await indexes_on(database) == {spec.name: False}

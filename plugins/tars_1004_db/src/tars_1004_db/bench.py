@@ -159,9 +159,7 @@ async def _time(conn: asyncpg.Connection, sql: str, args: Sequence[Any]) -> floa
     return (time.perf_counter() - started) * 1000.0
 
 
-async def _offset_ms(
-    conn: asyncpg.Connection, sql: str, q: HotQuery, runs: list[_Run], limit: int
-) -> list[float]:
+async def _offset_ms(conn: asyncpg.Connection, sql: str, q: HotQuery, runs: list[_Run], limit: int) -> list[float]:
     return [await _time(conn, sql, [*(r.filters[f] for f in q.filters), limit, r.offset]) for r in runs]
 
 
@@ -268,9 +266,7 @@ async def _measure(
         shallow_k, deep_k = await _with_keys(conn, q, shallow), await _with_keys(conn, q, deep)
         log.info("measuring v1.0.1 %s (index, keyset)", q.name)
         await _keyset_ms(conn, q, shallow_k[:3], page_size)  # warm-up
-        offset_sql = (
-            q.first_sql.rsplit(" LIMIT ", 1)[0] + f" LIMIT ${len(q.filters) + 1} OFFSET ${len(q.filters) + 2}"
-        )
+        offset_sql = q.first_sql.rsplit(" LIMIT ", 1)[0] + f" LIMIT ${len(q.filters) + 1} OFFSET ${len(q.filters) + 2}"
         figures.append(
             QueryFigures(
                 query=q.name,

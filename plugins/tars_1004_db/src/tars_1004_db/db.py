@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -48,16 +50,17 @@ def sql_text(name: str) -> str:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, safe for logs, errors and reports."""
+    """The DSN with its password replaced, safe for logs, errors and reports (URL or keyword form)."""
+    text = re.sub(r"(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", dsn, flags=re.IGNORECASE)
     try:
-        parts = urlsplit(dsn)
+        parts = urlsplit(text)
+        password = parts.password
     except ValueError:
         return "<unparseable DSN>"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    if password is None:
+        return text
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _where(dsn: str) -> str:
@@ -95,19 +98,16 @@ async def connect(
             server_settings={"search_path": schema, "application_name": application_name},
         )
     except asyncpg.InvalidCatalogNameError as exc:
-        raise FixError(
-            f"PostgreSQL at {where}: {_line(exc)}; fix the database name in targets.postgres"
-        ) from None
+        raise FixError(f"PostgreSQL at {where}: {_line(exc)}; fix the database name in targets.postgres") from None
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
-        raise FixError(
-            f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres"
-        ) from None
+        raise FixError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
     except asyncpg.InvalidPasswordError as exc:
-        raise FixError(
-            f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres"
-        ) from None
+        raise FixError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
     except (TimeoutError, OSError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or _line(exc))
+        if isinstance(exc, TimeoutError):
+            reason = f"timed out after {timeout:g} s"
+        else:
+            reason = os.strerror(exc.errno).lower() if exc.errno else _line(exc)
         raise FixError(
             f"cannot reach PostgreSQL at {where} ({reason}, targets.postgres={shown}): "
             "start the server or fix host/port"

@@ -71,9 +71,7 @@ class HotQuery:
         missing = [f for f in self.filters if f not in filters]
         extra = sorted(set(filters) - set(self.filters))
         if missing or extra:
-            raise ValueError(
-                f"{self.name} takes filters {list(self.filters)}; missing {missing}, unknown {extra}"
-            )
+            raise ValueError(f"{self.name} takes filters {list(self.filters)}; missing {missing}, unknown {extra}")
         return [filters[f] for f in self.filters]
 
 
@@ -225,9 +223,7 @@ async def fetch_page(
     elif page is not None and page > 1:
         offset = (page - 1) * limit
         if offset > max_offset:
-            raise PageTooDeep(
-                f"page {page} is {offset} rows deep (max {max_offset}): follow next_cursor instead"
-            )
+            raise PageTooDeep(f"page {page} is {offset} rows deep (max {max_offset}): follow next_cursor instead")
         rows = await conn.fetch(f"{q.first_sql} OFFSET {offset:d}", *params, limit + 1)
     else:
         rows = await conn.fetch(q.first_sql, *params, limit + 1)

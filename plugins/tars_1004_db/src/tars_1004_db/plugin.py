@@ -220,9 +220,7 @@ def tars_report(release: Release) -> ReportSection | None:
                 met = "" if m.met is None else ("yes" if m.met else "**no**")
                 lines.append(f"| {m.name} | {before} | {m.after:g} {m.unit} | {m.target} | {met} |")
         data["metrics"] = [attrs.asdict(m) for m in bench.metrics]
-    return ReportSection(
-        title="TARS-1004 database indexes and keyset pagination", markdown="\n".join(lines), data=data
-    )
+    return ReportSection(title="TARS-1004 database indexes and keyset pagination", markdown="\n".join(lines), data=data)
 
 
 @hookimpl
