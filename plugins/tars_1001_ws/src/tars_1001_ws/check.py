@@ -443,12 +443,14 @@ class HubProcess:
         return f"ws://127.0.0.1:{self.port}/"
 
     @classmethod
-    async def start(cls, *extra: str) -> HubProcess:
+    async def start(cls, *extra: str, port: int | None = None) -> HubProcess:
+        """Start ``python -m tars_1001_ws.hub`` (on a free port unless given) and wait until it listens."""
         import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "tars_1001_ws.hub", "--port", str(port),
                                  "--log-level", "WARNING", *extra])
         deadline = time.monotonic() + 20
@@ -462,6 +464,11 @@ class HubProcess:
             await asyncio.sleep(0.05)
         proc.kill()
         raise HubError("hub process did not start listening within 20 s")
+
+    def kill(self) -> None:
+        """SIGKILL: the hub dies without closing anything (what a crash or an OOM kill looks like)."""
+        self.proc.kill()
+        self.proc.wait()
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -346,8 +346,7 @@ class ReconnectingWebSocketClient:
                 raise OutboxFull(f"outbox full ({len(self._outbox)} messages, {self._outbox_bytes} bytes)")
             dropped = self._outbox.popleft()
             self._outbox_bytes -= dropped.size
-            if not dropped.future.done():
-                dropped.future.set_exception(OutboxFull("dropped from a full outbox (drop_oldest)"))
+            _fail(dropped.future, OutboxFull("dropped from a full outbox (drop_oldest)"))
         self._outbox.append(pub)
         self._outbox_bytes += pub.size
         assert self._outbox_changed is not None
@@ -387,9 +386,7 @@ class ReconnectingWebSocketClient:
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         while self._outbox:
-            pub = self._outbox.popleft()
-            if not pub.future.done():
-                pub.future.set_exception(ClientClosed("client closed before the hub acknowledged"))
+            _fail(self._outbox.popleft().future, ClientClosed("client closed before the hub acknowledged"))
         self._outbox_bytes = 0
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ClientClosed("closed before connecting"))
@@ -628,8 +625,7 @@ class ReconnectingWebSocketClient:
             if pub.key == frame.get("id"):
                 self._outbox.remove(pub)
                 self._outbox_bytes -= pub.size
-                if not pub.future.done():
-                    pub.future.set_exception(ClientError(f"hub refused publish: {frame.get('message')}"))
+                _fail(pub.future, ClientError(f"hub refused publish: {frame.get('message')}"))
                 return
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
@@ -701,6 +697,13 @@ class _ProtocolMismatch(Exception):
     pass
 
 
+def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
+    """Fail a publication; nobody may be awaiting it, so mark the exception retrieved (no loop warning)."""
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()
+
+
 def _raise_from(done: Iterable[asyncio.Task[Any]]) -> None:
     """Re-raise why the session ended; the heartbeat's verdict wins over the reader's closed socket."""
     for task in sorted(done, key=lambda t: t.get_name() != "heartbeat"):
@@ -747,6 +750,8 @@ def _fatal(exc: Exception) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there, or a firewall rejects it)"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} ({type(exc).__name__})"
     text = str(exc) or type(exc).__name__

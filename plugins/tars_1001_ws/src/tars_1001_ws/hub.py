@@ -143,6 +143,9 @@ class Hub:
         self._duplicates = Counter(
             "tars_ws_hub_duplicate_publishes", "Publishes dropped by idempotency key", registry=self.registry
         )
+        self._subscribes = Counter(
+            "tars_ws_hub_subscribe_requests", "Subscribe frames received", registry=self.registry
+        )
         self._replayed = Counter("tars_ws_hub_replayed", "Messages replayed on resubscribe", registry=self.registry)
         self._resyncs = Counter(
             "tars_ws_hub_resync_required", "Resubscribes whose gap could not be replayed", ["reason"],
@@ -277,6 +280,7 @@ class Hub:
     def _subscribe(self, session: _Session, req_id: Any, specs: Any) -> None:
         if not isinstance(specs, list) or not specs:
             raise _BadRequest("subscribe needs a non-empty 'channels' list")
+        self._subscribes.inc()
         results: list[dict[str, Any]] = []
         replay: list[str] = []
         for spec in specs:
