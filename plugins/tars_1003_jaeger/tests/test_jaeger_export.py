@@ -22,9 +22,7 @@ def test_spans_reach_an_otlp_receiver_with_continuity(redis_url: str, prefix: st
     sync_client.xgroup_create(stream, "g", id="0", mkstream=True)
     with OTLPReceiver() as receiver:
         producer = configure_tracing("eval-api", endpoint=receiver.endpoint, set_global=False)
-        consumer = configure_tracing(
-            "eval-worker", endpoint=receiver.endpoint + "/v1/traces", set_global=False
-        )
+        consumer = configure_tracing("eval-worker", endpoint=receiver.endpoint + "/v1/traces", set_global=False)
         for i in range(3):
             StreamTracing(producer).xadd(sync_client, stream, {"n": str(i)})
         for msg in StreamTracing(consumer).xreadgroup(sync_client, "g", "c", {stream: ">"}):
@@ -51,9 +49,7 @@ def test_spans_reach_an_otlp_receiver_with_continuity(redis_url: str, prefix: st
 
 def test_receiver_decodes_gzip_and_rejects_garbage() -> None:
     with OTLPReceiver() as receiver:
-        provider = configure_tracing(
-            "gz", exporter=otlp_exporter(receiver.endpoint), set_global=False
-        )  # plain first
+        provider = configure_tracing("gz", exporter=otlp_exporter(receiver.endpoint), set_global=False)  # plain first
         provider.get_tracer("t").start_span("plain").end()
         provider.shutdown()
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -115,9 +111,7 @@ def test_services_propagate_export_and_flush_on_sigterm(services: Any, redis_url
     hop2 = [s for s in processes if s["attributes"]["messaging.destination.name"] == k["result_stream"]]
     assert len(hop2) >= 3
     for span in processes:
-        send = sends.get(
-            (span["attributes"]["messaging.destination.name"], span["attributes"]["messaging.message.id"])
-        )
+        send = sends.get((span["attributes"]["messaging.destination.name"], span["attributes"]["messaging.message.id"]))
         if send is None:  # produced before the consumer started exporting, e.g. a previous run's entry
             continue
         assert (span["trace_id"], span["parent_span_id"]) == (send["trace_id"], send["span_id"])

@@ -56,9 +56,7 @@ def test_plugin_info_and_config_errors(tmp_path: Path) -> None:
     info = plugin.tars_plugin_info()
     assert (info.name, info.fix_id, info.kind) == ("tars-1003-jaeger", "TARS-1003", "hotfix")
     with pytest.raises(Exception, match="probe_messages"):
-        make_context(
-            plugin, targets=Targets(redis="redis://x"), config={"probe_messages": "many"}, state_dir=tmp_path
-        )
+        make_context(plugin, targets=Targets(redis="redis://x"), config={"probe_messages": "many"}, state_dir=tmp_path)
 
 
 def test_conformance_with_running_services(services: Any, tmp_path: Path) -> None:
@@ -111,13 +109,9 @@ def test_apply_refuses_when_the_fixed_code_is_not_running(services: Any, tmp_pat
     anyio.run(scenario)
 
 
-def test_apply_refuses_a_stale_or_old_service(
-    services: Any, tmp_path: Path, sync_client: redis.Redis
-) -> None:
+def test_apply_refuses_a_stale_or_old_service(services: Any, tmp_path: Path, sync_client: redis.Redis) -> None:
     k = services.keys
-    sync_client.hset(
-        k["registry_key"], "eval-producer", json.dumps({"version": "1.0.0", "heartbeat": time.time()})
-    )
+    sync_client.hset(k["registry_key"], "eval-producer", json.dumps({"version": "1.0.0", "heartbeat": time.time()}))
     sync_client.hset(
         k["registry_key"],
         "eval-consumer",
@@ -145,9 +139,7 @@ def test_dry_run_changes_nothing(services: Any, tmp_path: Path) -> None:
     async def scenario() -> None:
         try:
             result = await plugin.tars_apply(ctx)
-            assert result == ApplyResult(
-                changed=False, detail="dry run: would turn on tars-1003-trace-propagation"
-            )
+            assert result == ApplyResult(changed=False, detail="dry run: would turn on tars-1003-trace-propagation")
             assert await ctx.flags.get("tars-1003-trace-propagation") is None
         finally:
             await ctx.flags.aclose()
@@ -173,9 +165,7 @@ def test_sandbox_contribution_and_seed(services: Any, tmp_path: Path, sync_clien
     for spec in contrib.services:
         assert spec.argv[:2] == [sys.executable, "-m"] and spec.port
     with_otlp = plugin.tars_sandbox(
-        SandboxSite(
-            dir=tmp_path, targets=Targets(redis="redis://x", otlp_endpoint="http://j:4318"), python="py"
-        )
+        SandboxSite(dir=tmp_path, targets=Targets(redis="redis://x", otlp_endpoint="http://j:4318"), python="py")
     )
     assert [s.name for s in with_otlp.services] == ["eval-producer", "eval-consumer"]
 

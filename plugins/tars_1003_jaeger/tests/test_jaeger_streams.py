@@ -35,9 +35,7 @@ def _by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[Any]:
 
 
 @pytest.mark.parametrize("decode", [True, False], ids=["decoded", "bytes"])
-def test_one_hop_sync_continuity_and_conventions(
-    redis_url: str, prefix: str, memory: Any, decode: bool
-) -> None:
+def test_one_hop_sync_continuity_and_conventions(redis_url: str, prefix: str, memory: Any, decode: bool) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider, stats=PropagationStats())
     client = redis.Redis.from_url(redis_url, decode_responses=decode)
@@ -51,9 +49,7 @@ def test_one_hop_sync_continuity_and_conventions(
     assert {"job", "traceparent"} <= names
 
     [msg] = tracing.xreadgroup(client, "g", "c1", {stream: ">"}, count=10)
-    assert msg.trace_status == "ok" and msg.id == (
-        entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    )
+    assert msg.trace_status == "ok" and msg.id == (entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
     assert set(msg.payload) == {b"job"} if not decode else {"job"}
     with msg.process() as span:
         assert trace.get_current_span() is span
@@ -63,9 +59,7 @@ def test_one_hop_sync_continuity_and_conventions(
     [process] = _by_kind(exporter, SpanKind.CONSUMER)
     [receive] = _by_kind(exporter, SpanKind.CLIENT)
     assert send.name == f"send {stream}" and process.name == f"process {stream}"
-    assert (
-        process.context.trace_id == send.context.trace_id and process.parent.span_id == send.context.span_id
-    )
+    assert process.context.trace_id == send.context.trace_id and process.parent.span_id == send.context.span_id
     assert send.attributes["messaging.system"] == "redis"
     assert send.attributes["messaging.operation.type"] == "send"
     assert send.attributes["messaging.destination.name"] == stream
@@ -84,9 +78,7 @@ def test_one_hop_sync_continuity_and_conventions(
 @pytest.mark.parametrize("links", [False, True], ids=["parent", "links"])
 def test_two_hops_dead_consumer_and_xautoclaim_async(redis_url: str, prefix: str, links: bool) -> None:
     """The verify pipeline: bytes and str clients, batches, a dead consumer, XAUTOCLAIM, a second hop."""
-    result = anyio.run(
-        lambda: pipeline_check(redis_url, prefix=prefix, messages=30, links=links, claim_idle_ms=20)
-    )
+    result = anyio.run(lambda: pipeline_check(redis_url, prefix=prefix, messages=30, links=links, claim_idle_ms=20))
     assert result["hop1"].complete and result["hop1"].total == 30, result
     assert result["hop1"].redelivered == 7
     assert result["hop2"].complete and result["hop2"].total == 30, result
@@ -110,9 +102,7 @@ def test_batch_read_links_every_producer(redis_url: str, prefix: str, memory: An
     assert {link.context.span_id for link in receive.links} == set(sends)
     report = continuity(exporter.get_finished_spans())
     assert report.complete and report.total == 5
-    assert len({s.context.trace_id for s in _by_kind(exporter, SpanKind.CONSUMER)}) == 5, (
-        "one trace per entry"
-    )
+    assert len({s.context.trace_id for s in _by_kind(exporter, SpanKind.CONSUMER)}) == 5, "one trace per entry"
 
 
 def test_killed_consumer_entries_taken_over_with_xautoclaim(
@@ -273,24 +263,14 @@ def test_baggage_and_resp3_and_forwarding(redis_url: str, prefix: str, memory: A
     report = continuity(exporter.get_finished_spans())
     assert report.complete and report.total == 2
     [process1] = [
-        s
-        for s in _by_kind(exporter, SpanKind.CONSUMER)
-        if s.attributes["messaging.destination.name"] == first
+        s for s in _by_kind(exporter, SpanKind.CONSUMER) if s.attributes["messaging.destination.name"] == first
     ]
-    send2 = [
-        s
-        for s in _by_kind(exporter, SpanKind.PRODUCER)
-        if s.attributes["messaging.destination.name"] == second
-    ]
-    assert send2[0].parent.span_id == process1.context.span_id, (
-        "hop 2 is sent from inside hop 1's process span"
-    )
+    send2 = [s for s in _by_kind(exporter, SpanKind.PRODUCER) if s.attributes["messaging.destination.name"] == second]
+    assert send2[0].parent.span_id == process1.context.span_id, "hop 2 is sent from inside hop 1's process span"
     client.close()
 
 
-def test_failed_xadd_marks_the_producer_span(
-    redis_url: str, prefix: str, memory: Any, sync_client: Any
-) -> None:
+def test_failed_xadd_marks_the_producer_span(redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
     provider, exporter = memory
     key = f"{prefix}:not-a-stream"
     sync_client.set(key, "x")
@@ -341,8 +321,6 @@ def test_module_functions_use_the_global_provider(redis_url: str, prefix: str) -
         provider.shutdown()
         print(continuity(exporter.get_finished_spans()), stats.snapshot()["acked"])
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1/1 (100.00%) 1"

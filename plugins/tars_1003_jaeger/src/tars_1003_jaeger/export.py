@@ -30,9 +30,7 @@ def otlp_exporter(
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(
-            endpoint=endpoint, insecure=endpoint.startswith("http://"), headers=dict(headers or {})
-        )
+        return GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"), headers=dict(headers or {}))
     if protocol != "http/protobuf":
         raise ValueError(f"unknown OTLP protocol {protocol!r}: use 'http/protobuf' or 'grpc'")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter

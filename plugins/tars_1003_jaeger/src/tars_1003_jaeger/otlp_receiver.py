@@ -52,9 +52,7 @@ def decode_spans(body: bytes) -> list[dict[str, Any]]:
                         "trace_id": span.trace_id.hex(),
                         "span_id": span.span_id.hex(),
                         "parent_span_id": span.parent_span_id.hex(),
-                        "links": [
-                            {"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex()} for ln in span.links
-                        ],
+                        "links": [{"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex()} for ln in span.links],
                         "attributes": {kv.key: _value(kv.value) for kv in span.attributes},
                         "status": span.status.code,
                     }

@@ -232,9 +232,7 @@ async def probe_services(client: Any, cfg: JaegerConfig) -> tuple[Any, Any]:
     probes = [f"{run}-{i}" for i in range(cfg.probe_messages)]
     sent: dict[str, str] = {}
     for probe in probes:
-        sent[probe] = await tracing.xadd(
-            client, cfg.stream, {"tars_probe": probe, "agent": "tars-1003-probe"}
-        )
+        sent[probe] = await tracing.xadd(client, cfg.stream, {"tars_probe": probe, "agent": "tars-1003-probe"})
     producers = {s.attributes["messaging.message.id"]: s.context for s in exporter.get_finished_spans()}
     provider.shutdown()
     fields = [f"{p}:{hop}" for p in probes for hop in (1, 2)]
@@ -291,15 +289,9 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     finally:
         await client.aclose()
     ok = (
-        _is_on(flag)
-        and not problems
-        and all(c.complete for c in pipeline.values())
-        and hop1.complete
-        and hop2.complete
+        _is_on(flag) and not problems and all(c.complete for c in pipeline.values()) and hop1.complete and hop2.complete
     )
-    detail = (
-        f"trace continuity {hop1.percent:.2f}% / {hop2.percent:.2f}% over {hop1.total} probes (hop 1 / hop 2)"
-    )
+    detail = f"trace continuity {hop1.percent:.2f}% / {hop2.percent:.2f}% over {hop1.total} probes (hop 1 / hop 2)"
     return VerifyResult(ok=ok, detail=detail, checks=checks)
 
 
@@ -374,9 +366,7 @@ def tars_report(release: Release) -> ReportSection | None:
             b = "-" if m.before is None else f"{m.before:,.2f}"
             met = {True: "yes", False: "no", None: ""}[m.met]
             lines.append(f"| {m.name} | {b} | {m.after:,.2f} | {m.unit} | {m.target} | {met} |")
-        data["benchmark"] = {
-            m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in bench.metrics
-        }
+        data["benchmark"] = {m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in bench.metrics}
     verifies = [p for p in release.phases if p.plugin == NAME and p.phase == "verify"]
     if verifies:
         last = verifies[-1]

@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from tars_1003_jaeger.streams import DELIVERY_COUNT_ATTRIBUTE, StreamMessage, StreamTracing
@@ -51,10 +51,13 @@ class Continuity:
         return text
 
 
-def memory_provider(*, batch: bool = False, queue: int = 2048) -> tuple[TracerProvider, InMemorySpanExporter]:
-    """A private provider (never the global one) that keeps every span in memory, ParentBased sampling."""
+def memory_provider(
+    *, batch: bool = False, queue: int = 2048, sample_ratio: float = 1.0
+) -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A private provider (never the global one) that keeps its spans in memory, ParentBased sampling."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    root = ALWAYS_ON if sample_ratio >= 1.0 else TraceIdRatioBased(sample_ratio)
+    provider = TracerProvider(sampler=ParentBased(root))
     if batch:
         processor: Any = BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=512)
     else:
@@ -174,7 +177,9 @@ def _dest(span: ReadableSpan) -> Any:
 
 # -- benchmark ---------------------------------------------------------------------------------------
 
-MODES = ("plain", "unpropagated", "propagated")
+#: ``sampled`` is ``propagated`` with a ParentBased(TraceIdRatioBased) root sampler, as production runs:
+#: context (and so continuity of trace ids) still travels in every entry, unsampled spans cost little.
+MODES = ("plain", "unpropagated", "propagated", "sampled")
 
 
 def _handler(fields: Any) -> int:
@@ -187,13 +192,14 @@ def _flow(
 ) -> float:
     """One full pass: XADD n entries, a consumer dies holding ``redeliver`` of them, the worker drains
     the rest with XREADGROUP + per-entry XACK and takes the dead consumer's entries over with
-    XAUTOCLAIM. Returns the elapsed seconds."""
+    XAUTOCLAIM. Returns the elapsed wall and CPU seconds of this process (all threads, so the span
+    processor's export thread is included; Redis' own CPU is not)."""
     client.xgroup_create(stream, "bench", id="0", mkstream=True)
     tracing = StreamTracing(provider)
     tracer = provider.get_tracer("tars-1003-bench-v1.0.0")
     payload = {"agent": "ppo-v1", "env": "CartPole-v1", "episodes": "100", "seed": "0"}
-    start = time.perf_counter()
-    if mode == "propagated":
+    start, cpu = time.perf_counter(), time.process_time()
+    if mode in ("propagated", "sampled"):
         for i in range(n):
             tracing.xadd(client, stream, {**payload, "job": str(i)})
         tracing.xreadgroup(client, "bench", "doomed", {stream: ">"}, count=redeliver)
@@ -212,7 +218,7 @@ def _flow(
             cursor = claimed.next_start_id
             if cursor == "0-0":
                 break
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     # v1.0.0 behaviour ("unpropagated": spans on both sides, no context in the entry) or no tracing.
     traced = mode == "unpropagated"
@@ -220,9 +226,7 @@ def _flow(
         if traced:
             with tracer.start_as_current_span(f"send {stream}", kind=SpanKind.PRODUCER) as span:
                 entry_id = client.xadd(stream, {**payload, "job": str(i)})
-                span.set_attributes(
-                    {"messaging.destination.name": stream, "messaging.message.id": _s(entry_id)}
-                )
+                span.set_attributes({"messaging.destination.name": stream, "messaging.message.id": _s(entry_id)})
         else:
             client.xadd(stream, {**payload, "job": str(i)})
     client.xreadgroup("bench", "doomed", {stream: ">"}, count=redeliver)
@@ -231,9 +235,7 @@ def _flow(
         for entry_id, fields in entries:
             if traced:
                 attributes = {"messaging.destination.name": stream, "messaging.message.id": _s(entry_id)}
-                with tracer.start_as_current_span(
-                    f"process {stream}", kind=SpanKind.CONSUMER, attributes=attributes
-                ):
+                with tracer.start_as_current_span(f"process {stream}", kind=SpanKind.CONSUMER, attributes=attributes):
                     _handler(fields)
                     client.xack(stream, "bench", entry_id)
             else:
@@ -249,7 +251,11 @@ def _flow(
         cursor = claimed[0]
         if _s(cursor) == "0-0":
             break
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _median(values: Sequence[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _s(value: Any) -> str:
@@ -283,7 +289,9 @@ class BenchFigures:
     messages: int
     redelivered: int
     rounds: int
+    sample_ratio: float
     throughput: dict[str, float]  # mode -> messages per second (median of rounds)
+    cpu_us: dict[str, float]  # mode -> client CPU microseconds per message (median of rounds)
     continuity_before: Continuity
     continuity_after: Continuity
     inject_us: float
@@ -299,6 +307,13 @@ class BenchFigures:
         return (1 / self.throughput["propagated"] - 1 / self.throughput["plain"]) * 1e6
 
     @property
+    def cpu_ratio(self) -> float:
+        """Throughput ratio the client's CPU allows: plain CPU per message over propagated CPU per message.
+
+        On a shared machine wall-clock throughput mostly measures the neighbours; this does not."""
+        return self.cpu_us["plain"] / self.cpu_us["propagated"]
+
+    @property
     def propagation_overhead_us(self) -> float:
         """Extra wall time per message of propagated tracing over v1.0.0's unpropagated spans."""
         return (1 / self.throughput["propagated"] - 1 / self.throughput["unpropagated"]) * 1e6
@@ -312,8 +327,9 @@ def benchmark(
     redeliver_fraction: float = 0.1,
     rounds: int = 3,
     batch: int = 100,
+    sample_ratio: float = 0.1,
 ) -> BenchFigures:
-    """Throughput of the three modes on the same Redis, interleaved round by round, plus continuity.
+    """Throughput of the four modes on the same Redis, interleaved round by round, plus continuity.
 
     Spans go to an in-memory exporter behind a BatchSpanProcessor (queue sized to hold them all), so the
     figures include span creation and enqueueing but not OTLP serialisation, which happens off the
@@ -323,14 +339,18 @@ def benchmark(
     redeliver = max(1, int(messages * redeliver_fraction))
     base = f"{prefix}:{uuid.uuid4().hex[:12]}"
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     spans: dict[str, list[ReadableSpan]] = {}
     try:
         for r in range(rounds):
             for mode in MODES:
-                provider, exporter = memory_provider(batch=True, queue=messages * 4 + 1024)
+                ratio = sample_ratio if mode == "sampled" else 1.0
+                provider, exporter = memory_provider(batch=True, queue=messages * 4 + 1024, sample_ratio=ratio)
                 stream = f"{base}:{mode}:{r}"
                 try:
-                    times[mode].append(_flow(client, mode, stream, messages, redeliver, batch, provider))
+                    wall, used = _flow(client, mode, stream, messages, redeliver, batch, provider)
+                    times[mode].append(wall)
+                    cpu[mode].append(used)
                 finally:
                     client.delete(stream)
                 provider.force_flush()
@@ -339,13 +359,16 @@ def benchmark(
                 provider.shutdown()
     finally:
         client.close()
-    throughput = {m: messages / sorted(t)[len(t) // 2] for m, t in times.items()}
+    throughput = {m: messages / _median(t) for m, t in times.items()}
+    cpu_us = {m: _median(t) / messages * 1e6 for m, t in cpu.items()}
     inject, extract = codec_overhead_us()
     return BenchFigures(
         messages=messages,
         redelivered=redeliver,
         rounds=rounds,
+        sample_ratio=sample_ratio,
         throughput=throughput,
+        cpu_us=cpu_us,
         continuity_before=continuity(spans["unpropagated"]),
         continuity_after=continuity(spans["propagated"]),
         inject_us=inject,

@@ -48,9 +48,7 @@ MESSAGES = Counter(
     "Stream entries handled, by stage and whether their trace context was usable",
     ["service", "stage", "context"],
 )
-PROPAGATING = Gauge(
-    "tars_trace_propagation_enabled", "1 when the service propagates trace context", ["service"]
-)
+PROPAGATING = Gauge("tars_trace_propagation_enabled", "1 when the service propagates trace context", ["service"])
 
 
 class Service:
@@ -206,9 +204,7 @@ async def _consume(svc: Service, stream: str, group: str, handler: Handler) -> N
                 next_claim = time.monotonic() + svc.args.claim_interval
                 await _claim(svc, stream, group, consumer, handler)
             if svc.propagate:
-                batch = await svc.tracing.xreadgroup(
-                    svc.client, group, consumer, {stream: ">"}, count=16, block=1000
-                )
+                batch = await svc.tracing.xreadgroup(svc.client, group, consumer, {stream: ">"}, count=16, block=1000)
                 await _process(svc, stream, batch, handler)
             else:
                 reply = await svc.client.xreadgroup(group, consumer, {stream: ">"}, count=16, block=1000)
@@ -230,12 +226,8 @@ async def _claim(svc: Service, stream: str, group: str, consumer: str, handler: 
             await _process(svc, stream, claimed.messages, handler)
             cursor = claimed.next_start_id
         else:
-            reply = await svc.client.xautoclaim(
-                stream, group, consumer, svc.args.claim_idle_ms, cursor, count=16
-            )
-            await _process_legacy(
-                svc, stream, group, [e for e in reply[1] if e and e[1] is not None], handler
-            )
+            reply = await svc.client.xautoclaim(stream, group, consumer, svc.args.claim_idle_ms, cursor, count=16)
+            await _process_legacy(svc, stream, group, [e for e in reply[1] if e and e[1] is not None], handler)
             cursor = reply[0]
         if cursor == "0-0":
             return
@@ -250,14 +242,10 @@ async def _process(svc: Service, stream: str, batch: list[StreamMessage], handle
         except redis.RedisError:
             raise
         except Exception:
-            log.exception(
-                "%s: handler failed on %s %s (left pending for redelivery)", svc.name, stream, msg.id
-            )
+            log.exception("%s: handler failed on %s %s (left pending for redelivery)", svc.name, stream, msg.id)
 
 
-async def _process_legacy(
-    svc: Service, stream: str, group: str, entries: list[Any], handler: Handler
-) -> None:
+async def _process_legacy(svc: Service, stream: str, group: str, entries: list[Any], handler: Handler) -> None:
     for entry_id, fields in entries:
         MESSAGES.labels(svc.name, stream, "ignored").inc()
         with svc.tracer.start_as_current_span(f"process {stream}", kind=SpanKind.CONSUMER):
@@ -272,15 +260,11 @@ def _entries(reply: Any) -> list[tuple[Any, list[Any]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tars_1003_jaeger.services", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tars_1003_jaeger.services", description=__doc__.split("\n")[0])
     parser.add_argument("role", choices=["producer", "consumer"])
     parser.add_argument("--redis", required=True, help="redis:// URL of the T.A.R.S. Redis")
     parser.add_argument("--name", help="service name in the registry (default eval-<role>)")
-    parser.add_argument(
-        "--metrics-port", type=int, required=True, help="Prometheus metrics on 127.0.0.1:PORT"
-    )
+    parser.add_argument("--metrics-port", type=int, required=True, help="Prometheus metrics on 127.0.0.1:PORT")
     parser.add_argument("--stream", default="tars:evaluations:jobs")
     parser.add_argument("--result-stream", default="tars:evaluations:results")
     parser.add_argument("--group", default="tars-evaluators")

@@ -413,9 +413,7 @@ class StreamTracing:
 
     # -- consumer ---------------------------------------------------------------------------------
 
-    def xreadgroup(
-        self, client: Any, group: str, consumer: str, streams: Mapping[Any, Any], **kwargs: Any
-    ) -> Any:
+    def xreadgroup(self, client: Any, group: str, consumer: str, streams: Mapping[Any, Any], **kwargs: Any) -> Any:
         """XREADGROUP returning a flat list of :class:`StreamMessage` (awaitable with ``redis.asyncio``).
 
         Reading pending history (an id other than ``">"``) is a redelivery: those entries get their
@@ -482,9 +480,7 @@ class StreamTracing:
             live.append(entry)
         counts = None
         if self.delivery_counts and live:
-            counts = yield from self._delivery_counts_op(
-                client, stream, group, consumer, [_text(e[0]) for e in live]
-            )
+            counts = yield from self._delivery_counts_op(client, stream, group, consumer, [_text(e[0]) for e in live])
         batch = self._messages(client, name, group, consumer, live, counts)
         self._receive_span(client, name, group, consumer, batch, started, operation="claim")
         return ClaimResult(next_id, batch, deleted)
