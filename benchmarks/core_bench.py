@@ -24,9 +24,10 @@ from typing import Any
 import anyio
 
 from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
-from tars_core.config import Redactor, TarsConfig
+from tars_core.config import TarsConfig
 from tars_core.ledger import Holder, SQLiteLedger
 from tars_core.plugins import PluginHost
+from tars_core.redact import Redactor
 from tars_core.runner import Runner
 
 

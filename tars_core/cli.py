@@ -16,14 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import attrs
-
-from tars_core.config import ConfigError, RedactingFilter, Redactor, find_config, load_config, plugin_config
-from tars_core.ledger import Holder, LedgerError, LockHeld, open_ledger
 from tars_core.plugins import LoadedPlugin, PluginHost, UsageError
+from tars_core.redact import RedactingFilter, Redactor
+
+if TYPE_CHECKING:
+    from tars_core.runner import Runner
 
 COMMANDS = (
     "list",
@@ -45,20 +44,14 @@ def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument(
-        "--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too"
-    )
-    parser.add_argument(
-        "--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)"
-    )
+    parser.add_argument("--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too")
+    parser.add_argument("--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)")
     parser.add_argument("--state", default=d(None), help="ledger URL: sqlite:///PATH or postgresql://...")
     parser.add_argument("--format", choices=("text", "json"), default=d("text"))
     parser.add_argument(
         "--dry-run", action="store_true", default=d(False), help="change nothing; say what would happen"
     )
-    parser.add_argument(
-        "--no-rollback", action="store_true", default=d(False), help="leave a failed release as is"
-    )
+    parser.add_argument("--no-rollback", action="store_true", default=d(False), help="leave a failed release as is")
     parser.add_argument(
         "-p",
         dest="block",
@@ -130,16 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocked = [b[3:] if b.startswith("no:") else b for b in args.block]
     try:
         return _main(args, blocked, redactor)
-    except LockHeld as exc:
-        _stderr(f"tars-run: {redactor(str(exc))}")
-        return 3
-    except (UsageError, ConfigError, LedgerError) as exc:
+    except UsageError as exc:  # ConfigError and LedgerError are UsageErrors too
         _stderr(f"tars-run: error: {redactor(str(exc))}")
         return 2
     except KeyboardInterrupt:
         _stderr("tars-run: interrupted")
         return 130
     except Exception as exc:
+        from tars_core.ledger import LockHeld  # imported late: `tars-run list` never needs it
+
+        if isinstance(exc, LockHeld):
+            _stderr(f"tars-run: {redactor(str(exc))}")
+            return 3
         if args.debug:
             raise
         text = redactor(f"{type(exc).__name__}: {exc}".splitlines()[0])
@@ -163,6 +158,12 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
         from tars_core import sandbox
 
         return sandbox.run_command(host, root, args.action, args.format)
+    import anyio
+
+    from tars_core.config import find_config, load_config, plugin_config
+    from tars_core.ledger import open_ledger
+    from tars_core.runner import Runner
+
     cfg_path = find_config(args.config, root)
     if cfg_path is None:
         cfg_path = _sandbox_config(host, root, start=args.command in NEEDS_TARGETS and not args.dry_run)
@@ -171,8 +172,6 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
     for p in plugins:  # every config error before anything runs
         plugin_config(p.info, cfg)
     ledger = open_ledger(args.state or cfg.state.url, root, redactor)
-    from tars_core.runner import Runner
-
     runner = Runner(
         host,
         cfg,
@@ -197,7 +196,10 @@ def _sandbox_config(host: PluginHost, root: Path, *, start: bool) -> Path | None
     return sandbox.ensure_running(host, root, announce=_stderr)
 
 
-async def _run(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin]) -> int:
+async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlugin]) -> int:
+    import anyio
+
+    from tars_core.ledger import Holder
     from tars_core.runner import RollbackFailed
 
     ledger = runner.ledger
@@ -231,7 +233,9 @@ async def _run(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin
             await ledger.close()
 
 
-async def _watch_signals(runner: Any) -> None:
+async def _watch_signals(runner: Runner) -> None:
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             runner.interrupt()
@@ -247,6 +251,8 @@ async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPl
         return await _plan_or_status(runner, plugins, cmd, fmt)
     if cmd == "report":
         return await _report(runner, plugins, fmt)
+    import attrs
+
     action = getattr(runner, cmd)
     selected = plugins
     if cmd == "rollback":
@@ -285,9 +291,7 @@ async def _with_applied_dependents(runner: Any, plugins: list[LoadedPlugin]) -> 
                 if any(r in names for r in p.info.requires):
                     names.add(p.name)
                     changed = True
-                    _stderr(
-                        f"tars-run: also rolling back {p.name}, which requires a plugin being rolled back"
-                    )
+                    _stderr(f"tars-run: also rolling back {p.name}, which requires a plugin being rolled back")
     return [runner.host.plugins[n] for n in runner.host.order(names)]
 
 
@@ -376,13 +380,10 @@ async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fm
     if cmd == "status":
         doc["last_run"] = await runner.ledger.last_run()
     if cmd == "plan":
-        text = "\n".join(
-            f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows)
-        )
+        text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
     else:
         text = "\n".join(
-            f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}"
-            for r in rows
+            f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}" for r in rows
         )
         last = doc["last_run"]
         if last:

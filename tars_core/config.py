@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -23,9 +22,8 @@ import yaml
 
 from tars_core.model import PluginInfo, Targets
 from tars_core.plugins import UsageError
+from tars_core.redact import SECRET_KEY, Redactor
 
-SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential)", re.I)
-URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<post>@)", re.I)
 ENV_REF = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -75,61 +73,6 @@ class TarsConfig:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-class Redactor:
-    """Scrubs known secrets and URL passwords from text; shared by the logger and the reports."""
-
-    def __init__(self) -> None:
-        self.secrets: set[str] = set()
-
-    def add(self, value: object) -> None:
-        if isinstance(value, str) and len(value) >= 3:
-            self.secrets.add(value)
-            for m in URL_PASSWORD.finditer(value):
-                self.secrets.add(m.group("pw"))
-
-    def collect(self, node: Any, key: str = "") -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                self.collect(v, str(k))
-        elif isinstance(node, list):
-            for v in node:
-                self.collect(v, key)
-        elif isinstance(node, str):
-            if SECRET_KEY.search(key):
-                self.add(node)
-            for m in URL_PASSWORD.finditer(node):
-                self.add(m.group("pw"))
-
-    def __call__(self, text: str) -> str:
-        text = URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", text)
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
-
-    def data(self, node: Any) -> Any:
-        """A redacted deep copy of JSON-like data (for reports)."""
-        if isinstance(node, Mapping):
-            return {
-                k: ("***" if SECRET_KEY.search(str(k)) and node[k] else self.data(v)) for k, v in node.items()
-            }
-        if isinstance(node, (list, tuple)):
-            return [self.data(v) for v in node]
-        if isinstance(node, str):
-            return self(node)
-        return node
-
-
-class RedactingFilter(logging.Filter):
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redactor(record.getMessage())
-        record.args = None
-        return True
-
-
 def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in string scalars; ``$$`` is a literal ``$``.
 
@@ -161,9 +104,7 @@ def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
 
 
 def describe_errors(exc: Exception, root: str) -> str:
-    lines = (
-        cattrs.transform_error(exc, path=root) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
-    )
+    lines = cattrs.transform_error(exc, path=root) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
     out = []
     for line in lines:
         msg, _, where = line.rpartition(" @ ")
@@ -181,9 +122,7 @@ def load_config(path: Path | None, redactor: Redactor | None = None) -> tuple[Ta
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(
-            f"cannot read config {path}: {exc.strerror}; pass an existing file with --config"
-        ) from None
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}; pass an existing file with --config") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -215,9 +154,7 @@ def plugin_config(info: PluginInfo, cfg: TarsConfig) -> Any:
     root = f"plugins.{info.name}"
     if info.config is None:
         if section:
-            raise ConfigError(
-                f"config {cfg.source}: {root}: plugin {info.name} takes no settings; remove them"
-            )
+            raise ConfigError(f"config {cfg.source}: {root}: plugin {info.name} takes no settings; remove them")
         return None
     return structure_section(info.config, section, f"config {cfg.source}: ", root)
 

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from tars_core.model import PhaseRecord
+from tars_core.plugins import UsageError
 
 SCHEMA_VERSION = 1
 ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
@@ -82,7 +83,7 @@ class LockHeld(Exception):
         super().__init__(f"another tars-run holds the ledger lock ({where}): {who}; wait for it to finish")
 
 
-class LedgerError(Exception):
+class LedgerError(UsageError):
     """The ledger cannot be opened or has an unknown schema (exit 2)."""
 
 

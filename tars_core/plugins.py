@@ -20,8 +20,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import attrs
 import pluggy
 
@@ -230,6 +228,9 @@ class PluginHost:
         Sync implementations run in a worker thread so a blocking hook cannot freeze the event loop
         (and so the timeout can give up on it); async ones are awaited on the loop.
         """
+        import anyio
+        import anyio.to_thread
+
         caller = self.caller(name, hook)
         impl = getattr(self.plugins[name].obj, hook, None)
         with anyio.fail_after(timeout):

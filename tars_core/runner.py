@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import attrs
 
-from tars_core.config import Redactor, TarsConfig, config_digest, converter, plugin_config
+from tars_core.config import TarsConfig, config_digest, converter, plugin_config
+from tars_core.redact import Redactor
 from tars_core.flags import FeatureFlags
 from tars_core.ledger import Ledger
 from tars_core.model import Context, FixError

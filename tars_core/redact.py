@@ -1,0 +1,68 @@
+"""Secret scrubbing shared by the logger, the ledger's error texts and the reports.
+
+Kept apart from config loading so that the CLI can install the redacting log handler before it knows
+whether it will need YAML at all (``tars-run list`` does not).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential)", re.I)
+URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<post>@)", re.I)
+
+
+class Redactor:
+    """Scrubs known secrets and URL passwords from text; shared by the logger and the reports."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+
+    def add(self, value: object) -> None:
+        if isinstance(value, str) and len(value) >= 3:
+            self.secrets.add(value)
+            for m in URL_PASSWORD.finditer(value):
+                self.secrets.add(m.group("pw"))
+
+    def collect(self, node: Any, key: str = "") -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                self.collect(v, str(k))
+        elif isinstance(node, list):
+            for v in node:
+                self.collect(v, key)
+        elif isinstance(node, str):
+            if SECRET_KEY.search(key):
+                self.add(node)
+            for m in URL_PASSWORD.finditer(node):
+                self.add(m.group("pw"))
+
+    def __call__(self, text: str) -> str:
+        text = URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", text)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def data(self, node: Any) -> Any:
+        """A redacted deep copy of JSON-like data (for reports)."""
+        if isinstance(node, Mapping):
+            return {k: ("***" if SECRET_KEY.search(str(k)) and node[k] else self.data(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [self.data(v) for v in node]
+        if isinstance(node, str):
+            return self(node)
+        return node
+
+
+class RedactingFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor(record.getMessage())
+        record.args = None
+        return True
