@@ -338,6 +338,9 @@ def _list(host: PluginHost, fmt: str) -> int:
 
 
 async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fmt: str) -> int:
+    import attrs
+
+    holder = None
     states = await runner.ledger.states(runner.release)
     rows = []
     for p in plugins:
@@ -379,6 +382,8 @@ async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fm
     }
     if cmd == "status":
         doc["last_run"] = await runner.ledger.last_run()
+        holder = await runner.ledger.holder()
+        doc["lock"] = attrs.asdict(holder) if holder else None
     if cmd == "plan":
         text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
     else:
@@ -388,6 +393,7 @@ async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fm
         last = doc["last_run"]
         if last:
             text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
+        text += f"\nlock: {holder.describe() if holder else 'free'}"
     _emit(fmt, doc, text)
     return 0
 

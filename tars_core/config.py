@@ -49,6 +49,7 @@ class ReleaseConfig:
     rollback: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     plugin_timeouts: dict[str, float] = attrs.field(factory=dict)
+    progress_every: float = 15.0  # seconds between "still running" lines during a long phase
 
 
 @attrs.define

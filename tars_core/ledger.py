@@ -106,6 +106,10 @@ class Ledger(ABC):
     async def release_lock(self) -> None: ...
 
     @abstractmethod
+    async def holder(self) -> Holder | None:
+        """Who holds the run lock right now (``None``: free), without taking it."""
+
+    @abstractmethod
     async def _execute(self, sql: str, *args: Any) -> None: ...
 
     @abstractmethod
@@ -127,18 +131,12 @@ class Ledger(ABC):
         )
 
     async def end_run(self, run_id: str, outcome: str) -> None:
-        await self._execute(
-            "UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id
-        )
+        await self._execute("UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id)
 
-    async def phase_start(
-        self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str
-    ) -> int:
+    async def phase_start(self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str) -> int:
         return await self._insert_phase((run_id, release, plugin, phase, "running", now(), version, digest))
 
-    async def phase_end(
-        self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None
-    ) -> None:
+    async def phase_end(self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None) -> None:
         await self._execute(
             "UPDATE tars_phases SET outcome=$1, ended_at=$2, error=$3, detail=$4 WHERE id=$5",
             outcome,
@@ -157,17 +155,13 @@ class Ledger(ABC):
 
     async def close_dead_runs(self, current: str) -> list[str]:
         """Mark runs that never ended (their process died) as crashed; called with the lock held."""
-        rows = await self._fetch(
-            "SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current
-        )
+        rows = await self._fetch("SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current)
         for (run_id,) in rows:
             await self.end_run(run_id, "crashed")
         return [r[0] for r in rows]
 
     async def phases(self, release: str) -> list[PhaseRecord]:
-        rows = await self._fetch(
-            f"SELECT {_PHASE_COLS} FROM tars_phases WHERE release=$1 ORDER BY id", release
-        )
+        rows = await self._fetch(f"SELECT {_PHASE_COLS} FROM tars_phases WHERE release=$1 ORDER BY id", release)
         return [PhaseRecord(*r) for r in rows]
 
     async def last_run(self) -> dict[str, Any] | None:
@@ -179,9 +173,7 @@ class Ledger(ABC):
         return dict(zip(keys, rows[0], strict=True)) if rows else None
 
     # -- per-plugin state ------------------------------------------------------------------------
-    async def set_state(
-        self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str
-    ) -> None:
+    async def set_state(self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str) -> None:
         await self._execute("DELETE FROM tars_state WHERE release=$1 AND plugin=$2", release, plugin)
         await self._execute(
             "INSERT INTO tars_state (release, plugin, state, version, config_digest, updated_at, run_id) "
@@ -229,9 +221,7 @@ class Ledger(ABC):
         for ddl in _TABLES[1:]:
             await self._execute(ddl.format(serial=self._serial))
         if not rows:
-            await self._execute(
-                "INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION)
-            )
+            await self._execute("INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION))
 
     _serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
@@ -253,9 +243,7 @@ class SQLiteLedger(Ledger):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(
-                f"cannot open ledger {self.path}: {exc}; check --state and permissions"
-            ) from None
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}; check --state and permissions") from None
         await self._migrate()
 
     async def close(self) -> None:
@@ -280,6 +268,21 @@ class SQLiteLedger(Ledger):
         os.write(fd, json.dumps(attrs.asdict(holder)).encode())
         os.fsync(fd)
         self._lock_fd = fd
+
+    async def holder(self) -> Holder | None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return Holder(**json.loads(os.read(fd, 4096).decode() or "{}"))
+            except (ValueError, TypeError):
+                return Holder("?", 0, "?", "unknown")
+            finally:
+                os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        return None
 
     async def release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -357,6 +360,15 @@ class PostgresLedger(Ledger):
             holder.started_at,
             holder.command,
         )
+
+    async def holder(self) -> Holder | None:
+        if self._locked:
+            return Holder.me("this run")
+        if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
+            await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+            return None
+        row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
+        return Holder(**dict(row)) if row else Holder("?", 0, "?", "unknown")
 
     async def release_lock(self) -> None:
         if self._locked and self._conn is not None:

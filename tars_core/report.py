@@ -17,8 +17,8 @@ from typing import Any
 import cattrs
 
 from tars_core.config import converter
-from tars_core.redact import Redactor
 from tars_core.model import BenchmarkResult, PhaseRecord, Release, ReportSection
+from tars_core.redact import Redactor
 
 
 def build_release(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,11 @@ import anyio
 import attrs
 
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
-from tars_core.redact import Redactor
 from tars_core.flags import FeatureFlags
 from tars_core.ledger import Ledger
 from tars_core.model import Context, FixError
 from tars_core.plugins import LoadedPlugin, PluginHost
+from tars_core.redact import Redactor
 
 log = logging.getLogger("tars")
 
@@ -108,6 +108,7 @@ class Runner:
         self._scope: anyio.CancelScope | None = None
         self.interrupted = False
         self.final_message = ""
+        self.tick_every = cfg.release.progress_every
         self._contexts: dict[tuple[str, str], Context] = {}
         self._digests: dict[str, str] = {}
 
@@ -154,8 +155,8 @@ class Runner:
             phase_id = await self.ledger.phase_start(
                 self.run_id, self.release, plugin.name, phase, plugin.version, self.digest(plugin)
             )
-        self.progress(f"[{time.monotonic() - self._t0:7.2f}s] {plugin.name}: {phase} ...")
         start = time.monotonic()
+        self.progress(f"[{start - self._t0:7.2f}s] {plugin.name}: {phase} ...")
         result: Any = None
         error: str | None = None
         outcome = "ok"
@@ -168,15 +169,17 @@ class Runner:
                 with anyio.CancelScope() as scope:
                     # A rollback is never cancelled by Ctrl-C: it is what Ctrl-C asks for.
                     self._scope = scope if phase != "rollback" else None
-                    result = await self.host.call(plugin.name, hook, timeout=timeout, ctx=ctx)
+                    result = await self._with_ticker(
+                        f"{plugin.name}: {phase}",
+                        start,
+                        lambda: self.host.call(plugin.name, hook, timeout=timeout, ctx=ctx),
+                    )
                 self._scope = None
                 if scope.cancelled_caught:
                     outcome, error = "interrupted", f"{hook} interrupted by the user"
                 elif phase == "verify" and not getattr(result, "ok", False):
                     outcome = "failed"
-                    error = self.redact(
-                        getattr(result, "detail", "") or "verify reported the fix is not in place"
-                    )
+                    error = self.redact(getattr(result, "detail", "") or "verify reported the fix is not in place")
         except Exception as exc:
             self._scope = None
             outcome, error = "failed", self._error_text(exc, hook, timeout)
@@ -196,6 +199,33 @@ class Runner:
         tail = f"{outcome} ({seconds:.2f}s)" + (f": {error}" if error else "")
         self.progress(f"[{time.monotonic() - self._t0:7.2f}s] {plugin.name}: {phase} {tail}")
         return step, result
+
+    async def _with_ticker(self, label: str, start: float, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``call`` while printing a "still running" line every ``tick_every`` seconds.
+
+        A silent terminal during a ten-minute index build looks like a hang; SREs Ctrl-C hangs.
+        """
+        result: Any = None
+        error: Exception | None = None
+
+        async def tick() -> None:
+            while True:
+                await anyio.sleep(self.tick_every)
+                self.progress(
+                    f"[{time.monotonic() - self._t0:7.2f}s] {label} still running ({time.monotonic() - start:.0f}s)"
+                )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            try:
+                result = await call()
+            except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return result
 
     async def set_state(self, plugin: LoadedPlugin, state: str) -> None:
         if not self.dry_run:
@@ -234,8 +264,7 @@ class Runner:
                 )
             await self.set_state(plugin, "rolled_back")
             said.append(
-                f"{rec.plugin}: {rec.phase} was interrupted by a crash and the fix is not in place; "
-                "rolled back"
+                f"{rec.plugin}: {rec.phase} was interrupted by a crash and the fix is not in place; rolled back"
             )
         if dead and not said:
             said.append(f"found {len(dead)} run(s) that died between phases; nothing was in flight")
@@ -257,9 +286,7 @@ class Runner:
                 step, _ = await self.phase(plugin, "verify")
                 if step.outcome in ("ok", "dry-run"):
                     self.steps.append(
-                        Step(
-                            plugin.name, "apply", "skipped", 0.0, detail="already applied and still verified"
-                        )
+                        Step(plugin.name, "apply", "skipped", 0.0, detail="already applied and still verified")
                     )
                     self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
                     continue
@@ -284,9 +311,7 @@ class Runner:
             return Outcome(1, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
             await self.set_state(failed, "failed")
-            return Outcome(
-                code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is"
-            )
+            return Outcome(code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is")
         order = [failed, *reversed(applied)]
         with anyio.CancelScope(shield=True):
             out = await self._rollback_all(order)
@@ -335,15 +360,11 @@ class Runner:
                 failed.append(f"{plugin.name} ({step.error})")
             elif result is not None and not self.dry_run:
                 data = converter.unstructure(result)
-                await self.ledger.save_benchmark(
-                    self.release, plugin.name, self.run_id, self.redact.data(data)
-                )
+                await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
                 for m in getattr(result, "metrics", ()):
                     before = "n/a" if m.before is None else f"{m.before:g}"
                     verdict = "" if m.met is None else (" (target met)" if m.met else " (TARGET MISSED)")
-                    self.progress(
-                        f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}"
-                    )
+                    self.progress(f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}")
             if self.interrupted:
                 return Outcome(130, self.steps, message="interrupted")
         if failed:

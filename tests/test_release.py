@@ -279,6 +279,8 @@ def test_second_run_exits_3_naming_the_holder_and_ctrl_c_rolls_back(three: Proje
         assert res.returncode == 3
         line = one_clear_line(res.stderr)
         assert f"pid {first.pid}" in line and "tars-run apply" in line
+        _, status = three.json("status")
+        assert status["lock"]["pid"] == first.pid  # type: ignore[index]
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=60)
     finally:
@@ -407,3 +409,12 @@ def test_bad_state_url_is_bad_input(three: Project) -> None:
     assert res.returncode == 2
     line = one_clear_line(res.stderr)
     assert "cannot connect to ledger" in line and ":pw@" not in line
+
+
+def test_long_phase_reports_progress(three: Project) -> None:
+    three.config({"fix-a": {"sleep_apply": 1.0}}, release={"progress_every": 0.2})
+    res = three.run("--plugins", "fix-a", "apply", select=False)
+    assert res.returncode == 0
+    assert "fix-a: apply still running" in res.stderr
+    _, status = three.json("status")
+    assert status["lock"] is None
