@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-
 from tars_1001_ws.check import Recorder
 from tars_1001_ws.hub import HubServer, serve
 from tars_1001_ws.proxy import FaultProxy

@@ -8,8 +8,6 @@ import threading
 
 import pytest
 from conftest import FAST, eventually, metric
-from websockets.asyncio.server import serve as ws_serve
-
 from tars_1001_ws.check import HubProcess, Recorder, judge
 from tars_1001_ws.client import (
     ClientClosed,
@@ -23,6 +21,7 @@ from tars_1001_ws.client import (
 from tars_1001_ws.hub import HubServer, serve
 from tars_1001_ws.protocol import SUBPROTOCOL
 from tars_1001_ws.proxy import FaultProxy
+from websockets.asyncio.server import serve as ws_serve
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 S = ConnectionState
@@ -162,8 +161,9 @@ async def test_many_channels_are_restored_in_one_subscribe(hub, proxy, recorder)
         assert metric(hub, "tars_ws_hub_subscribe_requests_total") - before == 1
         for name in names:
             await pub.publish(name, "after")
-        await eventually(lambda: all(recorder.data.get(n) == ["while-down", "after"] for n in names),
-                         what="every channel delivering")
+        await eventually(
+            lambda: all(recorder.data.get(n) == ["while-down", "after"] for n in names), what="every channel delivering"
+        )
 
 
 async def test_exactly_once_in_order_across_20_drops(hub, proxy, recorder):
@@ -180,13 +180,16 @@ async def test_exactly_once_in_order_across_20_drops(hub, proxy, recorder):
                 await pub.publish("other", i)
             if i % 57 == 56 and drops < 20:
                 # each drop hits a fresh connection, not the one the previous drop already broke
-                await eventually(lambda d=drops: sub.connected and sub.stats["connections"] > d,
-                                 what="subscriber reconnected before the next drop")
+                await eventually(
+                    lambda d=drops: sub.connected and sub.stats["connections"] > d,
+                    what="subscriber reconnected before the next drop",
+                )
                 (proxy.reset if drops % 2 == 0 else proxy.blackhole)()
                 drops += 1
             await asyncio.sleep(0.003)
-        await eventually(lambda: recorder.data.get("stream", [])[-1:] == [total - 1], timeout=60,
-                         what="last message delivered")
+        await eventually(
+            lambda: recorder.data.get("stream", [])[-1:] == [total - 1], timeout=60, what="last message delivered"
+        )
     assert drops == 20
     assert recorder.count(S.DISCONNECTED) >= 20
     assert recorder.seqs["stream"] == list(range(1, total + 1))
@@ -223,8 +226,7 @@ async def test_resend_after_lost_ack_is_deduplicated_by_idempotency_key(hub, pro
         proxy.reset()  # ...and die there: the client must resend
         proxy.heal()
         assert await p.wait(10) == 1
-        await eventually(lambda: metric(hub, "tars_ws_hub_duplicate_publishes_total") == 1,
-                         what="resend deduplicated")
+        await eventually(lambda: metric(hub, "tars_ws_hub_duplicate_publishes_total") == 1, what="resend deduplicated")
         await pub.publish("idem", "next")
         await eventually(lambda: recorder.data.get("idem", [])[-1:] == ["next"])
     assert recorder.data["idem"] == ["once", "next"]
@@ -260,8 +262,9 @@ async def test_hundred_clients_after_hub_restart_spread_by_jitter_and_lose_nothi
     server = await serve(port=0, ping_interval=None).start()
     port = server.port
     url = server.url
-    clients = [ReconnectingWebSocketClient(url, **{**FAST, "backoff_initial": 1.0, "backoff_max": 2.0})
-               for _ in range(100)]
+    clients = [
+        ReconnectingWebSocketClient(url, **{**FAST, "backoff_initial": 1.0, "backoff_max": 2.0}) for _ in range(100)
+    ]
     recs = [Recorder() for _ in clients]
     for client, rec in zip(clients, recs, strict=True):
         client.add_listener(rec.listener)
@@ -271,8 +274,7 @@ async def test_hundred_clients_after_hub_restart_spread_by_jitter_and_lose_nothi
         await server.close()  # every client is told 1012 (service restart)
         await eventually(lambda: all(r.count(S.DISCONNECTED) >= 1 for r in recs))
         server = await serve(port=port, ping_interval=None).start()
-        await eventually(lambda: all(r.count(S.RECOVERED) >= 2 for r in recs), timeout=30,
-                         what="all 100 clients back")
+        await eventually(lambda: all(r.count(S.RECOVERED) >= 2 for r in recs), timeout=30, what="all 100 clients back")
         delays = [next(e.delay for e in r.events if e.state is S.DISCONNECTED) for r in recs]
         reasons = {next(e.reason for e in r.events if e.state is S.DISCONNECTED) for r in recs}
         assert all(reason and "1012" in reason for reason in reasons)
@@ -283,11 +285,14 @@ async def test_hundred_clients_after_hub_restart_spread_by_jitter_and_lose_nothi
         async with ReconnectingWebSocketClient(url, **FAST) as pub:
             for i in range(30):
                 await pub.publish("fanout", i)
-            await eventually(lambda: all(r.data.get("fanout") == list(range(30)) for r in recs), timeout=30,
-                             what="every client got all 30 messages exactly once")
+            await eventually(
+                lambda: all(r.data.get("fanout") == list(range(30)) for r in recs),
+                timeout=30,
+                what="every client got all 30 messages exactly once",
+            )
     finally:
         for i in range(0, 100, 25):
-            await asyncio.gather(*(c.close() for c in clients[i:i + 25]))
+            await asyncio.gather(*(c.close() for c in clients[i : i + 25]))
         await server.close()
 
 
@@ -364,8 +369,9 @@ async def test_retry_after_from_a_full_hub_is_honoured(recorder):
 
 
 async def test_backoff_is_full_jitter_capped_and_resets_only_when_healthy():
-    client = ReconnectingWebSocketClient("ws://127.0.0.1:1/", backoff_initial=1.0, backoff_max=30.0,
-                                         rng=random.Random(7))
+    client = ReconnectingWebSocketClient(
+        "ws://127.0.0.1:1/", backoff_initial=1.0, backoff_max=30.0, rng=random.Random(7)
+    )
     for attempt in range(12):
         draws = [client.backoff_delay(attempt) for _ in range(200)]
         ceiling = min(30.0, 2.0**attempt)
@@ -379,8 +385,9 @@ async def test_backoff_is_full_jitter_capped_and_resets_only_when_healthy():
     async with ws_serve(drop_at_once, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as flappy:
         port = next(iter(flappy.sockets)).getsockname()[1]
         rec = Recorder()
-        client = ReconnectingWebSocketClient(f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0,
-                                             backoff_initial=0.01, backoff_max=10.0)
+        client = ReconnectingWebSocketClient(
+            f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0, backoff_initial=0.01, backoff_max=10.0
+        )
         client.add_listener(rec.listener)
         async with client:
             await eventually(lambda: rec.count(S.DISCONNECTED) >= 5)
@@ -428,8 +435,10 @@ async def test_sync_facade_from_many_threads(hub):
         client = SyncReconnectingWebSocketClient(hub.url, **FAST)
         with client:
             client.subscribe("sync", handler)
-            workers = [threading.Thread(target=lambda k=k: [client.publish("sync", k * 100 + i, wait=10)
-                                                             for i in range(25)]) for k in range(4)]
+            workers = [
+                threading.Thread(target=lambda k=k: [client.publish("sync", k * 100 + i, wait=10) for i in range(25)])
+                for k in range(4)
+            ]
             for w in workers:
                 w.start()
             for w in workers:

@@ -27,15 +27,42 @@ if TYPE_CHECKING:
 
 _LAZY = {
     **dict.fromkeys(
-        ["ClientClosed", "ClientError", "ConnectError", "ConnectionState", "Message", "OutboxFull", "Publication",
-         "ReconnectingWebSocketClient", "ResyncRequired", "StateEvent", "SyncReconnectingWebSocketClient"],
+        [
+            "ClientClosed",
+            "ClientError",
+            "ConnectError",
+            "ConnectionState",
+            "Message",
+            "OutboxFull",
+            "Publication",
+            "ReconnectingWebSocketClient",
+            "ResyncRequired",
+            "StateEvent",
+            "SyncReconnectingWebSocketClient",
+        ],
         "tars_1001_ws.client",
     ),
     **dict.fromkeys(["Hub", "HubServer", "serve"], "tars_1001_ws.hub"),
     "FaultProxy": "tars_1001_ws.proxy",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ClientClosed",
+    "ClientError",
+    "ConnectError",
+    "ConnectionState",
+    "FaultProxy",
+    "Hub",
+    "HubServer",
+    "Message",
+    "OutboxFull",
+    "Publication",
+    "ReconnectingWebSocketClient",
+    "ResyncRequired",
+    "StateEvent",
+    "SyncReconnectingWebSocketClient",
+    "serve",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -71,8 +72,10 @@ async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
     try:
         return await asyncio.to_thread(fetch)
     except urllib.error.HTTPError as exc:
-        raise HubError(f"{_safe(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
-                       f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first") from None
+        raise HubError(
+            f"{_safe(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
+            f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first"
+        ) from None
     except (OSError, ValueError) as exc:
         raise HubError(f"cannot reach the hub at {_safe(ws_url)}: {exc}") from None
 
@@ -86,11 +89,18 @@ async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
     channel = f"tars-1001-probe:{uuid.uuid4().hex[:12]}"
     try:
         async with asyncio.timeout(timeout):
-            async with connect(ws_url, subprotocols=[SUBPROTOCOL], ping_interval=None, proxy=None,  # type: ignore[list-item]
-                               open_timeout=timeout, close_timeout=1) as ws:
+            async with connect(
+                ws_url,
+                subprotocols=[SUBPROTOCOL],
+                ping_interval=None,
+                proxy=None,  # type: ignore[list-item]
+                open_timeout=timeout,
+                close_timeout=1,
+            ) as ws:
                 if ws.subprotocol != SUBPROTOCOL:
-                    raise HubError(f"the hub at {_safe(ws_url)} does not negotiate {SUBPROTOCOL} (flag off or "
-                                   f"v1.0.0 hub)")
+                    raise HubError(
+                        f"the hub at {_safe(ws_url)} does not negotiate {SUBPROTOCOL} (flag off or v1.0.0 hub)"
+                    )
                 frames = _Frames(ws)
                 acks = []
                 for i, key in enumerate(["k1", "k2", "k3", "k2"]):
@@ -98,19 +108,28 @@ async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
                     acks.append(await frames.next("ack"))
                 seqs = [a.get("seq") for a in acks]
                 if seqs != [1, 2, 3, 2] or not acks[3].get("duplicate"):
-                    raise HubError(f"publish acks carry seqs {seqs}: expected 1,2,3 and the repeated key "
-                                   f"deduplicated to 2")
+                    raise HubError(
+                        f"publish acks carry seqs {seqs}: expected 1,2,3 and the repeated key deduplicated to 2"
+                    )
                 epoch = acks[0]["epoch"]
-                await ws.send(encode({"type": "subscribe", "id": 9,
-                                      "channels": [{"channel": channel, "epoch": epoch, "seq": 1}]}))
+                await ws.send(
+                    encode({"type": "subscribe", "id": 9, "channels": [{"channel": channel, "epoch": epoch, "seq": 1}]})
+                )
                 sub = (await frames.next("subscribed"))["channels"][0]
                 if not sub.get("recovered") or sub.get("first") != 2:
                     raise HubError(f"resubscribe after seq 1 was not recovered from seq 2: {sub}")
                 replay = [(await frames.next("msg"))["seq"] for _ in range(2)]
                 if replay != [2, 3]:
                     raise HubError(f"replay after seq 1 gave seqs {replay}, expected [2, 3]")
-                await ws.send(encode({"type": "subscribe", "id": 10,
-                                      "channels": [{"channel": channel, "epoch": "not-" + epoch, "seq": 3}]}))
+                await ws.send(
+                    encode(
+                        {
+                            "type": "subscribe",
+                            "id": 10,
+                            "channels": [{"channel": channel, "epoch": "not-" + epoch, "seq": 3}],
+                        }
+                    )
+                )
                 sub = (await frames.next("subscribed"))["channels"][0]
                 if sub.get("recovered") is not False or sub.get("reason") != "epoch_changed":
                     raise HubError(f"a stale epoch was not reported as a resync: {sub}")
@@ -176,12 +195,13 @@ def judge(received: list[Any], expected: list[Any]) -> tuple[int, int, bool]:
     lost = len(want - set(got))
     duplicated = len(got) - len(set(got))
     order = {x: i for i, x in enumerate(expected)}
-    in_order = all(order[a] < order[b] for a, b in zip(got, got[1:]))
+    in_order = all(order[a] < order[b] for a, b in itertools.pairwise(got))
     return lost, duplicated, in_order
 
 
-async def conformance(ws_url: str, *, heartbeat_interval: float = 0.2, channels: int = 3,
-                      messages: int = 150, timeout: float = 60.0) -> dict[str, tuple[bool, str]]:
+async def conformance(
+    ws_url: str, *, heartbeat_interval: float = 0.2, channels: int = 3, messages: int = 150, timeout: float = 60.0
+) -> dict[str, tuple[bool, str]]:
     """Run the TARS-1001 behaviour against the hub: subscribe, publish, forced drop, silent drop.
 
     A subscriber reaches the hub through a FaultProxy; a publisher goes direct. The proxy resets the
@@ -194,8 +214,13 @@ async def conformance(ws_url: str, *, heartbeat_interval: float = 0.2, channels:
     names = [f"{prefix}:{i}" for i in range(channels)]
     checks: dict[str, tuple[bool, str]] = {}
     rec = Recorder()
-    opts = dict(heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_interval,
-                backoff_initial=heartbeat_interval, backoff_max=heartbeat_interval * 5, connect_timeout=10.0)
+    opts = dict(
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_interval,
+        backoff_initial=heartbeat_interval,
+        backoff_max=heartbeat_interval * 5,
+        connect_timeout=10.0,
+    )
     async with FaultProxy(host, port) as proxy:
         sub = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port, **opts)  # type: ignore[arg-type]
         pub = ReconnectingWebSocketClient(ws_url, **opts)  # type: ignore[arg-type]
@@ -247,8 +272,10 @@ async def conformance(ws_url: str, *, heartbeat_interval: float = 0.2, channels:
             except TimeoutError:
                 pass
             restored = [n for n in names if n in rec.seqs and rec.seqs[n][-1:] and rec.data[n][-1] == "end"]
-            checks["resubscribe"] = (len(restored) == len(names),
-                                     f"{len(restored)}/{len(names)} channels delivering after two reconnects")
+            checks["resubscribe"] = (
+                len(restored) == len(names),
+                f"{len(restored)}/{len(names)} channels delivering after two reconnects",
+            )
             problems = []
             total = 0
             for name in names:
@@ -258,11 +285,13 @@ async def conformance(ws_url: str, *, heartbeat_interval: float = 0.2, channels:
                 seqs = rec.seqs.get(name, [])
                 contiguous = seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else False
                 if lost or dup or not in_order or not contiguous:
-                    problems.append(f"{name}: lost {lost}, duplicated {dup}, in order {in_order}, "
-                                    f"contiguous seqs {contiguous}")
+                    problems.append(
+                        f"{name}: lost {lost}, duplicated {dup}, in order {in_order}, contiguous seqs {contiguous}"
+                    )
             checks["exactly_once_in_order"] = (
-                not problems, "; ".join(problems) or f"{total} messages on {len(names)} channels: 0 lost, "
-                                                      "0 duplicated, in order")
+                not problems,
+                "; ".join(problems) or f"{total} messages on {len(names)} channels: 0 lost, 0 duplicated, in order",
+            )
             resyncs = rec.count(ConnectionState.RESYNC_REQUIRED)
             checks["no_resync"] = (resyncs == 0, f"{resyncs} resync-required events (hub replay buffer held)")
     return checks
@@ -335,16 +364,23 @@ async def plain_reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6
     return times
 
 
-async def silent_detection_times(ws_url: str, samples: int, *, interval: float, timeout: float,
-                                 missed: int = 3) -> list[float]:
+async def silent_detection_times(
+    ws_url: str, samples: int, *, interval: float, timeout: float, missed: int = 3
+) -> list[float]:
     """Seconds from blackholing a quiet connection to the client declaring it dead."""
     host, port = host_port(ws_url)
     rec = Recorder()
     times: list[float] = []
     async with FaultProxy(host, port) as proxy:
         client = ReconnectingWebSocketClient(
-            ws_url, host=proxy.host, port=proxy.port, heartbeat_interval=interval, heartbeat_timeout=timeout,
-            max_missed_heartbeats=missed, backoff_initial=0.05, backoff_max=0.1,
+            ws_url,
+            host=proxy.host,
+            port=proxy.port,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            max_missed_heartbeats=missed,
+            backoff_initial=0.05,
+            backoff_max=0.1,
         )
         client.add_listener(rec.listener)
         async with client:
@@ -355,15 +391,18 @@ async def silent_detection_times(ws_url: str, samples: int, *, interval: float, 
                 await asyncio.sleep(interval * 0.5)
                 start = time.monotonic()
                 proxy.blackhole()
-                await rec.wait_for(lambda b=before: rec.count(ConnectionState.DISCONNECTED) > b,  # type: ignore[misc]
-                                   interval + missed * timeout + 30)
+                await rec.wait_for(
+                    lambda b=before: rec.count(ConnectionState.DISCONNECTED) > b,  # type: ignore[misc]
+                    interval + missed * timeout + 30,
+                )
                 times.append(time.monotonic() - start)
                 await rec.wait_for(lambda r=recovered: rec.count(ConnectionState.RECOVERED) > r, 30)  # type: ignore[misc]
     return times
 
 
-async def loss_over_drops(ws_url: str, *, messages: int, drops: int, rate: float, plain: bool,
-                          heartbeat: float = 0.2) -> dict[str, Any]:
+async def loss_over_drops(
+    ws_url: str, *, messages: int, drops: int, rate: float, plain: bool, heartbeat: float = 0.2
+) -> dict[str, Any]:
     """Publish ``messages`` at ``rate``/s while the subscriber's link is dropped ``drops`` times.
 
     Drops alternate between a reset and a blackhole (silent). ``plain`` subscribes with the idiomatic
@@ -376,9 +415,17 @@ async def loss_over_drops(ws_url: str, *, messages: int, drops: int, rate: float
     ready = asyncio.Event()
     async with FaultProxy(host, port) as proxy:
         if plain:
+
             async def run_plain() -> None:
-                async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None,  # type: ignore[arg-type]
-                                        ping_interval=heartbeat, ping_timeout=3 * heartbeat, close_timeout=0.5):
+                async for ws in connect(
+                    ws_url,
+                    host=proxy.host,
+                    port=proxy.port,
+                    proxy=None,  # type: ignore[arg-type]
+                    ping_interval=heartbeat,
+                    ping_timeout=3 * heartbeat,
+                    close_timeout=0.5,
+                ):
                     try:
                         await ws.send(encode({"type": "subscribe", "channels": [channel]}))
                         async for raw in ws:
@@ -393,9 +440,14 @@ async def loss_over_drops(ws_url: str, *, messages: int, drops: int, rate: float
             sub_task = asyncio.create_task(run_plain())
             sub_client = None
         else:
-            sub_client = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port,
-                                                     heartbeat_interval=heartbeat, heartbeat_timeout=heartbeat,
-                                                     stable_after=0.5)
+            sub_client = ReconnectingWebSocketClient(
+                ws_url,
+                host=proxy.host,
+                port=proxy.port,
+                heartbeat_interval=heartbeat,
+                heartbeat_timeout=heartbeat,
+                stable_after=0.5,
+            )
             await sub_client.start()
             await sub_client.subscribe(channel, lambda m: got.append(m.data))
             ready.set()
@@ -451,8 +503,9 @@ class HubProcess:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "tars_1001_ws.hub", "--port", str(port),
-                                 "--log-level", "WARNING", *extra])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tars_1001_ws.hub", "--port", str(port), "--log-level", "WARNING", *extra]
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
@@ -524,7 +577,7 @@ async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool 
     await asyncio.sleep(window)
     cpu1, t1 = time.process_time(), time.monotonic()
     for i in range(0, len(holders), 100):
-        await asyncio.gather(*(c.close() for c in holders[i:i + 100]))
+        await asyncio.gather(*(c.close() for c in holders[i : i + 100]))
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -537,5 +590,4 @@ async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool 
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values),
-            "n": len(values)}
+    return {"p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values), "n": len(values)}

@@ -237,6 +237,7 @@ class ReconnectingWebSocketClient:
         self._outbox: deque[Publication] = deque()
         self._outbox_bytes = 0
         self._listeners: list[Listener] = []
+        self._background: set[asyncio.Future[Any]] = set()
         self._keys = itertools.count(1)
         self._req_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -281,8 +282,9 @@ class ReconnectingWebSocketClient:
                 await asyncio.shield(self._ready)
         except TimeoutError:
             await self.close()
-            raise ConnectError(f"could not connect to {self.url} within {self.connect_timeout:g} s: "
-                               f"{self._last_error or 'no answer'}") from None
+            raise ConnectError(
+                f"could not connect to {self.url} within {self.connect_timeout:g} s: {self._last_error or 'no answer'}"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -315,8 +317,9 @@ class ReconnectingWebSocketClient:
         self._subs[channel] = _Subscription(handler, resync=on_resync)
         if self._ws is not None:  # also during recovery: a second subscribe frame is harmless
             with contextlib.suppress(_ConnectionLost, TimeoutError):
-                await self._request({"type": "subscribe", "channels": [{"channel": channel, "epoch": None,
-                                                                         "seq": None}]})
+                await self._request(
+                    {"type": "subscribe", "channels": [{"channel": channel, "epoch": None, "seq": None}]}
+                )
 
     async def unsubscribe(self, channel: str) -> None:
         if self._subs.pop(channel, None) is not None and self._ws is not None:
@@ -340,8 +343,7 @@ class ReconnectingWebSocketClient:
         pub = Publication(channel, data, key or f"{self.client_id}-{next(self._keys)}", self._loop)
         if pub.size > self.outbox_max_bytes:
             raise OutboxFull(f"publication of {pub.size} bytes exceeds outbox_max_bytes={self.outbox_max_bytes}")
-        while (len(self._outbox) >= self.outbox_max_messages
-               or self._outbox_bytes + pub.size > self.outbox_max_bytes):
+        while len(self._outbox) >= self.outbox_max_messages or self._outbox_bytes + pub.size > self.outbox_max_bytes:
             if self.outbox_overflow == "reject":
                 raise OutboxFull(f"outbox full ({len(self._outbox)} messages, {self._outbox_bytes} bytes)")
             dropped = self._outbox.popleft()
@@ -451,10 +453,13 @@ class ReconnectingWebSocketClient:
 
     async def _open(self) -> ClientConnection:
         ws = await connect(
-            self.url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            self.url,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             ping_interval=None,  # liveness is ours: counts any frame, aborts on death
-            open_timeout=self.open_timeout, close_timeout=self.close_timeout,
-            compression=None, **self._connect_kwargs,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            compression=None,
+            **self._connect_kwargs,
         )
         if ws.subprotocol != SUBPROTOCOL:
             ws.transport.abort()
@@ -482,8 +487,10 @@ class ReconnectingWebSocketClient:
         try:
             if self._subs:
                 self._emit(StateEvent(ConnectionState.RECOVERING))
-                specs = [{"channel": name, "epoch": sub.epoch, "seq": sub.received if sub.epoch else None}
-                         for name, sub in self._subs.items()]
+                specs = [
+                    {"channel": name, "epoch": sub.epoch, "seq": sub.received if sub.epoch else None}
+                    for name, sub in self._subs.items()
+                ]
                 recovering = asyncio.ensure_future(self._request({"type": "subscribe", "channels": specs}))
                 done, _ = await asyncio.wait({recovering, reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
                 if recovering not in done:
@@ -504,8 +511,7 @@ class ReconnectingWebSocketClient:
             for task in (reader, heartbeat, sender):
                 if task is not None:
                     task.cancel()
-            await asyncio.gather(*(t for t in (reader, heartbeat, sender) if t is not None),
-                                 return_exceptions=True)
+            await asyncio.gather(*(t for t in (reader, heartbeat, sender) if t is not None), return_exceptions=True)
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         ws = self._ws
@@ -585,8 +591,9 @@ class ReconnectingWebSocketClient:
                 continue
             first = int(entry["first"])
             if not entry.get("recovered", False) and sub.epoch is not None:
-                event = ResyncRequired(entry["channel"], sub.epoch, sub.received, entry["epoch"], first,
-                                       entry.get("reason") or "unknown")
+                event = ResyncRequired(
+                    entry["channel"], sub.epoch, sub.received, entry["epoch"], first, entry.get("reason") or "unknown"
+                )
                 self.resyncs.append(event)
                 log.warning("%s: resync required, missing %s", self.url, event.missing)
                 self._emit(StateEvent(ConnectionState.RESYNC_REQUIRED, resync=event))
@@ -688,7 +695,9 @@ class ReconnectingWebSocketClient:
         try:
             result = fn(arg)
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result)
+                task = asyncio.ensure_future(result)
+                self._background.add(task)  # keep a reference until done (the loop holds only weak ones)
+                task.add_done_callback(self._background.discard)
         except Exception:
             log.exception("%s: listener %r failed", self.url, fn)
 
@@ -769,8 +778,9 @@ class SyncReconnectingWebSocketClient:
     def __init__(self, url: str, **options: Any) -> None:
         self._client = ReconnectingWebSocketClient(url, **options)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tars-ws-{self._client.client_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"tars-ws-{self._client.client_id}", daemon=True
+        )
         self._lock = threading.Lock()
         self._closed = False
         self._thread.start()
@@ -796,8 +806,14 @@ class SyncReconnectingWebSocketClient:
     def add_listener(self, listener: Listener) -> None:
         self._loop.call_soon_threadsafe(self._client.add_listener, listener)
 
-    def subscribe(self, channel: str, handler: Handler, *, timeout: float | None = 30.0,
-                  on_resync: Callable[[ResyncRequired], Any] | None = None) -> None:
+    def subscribe(
+        self,
+        channel: str,
+        handler: Handler,
+        *,
+        timeout: float | None = 30.0,
+        on_resync: Callable[[ResyncRequired], Any] | None = None,
+    ) -> None:
         self._run(self._client.subscribe(channel, handler, on_resync=on_resync), timeout)
 
     def unsubscribe(self, channel: str, *, timeout: float | None = 30.0) -> None:

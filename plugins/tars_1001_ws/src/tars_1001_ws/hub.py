@@ -136,9 +136,7 @@ class Hub:
         self.channels: dict[str, _Channel] = {}
         self.sessions: set[_Session] = set()
         self.registry = CollectorRegistry()
-        self._connections = Gauge(
-            "tars_ws_hub_connections", "Connected clients", ["protocol"], registry=self.registry
-        )
+        self._connections = Gauge("tars_ws_hub_connections", "Connected clients", ["protocol"], registry=self.registry)
         self._published = Counter("tars_ws_hub_published", "Messages published", registry=self.registry)
         self._duplicates = Counter(
             "tars_ws_hub_duplicate_publishes", "Publishes dropped by idempotency key", registry=self.registry
@@ -148,7 +146,9 @@ class Hub:
         )
         self._replayed = Counter("tars_ws_hub_replayed", "Messages replayed on resubscribe", registry=self.registry)
         self._resyncs = Counter(
-            "tars_ws_hub_resync_required", "Resubscribes whose gap could not be replayed", ["reason"],
+            "tars_ws_hub_resync_required",
+            "Resubscribes whose gap could not be replayed",
+            ["reason"],
             registry=self.registry,
         )
         self._slow = Counter(
@@ -174,15 +174,20 @@ class Hub:
                     value = await client.hget(self.flags_key, self.flag)
                     enabled = value not in FLAG_OFF_VALUES
                     if enabled != self.enabled:
-                        log.info("flag %s is now %s: v1.0.1 %s", self.flag, value,
-                                 "offered" if enabled else "withdrawn")
+                        log.info(
+                            "flag %s is now %s: v1.0.1 %s", self.flag, value, "offered" if enabled else "withdrawn"
+                        )
                     self.enabled = enabled
                     self._enabled_gauge.set(1 if enabled else 0)
                     failing = False
                 except Exception as exc:  # redis down: keep serving with the last known value
                     if not failing:
-                        log.warning("cannot read flag %s (%s); keeping v1.0.1 %s", self.flag, exc,
-                                    "on" if self.enabled else "off")
+                        log.warning(
+                            "cannot read flag %s (%s); keeping v1.0.1 %s",
+                            self.flag,
+                            exc,
+                            "on" if self.enabled else "off",
+                        )
                     failing = True
                 await asyncio.sleep(self.flag_refresh)
         finally:
@@ -210,12 +215,17 @@ class Hub:
         if path == INFO_PATH:
             return _respond(connection, HTTPStatus.OK, json.dumps(self.info()), "application/json")
         if path == METRICS_PATH:
-            return _respond(connection, HTTPStatus.OK, generate_latest(self.registry).decode(),
-                            "text/plain; version=0.0.4")
+            return _respond(
+                connection, HTTPStatus.OK, generate_latest(self.registry).decode(), "text/plain; version=0.0.4"
+            )
         full = self.max_clients is not None and len(self.sessions) >= self.max_clients
         if self.draining or full:
-            response = _respond(connection, HTTPStatus.SERVICE_UNAVAILABLE,
-                                "hub restarting\n" if self.draining else "hub at capacity\n", "text/plain")
+            response = _respond(
+                connection,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "hub restarting\n" if self.draining else "hub at capacity\n",
+                "text/plain",
+            )
             response.headers["Retry-After"] = str(self.retry_after)
             return response
         return None
@@ -228,10 +238,16 @@ class Hub:
         self._connections.labels(proto).inc()
         writer = asyncio.create_task(session.write_loop())
         if session.v101:
-            session.queue.put_nowait(encode({
-                "type": "welcome", "protocol": SUBPROTOCOL, "hub": self.hub_id,
-                "replay": {"max_messages": self.replay_max_messages, "max_age": self.replay_max_age},
-            }))
+            session.queue.put_nowait(
+                encode(
+                    {
+                        "type": "welcome",
+                        "protocol": SUBPROTOCOL,
+                        "hub": self.hub_id,
+                        "replay": {"max_messages": self.replay_max_messages, "max_age": self.replay_max_age},
+                    }
+                )
+            )
         try:
             async for raw in conn:
                 try:
@@ -348,8 +364,9 @@ class Hub:
         channel.head += 1
         seq = channel.head
         now = time.monotonic()
-        text = encode({"type": "msg", "channel": channel.name, "epoch": channel.epoch, "seq": seq,
-                       "data": frame["data"]})
+        text = encode(
+            {"type": "msg", "channel": channel.name, "epoch": channel.epoch, "seq": seq, "data": frame["data"]}
+        )
         channel.buffer.append((seq, now, text))
         channel.evict(now, self.replay_max_messages, self.replay_max_age)
         if key is not None:
@@ -425,11 +442,15 @@ class HubServer:
 
     async def start(self) -> HubServer:
         self._server = await ws_serve(
-            self.hub.handler, self.host, self.port,
+            self.hub.handler,
+            self.host,
+            self.port,
             select_subprotocol=self.hub.select_subprotocol,
             process_request=self.hub.process_request,
-            ping_interval=self._ping[0], ping_timeout=self._ping[1],
-            close_timeout=2, compression=None,
+            ping_interval=self._ping[0],
+            ping_timeout=self._ping[1],
+            close_timeout=2,
+            compression=None,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         self._tasks = [asyncio.create_task(self.hub.watch_flag()), asyncio.create_task(self.hub.collect_garbage())]
@@ -491,19 +512,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--legacy", action="store_true", help="behave as the v1.0.0 hub (no replay)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
 
     async def run() -> None:
         server = serve(
-            args.host, args.port, ping_interval=args.ping_interval,
-            replay_max_messages=args.replay_size, replay_max_age=args.replay_age,
-            max_clients=args.max_clients, flags_redis=args.flags_redis, flags_key=args.flags_key,
-            flag=args.flag, legacy=args.legacy,
+            args.host,
+            args.port,
+            ping_interval=args.ping_interval,
+            replay_max_messages=args.replay_size,
+            replay_max_age=args.replay_age,
+            max_clients=args.max_clients,
+            flags_redis=args.flags_redis,
+            flags_key=args.flags_key,
+            flag=args.flag,
+            legacy=args.legacy,
         )
         await server.start()
-        log.info("hub %s listening on %s (v1.0.1 %s)", server.hub.hub_id, server.url,
-                 "flag-controlled" if args.flags_redis else ("off" if args.legacy else "on"))
+        log.info(
+            "hub %s listening on %s (v1.0.1 %s)",
+            server.hub.hub_id,
+            server.url,
+            "flag-controlled" if args.flags_redis else ("off" if args.legacy else "on"),
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

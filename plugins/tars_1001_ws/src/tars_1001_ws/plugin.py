@@ -117,8 +117,10 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     url = _url(ctx)
     info = await _info(url)
     if SUBPROTOCOL not in info.get("supported", []):
-        raise FixError(f"the hub at targets.websocket_url runs {info.get('server')} {info.get('version')} without "
-                       f"{SUBPROTOCOL}: deploy the TARS-1001 hub (python -m tars_1001_ws.hub) first")
+        raise FixError(
+            f"the hub at targets.websocket_url runs {info.get('server')} {info.get('version')} without "
+            f"{SUBPROTOCOL}: deploy the TARS-1001 hub (python -m tars_1001_ws.hub) first"
+        )
     if info.get("flag") not in (None, cfg.flag):
         raise FixError(f"the hub obeys flag {info['flag']!r} but plugins.{NAME}.flag is {cfg.flag!r}: make them agree")
     current = await ctx.flags.get(cfg.flag)
@@ -129,8 +131,13 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         except HubError as exc:
             ctx.log.warning("flag %s is on but the protocol probe failed (%s); re-applying", cfg.flag, exc)
     if ctx.dry_run:
-        ctx.log.info("dry run: would set flag %s from %r to 'on' at %s and probe %s on the hub",
-                     cfg.flag, current, ctx.targets.flags_key, SUBPROTOCOL)
+        ctx.log.info(
+            "dry run: would set flag %s from %r to 'on' at %s and probe %s on the hub",
+            cfg.flag,
+            current,
+            ctx.targets.flags_key,
+            SUBPROTOCOL,
+        )
         return ApplyResult(changed=False, detail="dry run: nothing changed")
     state = _state_file(ctx)
     if not state.exists():
@@ -141,8 +148,10 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         if info.get("flag") is not None:
             info = await _wait_enabled(url, True, cfg.flag_propagation_timeout)
             if not info.get("enabled"):
-                raise HubError(f"the hub did not pick up flag {cfg.flag} within {cfg.flag_propagation_timeout:g} s "
-                               f"(does it read {ctx.targets.flags_key} on the same Redis?)")
+                raise HubError(
+                    f"the hub did not pick up flag {cfg.flag} within {cfg.flag_propagation_timeout:g} s "
+                    f"(does it read {ctx.targets.flags_key} on the same Redis?)"
+                )
         detail = await probe_protocol(url, cfg.probe_timeout)
     except HubError as exc:
         await _restore_flag(ctx, cfg.flag, current)
@@ -169,13 +178,18 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     flag_on = value not in OFF_VALUES
     checks["flag"] = f"{cfg.flag} = {value!r}"
     info = await _info(url)
-    checks["hub"] = (f"{info.get('server')} {info.get('version')}, v1.0.1 "
-                     f"{'offered' if info.get('enabled') else 'not offered'}")
+    checks["hub"] = (
+        f"{info.get('server')} {info.get('version')}, v1.0.1 {'offered' if info.get('enabled') else 'not offered'}"
+    )
     if not info.get("enabled"):
         return VerifyResult(ok=False, detail="the hub does not offer v1.0.1 (fix not applied)", checks=checks)
     try:
-        results = await conformance(url, heartbeat_interval=cfg.verify_heartbeat_interval,
-                                    channels=cfg.verify_channels, messages=cfg.verify_messages)
+        results = await conformance(
+            url,
+            heartbeat_interval=cfg.verify_heartbeat_interval,
+            channels=cfg.verify_channels,
+            messages=cfg.verify_messages,
+        )
     except Exception as exc:
         checks["conformance"] = f"FAILED: {type(exc).__name__}: {exc}"
         return VerifyResult(ok=False, detail=f"behaviour check could not run: {exc}", checks=checks)
@@ -183,12 +197,14 @@ async def tars_verify(ctx: Context) -> VerifyResult:
         checks[name] = ("ok: " if ok else "FAILED: ") + detail
     failed = [name for name, (ok, _) in results.items() if not ok]
     if not flag_on:
-        return VerifyResult(ok=False, detail=f"hub behaves, but flag {cfg.flag} is off: services use v1.0.0",
-                            checks=checks)
+        return VerifyResult(
+            ok=False, detail=f"hub behaves, but flag {cfg.flag} is off: services use v1.0.0", checks=checks
+        )
     if failed:
         return VerifyResult(ok=False, detail="failed: " + ", ".join(failed), checks=checks)
-    return VerifyResult(ok=True, detail="reconnect, silent-drop detection, resubscription, replay and outbox hold",
-                        checks=checks)
+    return VerifyResult(
+        ok=True, detail="reconnect, silent-drop detection, resubscription, replay and outbox hold", checks=checks
+    )
 
 
 @hookimpl
@@ -213,8 +229,10 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     if info.get("flag") is not None:
         info = await _wait_enabled(url, False, cfg.flag_propagation_timeout)
         if info.get("enabled"):
-            raise FixError(f"flag {cfg.flag} is off but the hub still offers v1.0.1 after "
-                           f"{cfg.flag_propagation_timeout:g} s: check the hub's flag source")
+            raise FixError(
+                f"flag {cfg.flag} is off but the hub still offers v1.0.1 after "
+                f"{cfg.flag_propagation_timeout:g} s: check the hub's flag source"
+            )
     return ApplyResult(changed=True, detail=f"flag {cfg.flag} off; new connections get v1.0.0")
 
 
@@ -230,36 +248,77 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
     try:
         after_rc = check.summary(await check.reconnect_times(hub.url, b.drops))
         before_rc = check.summary(await check.plain_reconnect_times(hub.url, min(b.drops, 10)))
-        detect = check.summary(await check.silent_detection_times(
-            hub.url, b.detection_samples, interval=b.detection_interval, timeout=b.detection_timeout))
+        detect = check.summary(
+            await check.silent_detection_times(
+                hub.url, b.detection_samples, interval=b.detection_interval, timeout=b.detection_timeout
+            )
+        )
         bound = b.detection_interval + 3 * b.detection_timeout
-        loss_before = await check.loss_over_drops(hub.url, messages=b.messages, drops=b.message_drops,
-                                                  rate=b.rate, plain=True)
-        loss_after = await check.loss_over_drops(hub.url, messages=b.messages, drops=b.message_drops,
-                                                 rate=b.rate, plain=False)
+        loss_before = await check.loss_over_drops(
+            hub.url, messages=b.messages, drops=b.message_drops, rate=b.rate, plain=True
+        )
+        loss_after = await check.loss_over_drops(
+            hub.url, messages=b.messages, drops=b.message_drops, rate=b.rate, plain=False
+        )
         idle = await check.idle_clients(hub.url, b.idle_clients, b.idle_window)
     finally:
         hub.stop()
     metrics = [
-        Metric("reconnect_p50", before_rc["p50"], after_rc["p50"], "s", "< 5 s typical (seed)",
-               after_rc["p50"] < 5),
-        Metric("reconnect_p95", before_rc["p95"], after_rc["p95"], "s", "< 1.5 s with the hub reachable",
-               after_rc["p95"] < 1.5),
+        Metric("reconnect_p50", before_rc["p50"], after_rc["p50"], "s", "< 5 s typical (seed)", after_rc["p50"] < 5),
+        Metric(
+            "reconnect_p95",
+            before_rc["p95"],
+            after_rc["p95"],
+            "s",
+            "< 1.5 s with the hub reachable",
+            after_rc["p95"] < 1.5,
+        ),
         Metric("reconnect_max", before_rc["max"], after_rc["max"], "s", "< 30 s (seed)", after_rc["max"] < 30),
-        Metric("silent_disconnect_detection_max", None, detect["max"], "s",
-               f"<= interval + 3 x timeout = {bound:g} s (at interval {b.detection_interval:g} s)",
-               detect["max"] <= bound + 0.25),
-        Metric("messages_lost", loss_before["lost"], loss_after["lost"], "messages",
-               f"0 of {b.messages} over {b.message_drops} drops", loss_after["lost"] == 0),
-        Metric("messages_duplicated", loss_before["duplicated"], loss_after["duplicated"], "messages", "0",
-               loss_after["duplicated"] == 0),
-        Metric("heartbeat_cpu", None, idle["cpu_percent"], "% of a core",
-               f"< 1% ({b.idle_clients} idle clients, 30 s heartbeat)", idle["cpu_percent"] < 1),
-        Metric("memory_per_client", None, idle["kb_per_client"], "KB", "< 200 KB (seed: 10 MB)",
-               idle["kb_per_client"] < 200),
+        Metric(
+            "silent_disconnect_detection_max",
+            None,
+            detect["max"],
+            "s",
+            f"<= interval + 3 x timeout = {bound:g} s (at interval {b.detection_interval:g} s)",
+            detect["max"] <= bound + 0.25,
+        ),
+        Metric(
+            "messages_lost",
+            loss_before["lost"],
+            loss_after["lost"],
+            "messages",
+            f"0 of {b.messages} over {b.message_drops} drops",
+            loss_after["lost"] == 0,
+        ),
+        Metric(
+            "messages_duplicated",
+            loss_before["duplicated"],
+            loss_after["duplicated"],
+            "messages",
+            "0",
+            loss_after["duplicated"] == 0,
+        ),
+        Metric(
+            "heartbeat_cpu",
+            None,
+            idle["cpu_percent"],
+            "% of a core",
+            f"< 1% ({b.idle_clients} idle clients, 30 s heartbeat)",
+            idle["cpu_percent"] < 1,
+        ),
+        Metric(
+            "memory_per_client",
+            None,
+            idle["kb_per_client"],
+            "KB",
+            "< 200 KB (seed: 10 MB)",
+            idle["kb_per_client"] < 200,
+        ),
     ]
-    detail = (f"private hub process; {b.drops} resets (plain websockets: {before_rc['n']}); "
-              f"before = idiomatic websockets 17 `async for ws in connect()` loop on the v1.0.0 protocol")
+    detail = (
+        f"private hub process; {b.drops} resets (plain websockets: {before_rc['n']}); "
+        f"before = idiomatic websockets 17 `async for ws in connect()` loop on the v1.0.0 protocol"
+    )
     return BenchmarkResult(metrics=metrics, detail=detail)
 
 
@@ -283,9 +342,12 @@ def tars_report(release: Release) -> ReportSection | None:
     return ReportSection(
         title="TARS-1001 WebSocket reconnection",
         markdown="\n".join(lines),
-        data={"state": release.states[NAME],
-              "metrics": {m.name: {"before": m.before, "after": m.after, "unit": m.unit}
-                          for m in (bench.metrics if bench else ())}},
+        data={
+            "state": release.states[NAME],
+            "metrics": {
+                m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in (bench.metrics if bench else ())
+            },
+        },
     )
 
 
@@ -295,8 +357,7 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     port = site.free_port()
     argv = [site.python, "-m", "tars_1001_ws.hub", "--host", "127.0.0.1", "--port", str(port)]
     if site.targets.redis:
-        argv += ["--flags-redis", site.targets.redis, "--flags-key", site.targets.flags_key,
-                 "--flag", WsConfig().flag]
+        argv += ["--flags-redis", site.targets.redis, "--flags-key", site.targets.flags_key, "--flag", WsConfig().flag]
     else:
         argv += ["--legacy"]
     return SandboxContribution(
