@@ -194,3 +194,28 @@ def test_benchmark_hook_measures_before_and_after(services: Any, tmp_path: Path)
     throughput = metrics["throughput XADD+XREADGROUP+XACK vs no tracing"]
     assert throughput.before and throughput.before > 0 and throughput.after > 0 and throughput.unit == "msg/s"
     assert metrics["inject (propagator into entry fields)"].after > 0
+
+
+def test_apply_waits_until_in_flight_reads_switch(services: Any, tmp_path: Path) -> None:
+    """Regression: a consumer blocked in a v1.0.0 XREADGROUP when the flag flips must not be reported as
+    propagating until that read is over, or the first entries after apply lose their trace."""
+    services.start("producer", "eval-producer", "--rate", "0")
+    services.start("consumer", "eval-consumer")
+    ctx = _ctx(services, tmp_path, config=_config(services, probe_messages=3))
+
+    async def scenario() -> None:
+        from tars_1003_jaeger.plugin import probe_services
+
+        client = await plugin._client(ctx)
+        try:
+            for _ in range(3):
+                await anyio.sleep(1.2)  # the consumer is now inside a blocking read in the old mode
+                assert (await plugin.tars_apply(ctx)).changed
+                hop1, hop2 = await probe_services(client, ctx.config)
+                assert hop1.complete and hop2.complete, (hop1, hop2)
+                await plugin.tars_rollback(ctx)
+        finally:
+            await client.aclose()
+            await ctx.flags.aclose()
+
+    anyio.run(scenario)

@@ -80,7 +80,7 @@ class JaegerConfig:
 def tars_plugin_info() -> PluginInfo:
     return PluginInfo(
         name=NAME,
-        title="Trace context through Redis Streams (W3C, OTLP export)",
+        title="TARS-1003: W3C trace context through Redis Streams, exported over OTLP",
         kind="hotfix",
         fix_id="TARS-1003",
         config=JaegerConfig,

@@ -68,7 +68,25 @@ class Service:
         self.tracer = trace.get_tracer("tars.evaluation")
         self.tracing = StreamTracing()
         self.propagate = False
+        #: the mode each consumer loop's current iteration runs in (a blocking read started before a flag
+        #: change finishes in the old mode); the registry reports a mode only once every loop is in it
+        self.loop_modes: dict[str, bool] = {}
         self.stop = asyncio.Event()
+
+    @property
+    def reported(self) -> str:
+        modes = {self.propagate, *self.loop_modes.values()}
+        return "switching" if len(modes) > 1 else ("on" if self.propagate else "off")
+
+    async def enter_mode(self, loop: str) -> bool:
+        """Called at the top of a consumer iteration: the flag state this iteration will honour."""
+        mode = self.propagate
+        if self.loop_modes.get(loop) != mode:
+            before = self.reported
+            self.loop_modes[loop] = mode
+            if self.reported != before:
+                await self.heartbeat()
+        return mode
 
     async def refresh_flag(self) -> None:
         value = await self.client.hget(self.args.flags_key, self.args.flag)
@@ -90,7 +108,7 @@ class Service:
             "service": self.role,
             "version": __version__,
             "capabilities": [CAPABILITY],
-            "propagation": "on" if self.propagate else "off",
+            "propagation": self.reported,
             "pid": os.getpid(),
             "heartbeat": time.time(),
         }
@@ -200,10 +218,11 @@ async def _consume(svc: Service, stream: str, group: str, handler: Handler) -> N
     next_claim = 0.0
     while not svc.stop.is_set():
         try:
+            propagate = await svc.enter_mode(stream)
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + svc.args.claim_interval
-                await _claim(svc, stream, group, consumer, handler)
-            if svc.propagate:
+                await _claim(svc, stream, group, consumer, handler, propagate)
+            if propagate:
                 batch = await svc.tracing.xreadgroup(svc.client, group, consumer, {stream: ">"}, count=16, block=1000)
                 await _process(svc, stream, batch, handler)
             else:
@@ -216,10 +235,10 @@ async def _consume(svc: Service, stream: str, group: str, handler: Handler) -> N
                 await asyncio.wait_for(svc.stop.wait(), 1.0)
 
 
-async def _claim(svc: Service, stream: str, group: str, consumer: str, handler: Handler) -> None:
+async def _claim(svc: Service, stream: str, group: str, consumer: str, handler: Handler, propagate: bool) -> None:
     cursor = "0-0"
     while True:
-        if svc.propagate:
+        if propagate:
             claimed = await svc.tracing.xautoclaim(
                 svc.client, stream, group, consumer, svc.args.claim_idle_ms, cursor, count=16
             )
