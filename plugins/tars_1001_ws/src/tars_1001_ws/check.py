@@ -589,5 +589,22 @@ async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool 
     }
 
 
+async def idle_clients_isolated(ws_url: str, clients: int, window: float, *, plain: bool = False) -> dict[str, float]:
+    """:func:`idle_clients` in a fresh interpreter, so RSS growth is not hidden by memory freed earlier."""
+    argv = [sys.executable, "-m", "tars_1001_ws.check", "idle", ws_url, str(clients), str(window)]
+    proc = await asyncio.create_subprocess_exec(*argv, *(["--plain"] if plain else []), stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise HubError(f"idle-clients measurement exited with {proc.returncode}")
+    return dict(json.loads(out))
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values), "n": len(values)}
+
+
+if __name__ == "__main__":  # python -m tars_1001_ws.check idle URL CLIENTS WINDOW [--plain]
+    _, what, url, n, secs, *flags = sys.argv
+    if what != "idle":
+        raise SystemExit(f"unknown measurement {what!r}")
+    print(json.dumps(asyncio.run(idle_clients(url, int(n), float(secs), plain="--plain" in flags))))

@@ -260,7 +260,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
         loss_after = await check.loss_over_drops(
             hub.url, messages=b.messages, drops=b.message_drops, rate=b.rate, plain=False
         )
-        idle = await check.idle_clients(hub.url, b.idle_clients, b.idle_window)
+        idle = await check.idle_clients_isolated(hub.url, b.idle_clients, b.idle_window)
     finally:
         hub.stop()
     metrics = [
