@@ -103,7 +103,7 @@ class OTLPReceiver:
     @property
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def _add(self, spans: list[dict[str, Any]]) -> None:
         with self._cond:

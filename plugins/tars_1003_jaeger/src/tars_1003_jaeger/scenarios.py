@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
-from tars_1003_jaeger.streams import DELIVERY_COUNT_ATTRIBUTE, StreamMessage, StreamTracing
+from tars_1003_jaeger.streams import DELIVERY_COUNT_ATTRIBUTE, StreamMessage, StreamTracing, _reply_items
 
 
 @attrs.frozen
@@ -188,8 +188,8 @@ def _handler(fields: Any) -> int:
 
 
 def _flow(
-    client: redis.Redis, mode: str, stream: str, n: int, redeliver: int, batch: int, provider: TracerProvider
-) -> float:
+    client: Any, mode: str, stream: str, n: int, redeliver: int, batch: int, provider: TracerProvider
+) -> tuple[float, float]:
     """One full pass: XADD n entries, a consumer dies holding ``redeliver`` of them, the worker drains
     the rest with XREADGROUP + per-entry XACK and takes the dead consumer's entries over with
     XAUTOCLAIM. Returns the elapsed wall and CPU seconds of this process (all threads, so the span
@@ -243,13 +243,14 @@ def _flow(
                 client.xack(stream, "bench", entry_id)
 
     while reply := client.xreadgroup("bench", "worker", {stream: ">"}, count=batch):
-        drain_raw(reply[0][1])
-    cursor: Any = "0-0"
+        for _, entries in _reply_items(reply):
+            drain_raw(entries)
+    raw_cursor: Any = "0-0"
     while True:
-        claimed = client.xautoclaim(stream, "bench", "worker", 0, cursor, count=batch)
-        drain_raw(claimed[1])
-        cursor = claimed[0]
-        if _s(cursor) == "0-0":
+        raw_claim = client.xautoclaim(stream, "bench", "worker", 0, raw_cursor, count=batch)
+        drain_raw(raw_claim[1])
+        raw_cursor = raw_claim[0]
+        if _s(raw_cursor) == "0-0":
             break
     return time.perf_counter() - start, time.process_time() - cpu
 

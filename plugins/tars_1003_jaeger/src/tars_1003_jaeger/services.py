@@ -160,7 +160,7 @@ async def producer(args: argparse.Namespace) -> None:
     await svc.run(submit)
 
 
-async def _send(svc: Service, stream: str, fields: dict[str, str]) -> None:
+async def _send(svc: Service, stream: str, fields: dict[Any, Any]) -> None:
     if svc.propagate:
         await svc.tracing.xadd(svc.client, stream, fields, maxlen=svc.args.maxlen, approximate=True)
         return

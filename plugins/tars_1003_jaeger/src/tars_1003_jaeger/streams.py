@@ -14,6 +14,7 @@ two copies that drift apart.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -493,8 +494,8 @@ class StreamTracing:
         low = ids[0]
         page = max(len(ids), 10)
         while wanted - counts.keys():
-            rows = yield lambda low=low: client.xpending_range(
-                stream, group, min=low, max=ids[-1], count=page, consumername=consumer
+            rows = yield functools.partial(
+                client.xpending_range, stream, group, min=low, max=ids[-1], count=page, consumername=consumer
             )
             for row in rows:
                 mid = _text(row["message_id"])
