@@ -1,0 +1,299 @@
+"""Dashboard query latency, raw versus recorded, on a real Prometheus holding realistic cardinality.
+
+1. The catalogue's simulator writes ``hours`` of history for ``agents × regions`` (12-bucket histograms,
+   one sample per ``step``) as OpenMetrics, one 2-hour block-aligned file at a time, and
+   ``promtool tsdb create-blocks-from openmetrics`` turns each into TSDB blocks.
+2. A throwaway ``prometheus`` opens that TSDB; ``promtool tsdb create-blocks-from rules`` evaluates the
+   recording rules the patched dashboards use over the same span (as a rule evaluation every ``step``
+   would have), and the blocks are moved in before Prometheus is restarted.
+3. Every Prometheus panel query of the v1.0.0 dashboards (raw) and of the patched ones (recorded) is sent
+   as Grafana sends it: ``POST /api/v1/query_range`` over the dashboard's time range, variables at "All".
+   Each query runs ``calls`` times after one warm-up; the whole dashboard is then loaded ``loads`` times
+   with all panel queries in flight at once. Latency is wall time at the client, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import promql_parser as pp
+
+from tars_1002_grafana.catalogue import Simulator, Topology, write_openmetrics
+from tars_1002_grafana.patcher import iter_panels, parse_query, patch_dashboard
+from tars_1002_grafana.prom import Prometheus, PrometheusServer
+from tars_1002_grafana.rules import Rule, build_rules, promtool, render_rule_file
+
+BLOCK = 7200
+
+
+@attrs.frozen
+class PanelQuery:
+    dashboard: str
+    panel: str
+    ref: str
+    raw: str
+    recorded: str | None  # None when the patcher left the query as it was
+
+
+@attrs.define
+class Timing:
+    p50_ms: float
+    p95_ms: float
+    series: int
+    samples: list[float]
+
+
+@attrs.define
+class BenchReport:
+    agents: int
+    regions: int
+    hours: float
+    step_s: int
+    series_total: int
+    samples_total: int
+    evaluations: float
+    panels: list[dict[str, Any]]
+    dashboard_raw_ms: list[float]
+    dashboard_recorded_ms: list[float]
+    setup_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return math.nan
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+_VAR_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
+
+
+def grafana_expr(expr: str, step: int, scrape: int) -> str:
+    """The query Grafana sends with every variable at "All" (allValue ``.*``) and its macro values.
+
+    ``$__rate_interval`` is max($__interval + scrape interval, 4 × scrape interval), as Grafana defines it.
+    """
+    expr = _VAR_MATCHER.sub(lambda m: f'{m.group(1)}=~".*"' if m.group(2) in ("=", "=~") else f'{m.group(1)}!~".*"',
+                            expr)
+    rate_interval = max(step + scrape, 4 * scrape)
+    for macro, value in (("$__rate_interval", f"{rate_interval}s"), ("${__rate_interval}", f"{rate_interval}s"),
+                         ("$__interval", f"{step}s"), ("${__interval}", f"{step}s")):
+        expr = expr.replace(macro, value)
+    return expr
+
+
+def dashboard_queries(dashboards: dict[str, dict[str, Any]], rules: Sequence[Rule]) -> list[PanelQuery]:
+    out = []
+    for name, dash in dashboards.items():
+        _, changes = patch_dashboard(dash, rules)
+        rewritten = {(c.panel, c.ref): c.after for c in changes if c.action == "rewritten"}
+        skipped = {(c.panel, c.ref) for c in changes if c.action == "skipped" and c.reason == "not a Prometheus query"}
+        for panel in iter_panels(dash):
+            title = str(panel.get("title"))
+            for t in panel.get("targets") or []:
+                ref, expr = str(t.get("refId")), t.get("expr")
+                if not isinstance(expr, str) or (title, ref) in skipped or panel.get("libraryPanel"):
+                    continue
+                out.append(PanelQuery(name, title, ref, expr, rewritten.get((title, ref))))
+    return out
+
+
+def _selectors(expr: str) -> list[str]:
+    ast, _ = parse_query(expr)
+    found: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, pp.VectorSelector):
+            found.append(str(node))
+
+    pp.walk(ast, pre_visit=visit)
+    return found
+
+
+def _time(prom: Prometheus, expr: str, start: float, end: float, step: int, calls: int) -> list[float]:
+    prom.query_range(expr, start, end, step)  # warm-up, not counted
+    out = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        prom.query_range(expr, start, end, step)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _load_dashboard(url: str, exprs: Sequence[str], start: float, end: float, step: int) -> float:
+    """All panel queries in flight at once, as a dashboard opening does; wall time until the last answer."""
+    clients = [Prometheus(url, timeout=300) for _ in exprs]
+    try:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(len(exprs), 1)) as pool:
+            list(pool.map(lambda ce: ce[0].query_range(ce[1], start, end, step), zip(clients, exprs, strict=True)))
+        return (time.perf_counter() - t) * 1000
+    finally:
+        for c in clients:
+            c.close()
+
+
+def build_tsdb(workdir: Path, topo: Topology, hours: float, step: int,
+               log: Callable[[str], None]) -> tuple[float, float, int]:
+    """Backfill ``hours`` ending at the last whole step before now; returns (start, end, samples)."""
+    sim = Simulator(topo)
+    end = math.floor((time.time() - 60) / step) * step
+    start = end - int(hours * 3600)
+    t0 = start - 3600  # an hour of history before the window, so rates are defined from the start
+    tsdb = workdir / "tsdb"
+    tsdb.mkdir(parents=True, exist_ok=True)
+    samples = 0
+    chunk_start = start
+    while chunk_start <= end:
+        chunk_end = min((chunk_start // BLOCK + 1) * BLOCK - step, end)
+        om = workdir / "chunk.om"
+        samples += write_openmetrics(sim, om, start=chunk_start, end=chunk_end, step=step, t0=t0,
+                                     extra_labels={"job": "tars-eval-api", "instance": "eval-api:8000"})
+        promtool("tsdb", "create-blocks-from", "openmetrics", str(om), str(tsdb), timeout=3600)
+        om.unlink()
+        log(f"backfilled {time.strftime('%H:%M', time.gmtime(chunk_start))}-"
+            f"{time.strftime('%H:%M', time.gmtime(chunk_end))} UTC ({samples:,} samples so far)")
+        chunk_start = chunk_end + step
+    return start, end, samples
+
+
+def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, step: int = 60, calls: int = 20,
+        loads: int = 5, workdir: Path | None = None, dashboards: dict[str, dict[str, Any]] | None = None,
+        log: Callable[[str], None] = print) -> BenchReport:
+    from tars_1002_grafana.plugin import dashboard_files
+
+    setup = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="tars-1002-bench-")) if workdir is None else workdir
+    try:
+        topo = Topology(agents=agents, regions=regions)
+        start, end, samples = build_tsdb(tmp, topo, hours, step, log)
+        rules = build_rules()
+        dashes = dashboards or {n: json.loads(t) for n, t in dashboard_files().items()}
+        queries = dashboard_queries(dashes, rules)
+        used = {r for q in queries if q.recorded for r in rules if r.record in q.recorded}
+        needed = [r for r in rules if r in used]
+        rule_file = tmp / "backfill-rules.yml"
+        rule_file.write_text(render_rule_file(needed), encoding="utf-8")
+        server = PrometheusServer(tmp / "prom", tsdb=tmp / "tsdb", rules_dir=tmp / "prom" / "rules",
+                                  extra_args=["--query.timeout=5m"], retention="3650d")
+        server.start(timeout=300)
+        try:
+            blocks = tmp / "rule-blocks"
+            log(f"evaluating {len(needed)} recording rules over {hours} h with promtool create-blocks-from rules")
+            promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start)}", f"--end={int(end)}",
+                     f"--url={server.url}", f"--output-dir={blocks}", f"--eval-interval={step}s", str(rule_file),
+                     timeout=7200)
+        finally:
+            server.stop()
+        for block in blocks.iterdir():
+            if block.is_dir():
+                shutil.move(str(block), str(tmp / "tsdb" / block.name))
+        server.start(timeout=300)
+        setup_s = time.perf_counter() - setup
+        try:
+            with Prometheus(server.url, timeout=600) as prom:
+                series_total = int(float(prom.query("count({__name__=~\".+\"})", at=end)[0]["value"][1]))
+                ev = prom.query(f"sum(increase(tars_evaluations_total[{int(end - start)}s]))", at=end)
+                evaluations = float(ev[0]["value"][1]) if ev else 0.0
+                log(f"{series_total:,} series, {evaluations:,.0f} evaluations in the window; timing "
+                    f"{len(queries)} panel queries x {calls} calls")
+                panels = []
+                for q in queries:
+                    raw = grafana_expr(q.raw, step, step)
+                    row: dict[str, Any] = {"dashboard": q.dashboard, "panel": q.panel, "ref": q.ref, "raw": raw}
+                    t_raw = _time(prom, raw, start, end, step, calls)
+                    row["raw_p50_ms"], row["raw_p95_ms"] = _pct(t_raw, 0.5), _pct(t_raw, 0.95)
+                    row["raw_series"] = sum(prom.series_count(s, start, end) for s in _selectors(raw))
+                    if q.recorded:
+                        rec = grafana_expr(q.recorded, step, step)
+                        t_rec = _time(prom, rec, start, end, step, calls)
+                        row.update(recorded=rec, rec_p50_ms=_pct(t_rec, 0.5), rec_p95_ms=_pct(t_rec, 0.95),
+                                   rec_series=sum(prom.series_count(s, start, end) for s in _selectors(rec)))
+                    panels.append(row)
+                    log(f"  {q.panel[:44]:44} raw p50 {row['raw_p50_ms']:8.1f} ms"
+                        + (f"  recorded p50 {row['rec_p50_ms']:7.1f} ms" if q.recorded else "  (not rewritten)"))
+            raw_exprs = [p["raw"] for p in panels]
+            rec_exprs = [p.get("recorded") or p["raw"] for p in panels]
+            dash_raw = [_load_dashboard(server.url, raw_exprs, start, end, step) for _ in range(loads)]
+            dash_rec = [_load_dashboard(server.url, rec_exprs, start, end, step) for _ in range(loads)]
+        finally:
+            server.stop()
+        return BenchReport(agents, regions, hours, step, series_total, samples, evaluations, panels, dash_raw,
+                           dash_rec, setup_s)
+    finally:
+        if workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary_metrics(report: BenchReport) -> list[Any]:
+    """The hook's before/after figures: latency panels (histogram_quantile), worst panel, whole dashboard."""
+    from tars_core import Metric
+
+    latency = [p for p in report.panels if "histogram_quantile" in p["raw"] and "recorded" in p]
+    lat_raw = statistics.median([p["raw_p50_ms"] for p in latency]) if latency else math.nan
+    lat_rec = statistics.median([p["rec_p50_ms"] for p in latency]) if latency else math.nan
+    worst_raw = max(p["raw_p95_ms"] for p in report.panels)
+    worst_rec = max(p.get("rec_p95_ms", p["raw_p95_ms"]) for p in report.panels)
+    dash_raw, dash_rec = statistics.median(report.dashboard_raw_ms), statistics.median(report.dashboard_recorded_ms)
+    speedup = lat_raw / lat_rec if lat_rec else math.nan
+    return [
+        Metric("latency panels: median query_range p50", round(lat_raw, 1), round(lat_rec, 1), "ms",
+               "recorded at least 33x faster (seed: 5000 ms -> 150 ms)", speedup >= 33),
+        Metric("latency panels: speed-up", None, round(speedup, 1), "x", ">= 33x", speedup >= 33),
+        Metric("slowest panel query p95", round(worst_raw, 1), round(worst_rec, 1), "ms", "", None),
+        Metric("whole dashboard load (all panels at once), median", round(dash_raw, 1), round(dash_rec, 1), "ms",
+               "< 1000 ms patched (seed bar: 5000 ms)", dash_rec < 1000),
+    ]
+
+
+def markdown(report: BenchReport) -> str:
+    lines = [f"{report.agents} agents x {report.regions} regions, {report.hours:g} h at {report.step_s} s "
+             f"resolution: {report.series_total:,} series, {report.samples_total:,} raw samples, "
+             f"{report.evaluations:,.0f} evaluations in the window.", "",
+             "| panel | raw p50 ms | raw p95 ms | raw series | recorded p50 ms | recorded p95 ms | recorded series "
+             "| speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for p in report.panels:
+        if "recorded" in p:
+            sp = p["raw_p50_ms"] / p["rec_p50_ms"] if p["rec_p50_ms"] else math.nan
+            lines.append(f"| {p['panel']} [{p['ref']}] | {p['raw_p50_ms']:.1f} | {p['raw_p95_ms']:.1f} | "
+                         f"{p['raw_series']:,} | {p['rec_p50_ms']:.1f} | {p['rec_p95_ms']:.1f} | "
+                         f"{p['rec_series']:,} | {sp:.0f}x |")
+        else:
+            lines.append(f"| {p['panel']} [{p['ref']}] (not rewritten) | {p['raw_p50_ms']:.1f} | "
+                         f"{p['raw_p95_ms']:.1f} | {p['raw_series']:,} | | | | |")
+    lines += ["", f"Whole dashboard load (all {len(report.panels)} queries at once), median of "
+              f"{len(report.dashboard_raw_ms)}: raw {statistics.median(report.dashboard_raw_ms):.0f} ms "
+              f"(max {max(report.dashboard_raw_ms):.0f}), "
+              f"patched {statistics.median(report.dashboard_recorded_ms):.0f} ms "
+              f"(max {max(report.dashboard_recorded_ms):.0f})."]
+    return "\n".join(lines)
+
+
+def benchmark_hook(ctx: Any) -> Any:
+    """The ``tars_benchmark`` hook: a shorter run sized by the config (default 200 agents, 5 regions, 3 h)."""
+    from tars_core import BenchmarkResult
+
+    c = ctx.config
+    report = run(agents=c.benchmark_agents, regions=c.benchmark_regions, hours=c.benchmark_hours,
+                 step=c.benchmark_step_s, calls=c.benchmark_calls, loads=3, log=ctx.log.info)
+    out = ctx.state_dir / "benchmark.json"
+    out.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    return BenchmarkResult(metrics=summary_metrics(report),
+                           detail=markdown(report) + f"\n\nRaw figures: {out}. Full size: "
+                           "python benchmarks/tars-1002-grafana_bench.py")

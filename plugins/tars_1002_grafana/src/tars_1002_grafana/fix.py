@@ -1,0 +1,343 @@
+"""Apply, verify and roll back TARS-1002 on a real Prometheus and a Grafana provisioning folder.
+
+Order matters and follows the issue: the rule file is checked by ``promtool`` before Prometheus can see
+it, written atomically, Prometheus is reloaded and we wait until every rule reports healthy; only then
+are the dashboards rewritten, so a Grafana that re-reads its provisioning folder never shows a panel
+whose recorded series does not exist yet. Whatever was there before (the previous rule file, or none,
+and every dashboard file we touch) is copied under ``ctx.state_dir/backup`` first; rollback puts exactly
+that back and reloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tars_1002_grafana.patcher import Change, dumps, iter_panels, patch_dashboard
+from tars_1002_grafana.prom import Prometheus, PrometheusError, atomic_write, wait_for
+from tars_1002_grafana.rules import (
+    PromtoolError,
+    Rule,
+    build_rules,
+    check_rules_text,
+    group_intervals,
+    render_rule_file,
+)
+from tars_core import ApplyResult, FixError, VerifyResult
+
+BACKUP = "backup"
+MANIFEST = "manifest.json"
+
+
+@attrs.define
+class Plan:
+    """What apply would do: the rule file text and each dashboard's new text (only those that change)."""
+
+    rules_path: Path
+    rules_text: str
+    rules_changed: bool
+    dashboards: dict[Path, str]
+    changes: dict[Path, list[Change]]
+
+    @property
+    def changed(self) -> bool:
+        return self.rules_changed or bool(self.dashboards)
+
+    def summary(self) -> str:
+        rewritten = sum(1 for cs in self.changes.values() for c in cs if c.action == "rewritten")
+        return (f"rule file {self.rules_path} {'to write' if self.rules_changed else 'up to date'}; "
+                f"{len(self.dashboards)} dashboard(s) to patch ({rewritten} queries)")
+
+
+def _dashboard_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.json") if p.is_file())
+
+
+def all_rules(config: Any) -> list[Rule]:
+    """The built-in rules plus the site's ``extra_rules`` from the config (validated like the others)."""
+    extra = [Rule(e.record, e.expr, e.group, (), ()) for e in config.extra_rules]
+    return build_rules() + extra
+
+
+def _intervals(config: Any) -> dict[str, str]:
+    intervals = group_intervals()
+    for e in config.extra_rules:
+        intervals.setdefault(e.group, e.interval)
+    return intervals
+
+
+def make_plan(config: Any, targets: Any, rules: list[Rule] | None = None) -> Plan:
+    rules = all_rules(config) if rules is None else rules
+    rules_dir = Path(targets.require("prometheus_rules_dir"))
+    dash_dir = Path(targets.require("grafana_dashboards_dir"))
+    rules_path = rules_dir / config.rule_file_name
+    text = render_rule_file(rules, _intervals(config))
+    current = rules_path.read_text(encoding="utf-8") if rules_path.exists() else None
+    dashboards: dict[Path, str] = {}
+    changes: dict[Path, list[Change]] = {}
+    for path in _dashboard_files(dash_dir) if dash_dir.is_dir() else []:
+        raw = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise FixError(f"dashboard {path} is not valid JSON ({exc}): fix or remove it") from None
+        if not isinstance(data, dict) or not ("panels" in data or "rows" in data):
+            continue
+        patched, cs = patch_dashboard(data, rules, macro_windows=config.macro_windows)
+        changes[path] = cs
+        if patched != data:
+            dashboards[path] = dumps(patched)
+    return Plan(rules_path, text, current != text, dashboards, changes)
+
+
+def _reload(prom: Prometheus, config: Any) -> None:
+    if config.reload_method == "sighup":
+        if not config.prometheus_pid_file:
+            raise FixError("reload_method sighup needs prometheus_pid_file in the tars-1002-grafana config")
+        try:
+            pid = int(Path(config.prometheus_pid_file).read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            raise FixError(f"cannot signal Prometheus from {config.prometheus_pid_file}: {exc}") from None
+        return
+    prom.reload()
+
+
+def rule_health(prom: Prometheus, rules: list[Rule]) -> dict[str, str]:
+    """Each rule's state on the server: ``ok``, ``missing``, ``unknown`` (not evaluated yet) or the error."""
+    loaded: dict[str, dict[str, Any]] = {}
+    for group in prom.rule_groups():
+        for r in group.get("rules", []):
+            if r.get("type") == "recording":
+                loaded[r["name"]] = r
+    out = {}
+    for rule in rules:
+        r = loaded.get(rule.record)
+        if r is None:
+            out[rule.record] = "missing"
+        elif r.get("health") == "ok":
+            out[rule.record] = "ok"
+        elif r.get("health") == "err":
+            out[rule.record] = f"error: {r.get('lastError')}"
+        else:
+            out[rule.record] = str(r.get("health") or "unknown")
+    return out
+
+
+def _wait_healthy(prom: Prometheus, rules: list[Rule], timeout: float) -> dict[str, str]:
+    def done() -> dict[str, str] | None:
+        h = rule_health(prom, rules)
+        return h if all(v == "ok" or v.startswith("error") for v in h.values()) else None
+
+    return wait_for(done, timeout, 1.0) or rule_health(prom, rules)
+
+
+def _wait_absent(prom: Prometheus, rules: list[Rule], timeout: float) -> bool:
+    return bool(wait_for(lambda: all(v == "missing" for v in rule_health(prom, rules).values()), timeout, 0.5))
+
+
+def connect(targets: Any) -> Prometheus:
+    prom = Prometheus(targets.require("prometheus_url"))
+    try:
+        prom.ready()
+    except PrometheusError as exc:
+        prom.close()
+        raise FixError(f"{exc}: start it or fix targets.prometheus_url") from None
+    return prom
+
+
+def apply(ctx: Any) -> ApplyResult:
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = ctx.log
+    rules = all_rules(ctx.config)
+    plan = make_plan(ctx.config, ctx.targets, rules)
+    try:
+        check_rules_text(plan.rules_text)
+    except PromtoolError as exc:
+        raise FixError(f"promtool refused the generated rule file, nothing was changed: {exc}") from None
+    with connect(ctx.targets) as prom:
+        if not plan.changed:
+            health = rule_health(prom, rules)
+            if all(v == "ok" for v in health.values()):
+                return ApplyResult(changed=False, detail=f"{len(rules)} rules loaded; dashboards already patched")
+        if ctx.dry_run:
+            log.info("dry run: would %s", plan.summary())
+            for path, cs in plan.changes.items():
+                for c in cs:
+                    if c.action == "rewritten":
+                        log.info("dry run: %s: %s [%s]: %s -> %s", path.name, c.panel, c.ref, c.before, c.after)
+            return ApplyResult(changed=False, detail="dry run: " + plan.summary())
+        _backup(ctx.state_dir, plan)
+        previous = plan.rules_path.read_text(encoding="utf-8") if plan.rules_path.exists() else None
+        if plan.rules_changed:
+            atomic_write(plan.rules_path, plan.rules_text)
+        try:
+            _reload(prom, ctx.config)
+        except (PrometheusError, FixError) as exc:
+            _restore_file(plan.rules_path, previous)
+            try:
+                _reload(prom, ctx.config)
+            except (PrometheusError, FixError):
+                pass
+            raise FixError(f"Prometheus did not take the rules, previous rule file restored: {exc}") from None
+        health = _wait_healthy(prom, rules, ctx.config.reload_timeout_s)
+        bad = {k: v for k, v in health.items() if v != "ok"}
+        if bad:
+            if all(v == "missing" for v in bad.values()):
+                raise FixError(f"Prometheus did not load {plan.rules_path}: add '{plan.rules_path.parent}/*.yml' "
+                               "to rule_files in its configuration")
+            name, state = next(iter(bad.items()))
+            raise FixError(f"{len(bad)} recording rules are not healthy after reload (e.g. {name}: {state})")
+        for path, text in plan.dashboards.items():
+            atomic_write(path, text)
+    log.info("applied: %s", plan.summary())
+    return ApplyResult(changed=True, detail=f"{len(rules)} recording rules loaded and healthy; " + plan.summary())
+
+
+def _backup(state_dir: Path, plan: Plan) -> None:
+    """Keep the pre-fix state once: a later apply (new version) must not overwrite the original backup."""
+    bdir = state_dir / BACKUP
+    manifest_path = bdir / MANIFEST
+    manifest: dict[str, Any] = (json.loads(manifest_path.read_text()) if manifest_path.exists()
+                                else {"rules": None, "dashboards": {}})
+    bdir.mkdir(parents=True, exist_ok=True)
+    if manifest["rules"] is None:
+        existed = plan.rules_path.exists()
+        if existed:
+            (bdir / "rules.yml").write_text(plan.rules_path.read_text(encoding="utf-8"), encoding="utf-8")
+        manifest["rules"] = {"path": str(plan.rules_path), "existed": existed}
+    for path in sorted(plan.dashboards):
+        if str(path) in manifest["dashboards"]:
+            continue
+        name = f"dashboard-{len(manifest['dashboards'])}-{path.name}"
+        (bdir / name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        manifest["dashboards"][str(path)] = name
+    atomic_write(manifest_path, json.dumps(manifest, indent=2))
+
+
+def _restore_file(path: Path, text: str | None) -> None:
+    if text is None:
+        if path.exists():
+            path.unlink()
+    else:
+        atomic_write(path, text)
+
+
+def rollback(ctx: Any) -> ApplyResult:
+    bdir = ctx.state_dir / BACKUP
+    manifest_path = bdir / MANIFEST
+    if not manifest_path.exists():
+        ctx.log.warning("tars-1002-grafana: nothing to roll back (no backup in %s)", bdir)
+        return ApplyResult(changed=False, detail="not applied")
+    manifest = json.loads(manifest_path.read_text())
+    if ctx.dry_run:
+        ctx.log.info("dry run: would restore %s and %d dashboard(s)", manifest["rules"]["path"],
+                     len(manifest["dashboards"]))
+        return ApplyResult(changed=False, detail="dry run")
+    rules_info = manifest["rules"]
+    rules_path = Path(rules_info["path"])
+    _restore_file(rules_path, (bdir / "rules.yml").read_text(encoding="utf-8") if rules_info["existed"] else None)
+    for path, name in manifest["dashboards"].items():
+        atomic_write(Path(path), (bdir / name).read_text(encoding="utf-8"))
+    with connect(ctx.targets) as prom:
+        try:
+            _reload(prom, ctx.config)
+        except PrometheusError as exc:
+            raise FixError(f"files restored but Prometheus did not reload: {exc}") from None
+        if not rules_info["existed"] and not _wait_absent(prom, all_rules(ctx.config), ctx.config.reload_timeout_s):
+            raise FixError("files restored but Prometheus still serves the TARS-1002 rules after reload")
+    for f in bdir.iterdir():
+        f.unlink()
+    bdir.rmdir()
+    return ApplyResult(changed=True, detail=f"restored {rules_path} and {len(manifest['dashboards'])} dashboard(s)")
+
+
+# -- verify --------------------------------------------------------------------------------------------
+
+_VAR_IN_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
+
+
+def instantiate(expr: str, dashboard: dict[str, Any]) -> str:
+    """A panel query as Grafana would send it with every variable at "All" and default macro values."""
+    def matcher(m: re.Match[str]) -> str:
+        label, op = m.group(1), m.group(2)
+        return f'{label}!~""' if op in ("=", "=~") else f'{label}=~".*"'
+
+    expr = _VAR_IN_MATCHER.sub(matcher, expr)
+    for macro, value in (("$__rate_interval", "1m"), ("${__rate_interval}", "1m"), ("$__interval", "30s"),
+                         ("${__interval}", "30s"), ("$__range", "1h")):
+        expr = expr.replace(macro, value)
+    current = {str(v.get("name")): (v.get("current") or {}).get("value")
+               for v in (dashboard.get("templating") or {}).get("list") or []}
+    for name, value in current.items():
+        if isinstance(value, str) and value and not value.startswith("$"):
+            expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    return expr
+
+
+def verify(ctx: Any) -> VerifyResult:
+    rules = all_rules(ctx.config)
+    checks: dict[str, str] = {}
+    try:
+        plan = make_plan(ctx.config, ctx.targets, rules)
+    except FixError as exc:
+        return VerifyResult(ok=False, detail=str(exc), checks={"plan": str(exc)})
+    checks["rule file"] = "missing or different" if plan.rules_changed else f"{plan.rules_path} current"
+    checks["dashboards"] = (f"{len(plan.dashboards)} not patched: " + ", ".join(p.name for p in plan.dashboards)
+                            if plan.dashboards else f"{len(plan.changes)} patched")
+    try:
+        prom = connect(ctx.targets)
+    except FixError as exc:
+        checks["prometheus"] = str(exc)
+        return VerifyResult(ok=False, detail=str(exc), checks=checks)
+    with prom:
+        health = rule_health(prom, rules)
+        bad = {k: v for k, v in health.items() if v != "ok"}
+        checks["rules healthy"] = (f"{len(rules) - len(bad)}/{len(rules)}" +
+                                   (f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""))
+        no_data: list[str] = []
+        if not bad and ctx.config.verify_data:
+            names = "|".join(re.escape(r.record) for r in rules)
+            have = {s["metric"]["__name__"] for s in prom.query(f'group by (__name__) ({{__name__=~"{names}"}})')}
+            no_data = [r.record for r in rules if r.record not in have]
+            checks["rules with data"] = f"{len(rules) - len(no_data)}/{len(rules)}" + (
+                f"; none for {', '.join(no_data[:3])}" if no_data else "")
+        empty_panels: list[str] = []
+        if not bad and ctx.config.verify_data and not plan.dashboards:
+            for path in plan.changes:
+                dash = json.loads(path.read_text(encoding="utf-8"))
+                for panel in iter_panels(dash):
+                    for t in panel.get("targets") or []:
+                        expr = t.get("expr")
+                        if isinstance(expr, str) and any(r.record in expr for r in rules):
+                            try:
+                                result = prom.query(instantiate(expr, dash))
+                            except PrometheusError as exc:
+                                result = []
+                                ctx.log.warning("panel %s query failed: %s", panel.get("title"), exc)
+                            if not result:
+                                empty_panels.append(f"{path.name}:{panel.get('title')}[{t.get('refId')}]")
+            checks["patched panels with data"] = "all" if not empty_panels else ", ".join(empty_panels[:5])
+    ok = not plan.rules_changed and not plan.dashboards and not bad and not no_data and not empty_panels
+    return VerifyResult(ok=ok, detail="TARS-1002 rules and dashboards in place" if ok else "not (fully) applied",
+                        checks=checks)
+
+
+def wait_until_data(prom: Prometheus, rules: list[Rule], timeout: float) -> list[str]:
+    """Rules still without data after ``timeout`` (used by tests and the sandbox seed)."""
+    names = "|".join(re.escape(r.record) for r in rules)
+    missing: list[str] = [r.record for r in rules]
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        have = {s["metric"]["__name__"] for s in prom.query(f'group by (__name__) ({{__name__=~"{names}"}})')}
+        missing = [r.record for r in rules if r.record not in have]
+        if missing:
+            time.sleep(1)
+    return missing
