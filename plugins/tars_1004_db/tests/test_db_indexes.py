@@ -69,6 +69,7 @@ async def test_apply_verify_reapply_rollback(database: str, make_ctx: Any) -> No
     before = await plugin.tars_verify(ctx)
     assert not before.ok
     assert all(before.checks[n] == "missing" for n in NAMES)
+    assert before.detail == "not applied: " + ", ".join(NAMES) + " missing"
 
     applied = await plugin.tars_apply(ctx)
     assert applied.changed
@@ -140,6 +141,7 @@ async def test_invalid_index_from_a_cancelled_build_is_dropped_and_rebuilt(datab
     ctx = make_ctx(database)
     found = await plugin.tars_verify(ctx)
     assert not found.ok and found.checks[spec.name].startswith("INVALID")
+    assert f"{spec.name}: INVALID" in found.detail and "does NOT use" not in found.detail
 
     applied = await plugin.tars_apply(ctx)
     assert applied.changed
