@@ -59,6 +59,8 @@ PG_SUPERUSER = "postgres"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 CORE = ("postgres", "redis", "prometheus")
+# every sandbox process (and whatever it spawns) carries this, so leftovers are found even without state.json
+MARK_ENV = "TARS_SANDBOX_DIR"
 TARGET_KEYS = frozenset(f.name for f in attrs.fields(Targets))
 
 
@@ -170,13 +172,9 @@ def _load_state(paths: Paths) -> State | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise SandboxError(
-            f"sandbox state {paths.state} is unreadable ({exc}); run `tars-run sandbox reset`"
-        ) from None
+        raise SandboxError(f"sandbox state {paths.state} is unreadable ({exc}); run `tars-run sandbox reset`") from None
     if raw.get("version") != STATE_VERSION:
-        raise SandboxError(
-            f"sandbox state {paths.state} is from another tars version; run `tars-run sandbox reset`"
-        )
+        raise SandboxError(f"sandbox state {paths.state} is from another tars version; run `tars-run sandbox reset`")
     return _converter.structure(raw, State)
 
 
@@ -221,9 +219,7 @@ def _pg_bindir() -> Path | None:
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            )
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
             bindir = Path(out.stdout.strip())
             if (bindir / "initdb").exists() and (bindir / "postgres").exists():
                 return bindir
@@ -256,14 +252,10 @@ def find_binaries() -> Binaries:
         missing.append("redis-server: apt-get install -y redis-server, or point targets.redis at a server")
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        missing.append(
-            "prometheus: apt-get install -y prometheus, or point targets.prometheus_url at a server"
-        )
+        missing.append("prometheus: apt-get install -y prometheus, or point targets.prometheus_url at a server")
     if missing:
         raise UsageError(
-            "the sandbox cannot start, missing "
-            + "; ".join(missing)
-            + " (in a tars.yaml passed with --config)"
+            "the sandbox cannot start, missing " + "; ".join(missing) + " (in a tars.yaml passed with --config)"
         )
     assert bindir is not None and redis is not None and prometheus is not None
     return Binaries(bindir, redis, prometheus)
@@ -304,10 +296,10 @@ def _group_members(pgid: int) -> list[int]:
 
 def _reap(pid: int) -> None:
     """Collect the exit status when the service is our own child (tests; ``up`` then ``down`` in one run)."""
-    proc = _CHILDREN.pop(pid, None)
+    proc = _CHILDREN.get(pid)
     if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=0)
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
         return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
@@ -320,6 +312,7 @@ def _wait_gone(pid: int, ticks: int, timeout: float) -> bool:
         _reap(pid)
         stat = _proc_stat(pid)
         if stat is None or stat[2] != ticks or stat[0] in ("Z", "X"):
+            _reap(pid)
             return True
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
@@ -385,6 +378,58 @@ def _stop(svc: Service) -> bool:
     return was_running
 
 
+SERVER_EXES = frozenset({"postgres", "redis-server", "redis-check-rdb", "prometheus"})
+
+
+def _marked(paths: Paths) -> list[int]:
+    """Live processes started by this sandbox or by its services, found without ``state.json``.
+
+    A process is ours when ``MARK_ENV`` is in its environment, or when it is one of the sandbox's server
+    binaries running from a folder of this sandbox: PostgreSQL and Redis rewrite their process title over
+    the memory ``/proc/<pid>/environ`` shows, so the mark is invisible for them. A user's shell sitting in
+    ``.tars/sandbox`` is neither, and is left alone.
+    """
+    needle = f"{MARK_ENV}={paths.dir}".encode()
+    folders = [str(paths.dir)]
+    pg = paths.dir / "pg"
+    if pg.is_symlink():
+        folders.append(str(pg.resolve()))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+                continue
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if exe in SERVER_EXES and any(cwd == f or cwd.startswith(f + "/") for f in folders):
+            found.append(pid)
+    return found
+
+
+def _sweep(paths: Paths) -> list[int]:
+    """Stop what is left of this sandbox outside the recorded services (escaped daemons, lost state)."""
+    pids = _marked(paths)
+    ticks = {}
+    for pid in pids:
+        stat = _proc_stat(pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+            if stat is not None:
+                ticks[pid] = stat[2]
+    stubborn = [pid for pid, t in ticks.items() if not _wait_gone(pid, t, 5)]
+    _kill_all(stubborn)
+    return pids
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         # SO_REUSEADDR as the servers themselves use it: TIME_WAIT leftovers of health checks are no conflict
@@ -416,10 +461,10 @@ def _run_as(user: str | None) -> dict[str, Any]:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
-def _spawn(svc: Service) -> None:
+def _spawn(svc: Service, paths: Paths) -> None:
     """Start ``svc`` in its own session with its output in its log; record pid and start time."""
     Path(svc.log).parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **svc.env}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **svc.env, MARK_ENV: str(paths.dir)}
     with open(svc.log, "ab") as out:
         out.write(f"--- tars sandbox: starting {svc.name} at {_now()}\n".encode())
         out.flush()
@@ -503,9 +548,7 @@ def _tail(path: str, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
-def _wait_ready(
-    svcs: Sequence[Service], bins: Binaries, paths: Paths, timeout: float = START_TIMEOUT
-) -> None:
+def _wait_ready(svcs: Sequence[Service], bins: Binaries, paths: Paths, timeout: float = START_TIMEOUT) -> None:
     """Poll each service's readiness rule until it holds; fail fast when the process exits."""
     deadline = time.monotonic() + timeout
     for svc in svcs:
@@ -521,8 +564,7 @@ def _wait_ready(
                 )
             if time.monotonic() > deadline:
                 raise SandboxError(
-                    f"sandbox service {svc.name} not ready after {timeout:.0f}s: {reason}; "
-                    f"see {_show(Path(svc.log))}"
+                    f"sandbox service {svc.name} not ready after {timeout:.0f}s: {reason}; see {_show(Path(svc.log))}"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
@@ -548,7 +590,7 @@ def _revive(svcs: Sequence[Service], bins: Binaries, paths: Paths) -> list[str]:
                 f"port {svc.port} of sandbox service {svc.name} is taken by another process; "
                 "stop it or run `tars-run sandbox reset` to pick new ports"
             )
-        _spawn(svc)
+        _spawn(svc, paths)
         todo.append(svc)
     _wait_ready(todo, bins, paths)
     return [s.name for s in todo]
@@ -786,7 +828,11 @@ def _create_database(state: State) -> None:
 
 
 def _clear_leftovers(paths: Paths) -> None:
-    """Before building anew: stop a postmaster still running on an old data folder, then remove the folder."""
+    """Before building anew: stop whatever still runs from an old sandbox here, then remove the folder.
+
+    The postmaster is also looked up through ``postmaster.pid`` for a cluster started without the mark.
+    """
+    _sweep(paths)
     for pidfile in glob.glob(str(paths.dir / "pg" / "data" / "postmaster.pid")):
         with contextlib.suppress(OSError, ValueError, IndexError):
             lines = Path(pidfile).read_text().splitlines()
@@ -810,9 +856,7 @@ def _remove_tree(paths: Paths) -> None:
 
 
 def _prometheus_config(state: State) -> str:
-    scrape = [
-        {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{state.port('prometheus')}"]}]}
-    ]
+    scrape = [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{state.port('prometheus')}"]}]}]
     for name, contrib in state.contributed.items():
         if contrib.scrape_targets:
             scrape.append({"job_name": name, "static_configs": [{"targets": list(contrib.scrape_targets)}]})
@@ -851,13 +895,12 @@ def _hook_error(paths: Paths, plugin: str, hook: str, exc: BaseException) -> San
     with open(logfile, "a") as fh:
         fh.write(f"--- {_now()} {plugin}.{hook} failed\n")
         fh.write("".join(traceback.format_exception(exc)))
-    what = (
-        f"timed out after {exc}"
-        if isinstance(exc, TimeoutError) and str(exc)
-        else f"{type(exc).__name__}: {exc}"
-    )
+    what = f"timed out after {exc}" if isinstance(exc, TimeoutError) and str(exc) else f"{type(exc).__name__}: {exc}"
     what = what.splitlines()[0] if what else type(exc).__name__
-    return SandboxError(f"plugin {plugin}: {hook} failed ({what}); traceback in {_show(logfile)}")
+    return SandboxError(
+        f"plugin {plugin}: {hook} failed ({what}); traceback in {_show(logfile)}; "
+        f"skip the plugin with -p no:{plugin} or fix it and rerun"
+    )
 
 
 def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[str], bins: Binaries) -> None:
@@ -934,10 +977,14 @@ def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[
 
 
 def _reload_prometheus(state: State) -> None:
+    """Make a running Prometheus read its config and rule files again (``--web.enable-lifecycle``)."""
     port = state.port("prometheus")
     req = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
-    with contextlib.suppress(OSError):
+    try:
         urllib.request.urlopen(req, timeout=10).close()
+    except OSError as exc:
+        # a bad rule file written by a seed: Prometheus keeps its old config and says why in its log
+        log.warning("sandbox Prometheus refused to reload (%s); see %s", exc, state.service("prometheus").log)
 
 
 @attrs.frozen
@@ -981,7 +1028,7 @@ def _up(host: PluginHost, root: Path) -> UpResult:
             if changed:
                 prom_cfg.write_text(text)
             prom = state.service("prometheus")
-            if changed and _alive(prom):
+            if (changed or joined) and _alive(prom):  # a joining plugin's seed may have written rules
                 _reload_prometheus(state)
             started += _revive([prom], bins, paths)
             started += _revive([s for s in state.services if s.name not in CORE], bins, paths)
@@ -1022,8 +1069,7 @@ def ensure_running(host: PluginHost, root: Path, *, announce: Callable[[str], No
     state = _load_state(paths)
     assert state is not None
     ports = (
-        f"PostgreSQL :{state.port('postgres')}, Redis :{state.port('redis')}, "
-        f"Prometheus :{state.port('prometheus')}"
+        f"PostgreSQL :{state.port('postgres')}, Redis :{state.port('redis')}, Prometheus :{state.port('prometheus')}"
     )
     extra = len(state.services) - len(CORE)
     if extra:
@@ -1097,12 +1143,14 @@ def down(root: Path) -> dict[str, list[str]]:
         state = _load_state(paths)
         if state is None:
             return {"stopped": [], "not_running": []}
-        stopped, idle = [], []
-        order = [s for s in reversed(state.services) if s.name not in CORE] + [
-            state.service(n) for n in reversed(CORE)
-        ]
+        stopped: list[str] = []
+        idle: list[str] = []
+        order = [s for s in reversed(state.services) if s.name not in CORE] + [state.service(n) for n in reversed(CORE)]
         for svc in order:
             (stopped if _stop(svc) else idle).append(svc.name)
+        escaped = _sweep(paths)
+        if escaped:
+            log.warning("stopped %d sandbox processes that had left their service's session", len(escaped))
         state.stopped = True
         _save_state(paths, state)
     return {"stopped": stopped, "not_running": idle}
@@ -1111,9 +1159,12 @@ def down(root: Path) -> dict[str, list[str]]:
 def destroy(root: Path) -> None:
     """Stop the sandbox and delete it, data included (``reset`` without the rebuild)."""
     paths = Paths(root)
-    down(root)
+    try:
+        down(root)
+    except SandboxError:
+        pass  # unreadable state: nothing recorded to stop; a postmaster on the data folder is found below
     with _locked(paths):
-        _remove_tree(paths)
+        _clear_leftovers(paths)
 
 
 def reset(host: PluginHost, root: Path) -> UpResult:

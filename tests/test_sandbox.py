@@ -3,7 +3,8 @@
 One sandbox is built for the module (with two small in-process plugins contributing a web service, a
 process tree and seeds) and shared by the tests in file order, to keep the cost at one ``initdb``. Every
 process the sandbox starts inherits ``TARS_SANDBOX_TEST_MARK``, so "nothing left behind" is checked by
-scanning ``/proc/*/environ`` for it, which also catches grandchildren and PostgreSQL backends.
+scanning ``/proc`` for it (and for processes running from the test's folder, since PostgreSQL and Redis hide
+their environment), which catches grandchildren, escaped daemons and PostgreSQL backends.
 """
 
 from __future__ import annotations
@@ -84,26 +85,21 @@ class Alpha:
         conn = await asyncpg.connect(ctx.targets.require("postgres"))
         try:
             await conn.execute("CREATE TABLE IF NOT EXISTS sbx_alpha_seed (greeting text PRIMARY KEY)")
-            await conn.execute(
-                "INSERT INTO sbx_alpha_seed VALUES ($1) ON CONFLICT DO NOTHING", ctx.config.greeting
-            )
+            await conn.execute("INSERT INTO sbx_alpha_seed VALUES ($1) ON CONFLICT DO NOTHING", ctx.config.greeting)
         finally:
             await conn.close()
         rules = {
-            "groups": [
-                {"name": "sbx_alpha", "rules": [{"record": "sbx:alpha_up:sum", "expr": "sum(sbx_alpha_up)"}]}
-            ]
+            "groups": [{"name": "sbx_alpha", "rules": [{"record": "sbx:alpha_up:sum", "expr": "sum(sbx_alpha_up)"}]}]
         }
-        (Path(ctx.targets.require("prometheus_rules_dir")) / "sbx_alpha.yml").write_text(
-            yaml.safe_dump(rules)
-        )
+        (Path(ctx.targets.require("prometheus_rules_dir")) / "sbx_alpha.yml").write_text(yaml.safe_dump(rules))
         r = redis_lib.Redis.from_url(ctx.targets.require("redis"))
         r.rpush(SEED_ORDER_KEY, "sbx-alpha")
         r.close()
 
 
 class Beta:
-    """Requires alpha; contributes a process tree (a parent that spawns a child) with no readiness port."""
+    """Requires alpha; contributes a process tree with no readiness port: a parent, a child in its session
+    and a child that escaped into a session of its own (``down`` must still find it)."""
 
     @hookimpl
     def tars_plugin_info(self) -> PluginInfo:
@@ -114,6 +110,7 @@ class Beta:
         code = (
             "import subprocess, sys, time\n"
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'], start_new_session=True)\n"
             "time.sleep(3600)\n"
         )
         return SandboxContribution(services=[ServiceSpec("tree", [site.python, "-c", code], ready=None)])
@@ -147,6 +144,10 @@ class Box:
     host: PluginHost
     mark: str
 
+    def ensure(self) -> None:
+        """Make the sandbox healthy whatever ran before, so each test also runs on its own (``-k``)."""
+        sandbox.ensure_running(self.host, self.root, announce=lambda _: None)
+
     def state(self) -> dict[str, Any]:
         return json.loads((self.root / ".tars" / "sandbox" / "state.json").read_text())
 
@@ -157,18 +158,22 @@ class Box:
         return self.state()["targets"]
 
 
-def marked_pids(mark: str) -> list[int]:
-    """Live processes (not zombies) whose environment carries ``mark``."""
+def sandbox_pids(root: Path, mark: str) -> list[int]:
+    """Live processes (not zombies) that belong to the sandbox under ``root``.
+
+    Either the test's mark is in their environment, or they run from a folder under ``root``: PostgreSQL
+    and Redis overwrite the memory ``/proc/<pid>/environ`` shows with their process title.
+    """
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or not running(int(entry)):
             continue
         try:
             env = Path(f"/proc/{entry}/environ").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            cwd = os.readlink(f"/proc/{entry}/cwd").removesuffix(" (deleted)")
         except OSError:
             continue
-        if f"{MARK}={mark}".encode() in env.split(b"\0") and stat[stat.rindex(")") + 2] not in "ZX":
+        if f"{MARK}={mark}".encode() in env.split(b"\0") or cwd.startswith(f"{root}/"):
             found.append(int(entry))
     return found
 
@@ -202,6 +207,18 @@ def kill_and_wait(pid: int) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"pid {pid} survived SIGKILL")
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def doc_pid(doc: dict[str, Any], name: str) -> int | None:
+    return next(r["pid"] for r in doc["services"] if r["name"] == name)
 
 
 def run_json(box: Box, action: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
@@ -240,7 +257,7 @@ def box() -> Iterator[Box]:
         sandbox.destroy(root)
         del os.environ[MARK]
         shutil.rmtree(root, ignore_errors=True)
-        assert marked_pids(mark) == [], "sandbox processes left behind after destroy"
+        assert sandbox_pids(root, mark) == [], "sandbox processes left behind after destroy"
 
 
 def test_up_announces_once_and_writes_a_loadable_config(box: Box) -> None:
@@ -263,6 +280,7 @@ def test_up_announces_once_and_writes_a_loadable_config(box: Box) -> None:
 
 
 def test_services_are_real_seeded_and_scraped(box: Box) -> None:
+    box.ensure()
     state = box.state()
     names = [s["name"] for s in state["services"]]
     assert names == ["postgres", "redis", "prometheus", "sbx-alpha.web", "sbx-beta.tree"]
@@ -296,6 +314,7 @@ def test_services_are_real_seeded_and_scraped(box: Box) -> None:
 
 
 def test_second_up_reuses_the_healthy_sandbox(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    box.ensure()
     before = box.pids()
     said: list[str] = []
     sandbox.ensure_running(box.host, box.root, announce=said.append)
@@ -307,6 +326,7 @@ def test_second_up_reuses_the_healthy_sandbox(box: Box, capsys: pytest.CaptureFi
 
 
 def test_concurrent_ups_after_down_start_one_cluster(box: Box) -> None:
+    box.ensure()
     sandbox.down(box.root)
     said: list[str] = []
     errors: list[BaseException] = []
@@ -331,6 +351,7 @@ def test_concurrent_ups_after_down_start_one_cluster(box: Box) -> None:
 def test_killed_services_are_reported_unhealthy_and_restarted_by_up(
     box: Box, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    box.ensure()
     before = box.pids()
     kill_and_wait(before["redis"])
     kill_and_wait(before["sbx-beta.tree"])
@@ -356,6 +377,7 @@ def test_killed_services_are_reported_unhealthy_and_restarted_by_up(
 
 
 def test_killed_postgres_recovers_with_its_data(box: Box) -> None:
+    box.ensure()
     before = box.pids()
     kill_and_wait(before["postgres"])
     assert sandbox.status(box.root)["state"] == "degraded"
@@ -368,6 +390,7 @@ def test_killed_postgres_recovers_with_its_data(box: Box) -> None:
 
 
 def test_a_plugin_installed_later_joins_the_running_sandbox(box: Box) -> None:
+    box.ensure()
     before = box.pids()
     box.host.register(Gamma(), "sbx-gamma")
     said: list[str] = []
@@ -381,17 +404,17 @@ def test_a_plugin_installed_later_joins_the_running_sandbox(box: Box) -> None:
     assert "sbx-gamma" in {j["job_name"] for j in loaded["scrape_configs"]}
 
 
-def test_down_leaves_no_process_and_up_brings_the_data_back(
-    box: Box, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_down_leaves_no_process_and_up_brings_the_data_back(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    box.ensure()
     r = redis_lib.Redis.from_url(box.targets()["redis"])
     r.set("sbx:kept", "yes")
     r.close()
-    assert marked_pids(box.mark)  # the postmaster, its backends, redis, prometheus, the tree...
+    alive = sandbox_pids(box.root, box.mark)
+    assert len(alive) >= len(box.pids()) + 2  # postgres backends, the tree's two children
 
     code, doc = run_json(box, "down", capsys)
     assert code == 0 and set(doc["stopped"]) == set(box.pids()) and doc["not_running"] == []
-    assert marked_pids(box.mark) == []
+    assert sandbox_pids(box.root, box.mark) == []
     code, doc = run_json(box, "status", capsys)
     assert code == 1 and doc["state"] == "stopped"
     assert {r["health"] for r in doc["services"]} == {"stopped"}
@@ -407,9 +430,8 @@ def test_down_leaves_no_process_and_up_brings_the_data_back(
     assert pg_fetch(box.targets()["postgres"], "SELECT count(*) AS n FROM sbx_alpha_seed")[0]["n"] == 1
 
 
-def test_reset_builds_a_fresh_sandbox_and_seeds_it_again(
-    box: Box, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_reset_builds_a_fresh_sandbox_and_seeds_it_again(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    box.ensure()
     before = box.pids()
     code, doc = run_json(box, "reset", capsys)
     assert code == 0 and doc["created"] and doc["state"] == "running"
@@ -423,6 +445,7 @@ def test_reset_builds_a_fresh_sandbox_and_seeds_it_again(
 
 
 def test_text_output_goes_to_stderr(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    box.ensure()
     capsys.readouterr()
     assert sandbox.run_command(box.host, box.root, "status", "text") == 0
     out, err = capsys.readouterr()
@@ -463,3 +486,52 @@ def test_cluster_moves_out_of_a_folder_postgres_cannot_reach() -> None:
         sandbox.destroy(root)
         shutil.rmtree(parent, ignore_errors=True)
     assert not outside.exists()
+
+
+class Broken:
+    """A plugin whose seed fails: the sandbox must say which plugin, where the traceback is, how to skip it."""
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="sbx-broken", title="sandbox test broken seed")
+
+    @hookimpl
+    def tars_sandbox_seed(self, ctx: Context) -> None:
+        raise RuntimeError("schema file missing")
+
+
+def test_a_failing_seed_is_named_and_a_corrupt_state_is_reset(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="tars-sbx-broken-"))
+    os.chmod(root, 0o755)
+    host = PluginHost()
+    host.register(Broken(), "sbx-broken")
+    try:
+        with pytest.raises(sandbox.SandboxError) as info:
+            sandbox.ensure_running(host, root, announce=lambda _: None)
+        msg = str(info.value)
+        assert "plugin sbx-broken: tars_sandbox_seed failed (RuntimeError: schema file missing)" in msg
+        assert "-p no:sbx-broken" in msg and "\n" not in msg
+        assert "schema file missing" in (root / ".tars" / "sandbox" / "logs" / "sandbox.log").read_text()
+
+        host.unregister("sbx-broken")  # skipped: the sandbox comes up without it, same cluster
+        pg_before = json.loads((root / ".tars" / "sandbox" / "state.json").read_text())["services"][0]["pid"]
+        said: list[str] = []
+        sandbox.ensure_running(host, root, announce=said.append)
+        assert len(said) == 1 and "restarted prometheus" in said[0], said
+        state = json.loads((root / ".tars" / "sandbox" / "state.json").read_text())
+        assert state["services"][0]["pid"] == pg_before and "sbx-broken" not in state["contributed"]
+
+        old_pids = {s["name"]: s["pid"] for s in state["services"]}
+        (root / ".tars" / "sandbox" / "state.json").write_text("{not json")
+        with pytest.raises(sandbox.SandboxError, match="sandbox reset"):
+            sandbox.status(root)
+        capsys.readouterr()
+        assert sandbox.run_command(host, root, "reset", "json") == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["created"] and doc["state"] == "running"
+        assert len(postmasters(str(Path(state["pg_dir"]) / "data"))) == 1
+        for name, pid in old_pids.items():  # found through their TARS_SANDBOX_DIR mark, without state.json
+            assert not running(pid) or pid == doc_pid(doc, name), name
+    finally:
+        sandbox.destroy(root)
+        shutil.rmtree(root, ignore_errors=True)
