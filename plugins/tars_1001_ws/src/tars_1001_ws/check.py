@@ -77,7 +77,10 @@ async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
             f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first"
         ) from None
     except (OSError, ValueError) as exc:
-        raise HubError(f"cannot reach the hub at {_safe(ws_url)}: {exc}") from None
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ConnectionRefusedError):
+            reason = "connection refused (is the hub running there?)"
+        raise HubError(f"cannot reach the hub at {_safe(ws_url)}: {reason}") from None
 
 
 async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:

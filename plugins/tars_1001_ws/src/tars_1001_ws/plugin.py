@@ -62,8 +62,6 @@ class WsConfig:
     verify_messages: int = 150
     probe_timeout: float = 10.0
     flag_propagation_timeout: float = 10.0
-    hub_replay_size: int = 1000
-    hub_replay_age: float = 120.0
     benchmark: BenchmarkConfig = attrs.Factory(BenchmarkConfig)
 
 

@@ -9,11 +9,11 @@ import urllib.request
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, eventually
 from tars_1001_ws.check import HubError, HubProcess, hub_info, probe_protocol
 from tars_1001_ws.hub import serve
 from tars_1001_ws.protocol import SUBPROTOCOL, decode, encode
 from websockets.asyncio.client import connect
+from ws_testlib import REDIS_URL, eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from conftest import REDIS_URL
 from tars_1001_ws import plugin
 from tars_1001_ws.hub import serve
+from ws_testlib import REDIS_URL
 
 from tars_core import ApplyResult, FixError, Release, SandboxSite, Targets
 from tars_core.testing import check_conformance, make_context

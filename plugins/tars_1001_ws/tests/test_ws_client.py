@@ -7,7 +7,6 @@ import random
 import threading
 
 import pytest
-from conftest import FAST, eventually, metric
 from tars_1001_ws.check import HubProcess, Recorder, judge
 from tars_1001_ws.client import (
     ClientClosed,
@@ -22,6 +21,7 @@ from tars_1001_ws.hub import HubServer, serve
 from tars_1001_ws.protocol import SUBPROTOCOL
 from tars_1001_ws.proxy import FaultProxy
 from websockets.asyncio.server import serve as ws_serve
+from ws_testlib import FAST, eventually, metric
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 S = ConnectionState
