@@ -17,7 +17,7 @@ from tars_1004_db import plugin
 
 from tars_core import FixError
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 SECRET = "s3cret-pw"
 
 

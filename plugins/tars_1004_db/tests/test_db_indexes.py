@@ -22,7 +22,7 @@ from tars_1004_db.indexes import index_specs
 from tars_core import FixError
 from tars_core.testing import check_conformance
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 NAMES = [s.name for s in index_specs()]
 
@@ -189,6 +189,35 @@ async def test_lock_timeout_on_the_build_is_retried_then_fails_cleanly(
         await blocker.close()
 
 
+async def test_build_timing_out_behind_a_young_writer_says_what_it_left(
+    database: str, make_ctx: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one case PostgreSQL cannot clean up: the writer the build waits for is still open.
+
+    The writer is younger than lock_timeout when apply starts, so the build starts, commits its invalid
+    entry and times out waiting for the writer; the drop of that leftover waits for the same writer.
+    The error must say so, and the next apply (writer gone) repairs it.
+    """
+    writer = await asyncpg.connect(database)
+    try:
+        await writer.execute("BEGIN; UPDATE evaluations SET episodes = episodes + 1 WHERE id = 3")
+        ctx = make_ctx(database, lock_timeout_ms=500, attempts=2, retry_delay_s=0.1)
+        with caplog.at_level(logging.WARNING), pytest.raises(FixError) as failure:
+            await plugin.tars_apply(ctx)
+        message = str(failure.value)
+        assert "\n" not in message
+        assert f"the invalid index {NAMES[0]} could not be dropped yet" in message
+        assert "idle in transaction" in message and "holds RowExclusiveLock on evaluations" in message
+        assert any("lock timeout (500 ms)" in r.getMessage() for r in caplog.records)
+        assert await indexes_on(database) == {NAMES[0]: False}
+    finally:
+        await writer.execute("ROLLBACK")
+        await writer.close()
+    repaired = await plugin.tars_apply(make_ctx(database))
+    assert f"repaired {NAMES[0]}" in repaired.detail
+    assert await indexes_on(database) == dict.fromkeys(NAMES, True)
+
+
 async def test_cancelled_apply_drops_its_partial_index(database: str, make_ctx: Any) -> None:
     writer = await asyncpg.connect(database)
     watcher = await asyncpg.connect(database)
@@ -208,7 +237,7 @@ async def test_cancelled_apply_drops_its_partial_index(database: str, make_ctx: 
         assert await watcher.fetchval("SELECT pg_cancel_backend($1)", pid)
         await asyncio.sleep(0.3)
         await writer.execute("ROLLBACK")  # lets the clean-up drop finish
-        with pytest.raises(FixError, match="stopped by a cancel request; the partial index was dropped"):
+        with pytest.raises(FixError, match="stopped by a cancel request; nothing was left half-built"):
             await apply
         assert await indexes_on(database) == {}
     finally:

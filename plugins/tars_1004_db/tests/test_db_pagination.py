@@ -13,7 +13,7 @@ import pytest
 from tars_1004_db import plugin
 from tars_1004_db.pagination import HOT_QUERIES, InvalidCursor, PageTooDeep, encode_cursor, fetch_page
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

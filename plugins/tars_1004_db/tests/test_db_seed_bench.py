@@ -17,7 +17,7 @@ from tars_1004_db.db import REGIONS, generate_evaluations
 
 from tars_core import BenchmarkResult, Metric, PhaseRecord, Release, SandboxSite, Targets
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
 def test_seed_has_production_skew() -> None:

@@ -247,7 +247,8 @@ async def build(
 
     On failure nothing half-built is left behind when PostgreSQL allows it: an invalid leftover of this
     attempt is dropped before retrying or raising. The only case where that is impossible (a transaction
-    that appeared after the pre-flight check and never ends) is named in the error.
+    that appeared after the pre-flight check and is still open) is stated in the error, and the next
+    apply repairs it.
     """
     table_oid = await _require_table(conn, schema)
     await _set_timeouts(conn, settings)
@@ -279,9 +280,10 @@ async def build(
             except asyncpg.LockNotAvailableError as exc:
                 last_problem = f"lock timeout ({settings.lock_timeout_ms} ms): {_line(exc)}"
                 log.warning("building %s: %s (attempt %d/%d)", spec.name, last_problem, attempt, settings.attempts)
-                await _drop_leftover(conn, schema, spec.name, settings, log)
+                # one try only: whoever made the build wait is probably still there
+                await _drop_leftover(conn, schema, spec.name, settings, log, patient=False)
             except asyncpg.QueryCanceledError as exc:
-                await _drop_leftover(conn, schema, spec.name, settings, log)
+                gone = await _drop_leftover(conn, schema, spec.name, settings, log, patient=True)
                 why = "statement_timeout" if "statement timeout" in str(exc) else "a cancel request"
                 hint = (
                     f"raise statement_timeout_ms (now {settings.statement_timeout_ms})"
@@ -289,11 +291,13 @@ async def build(
                     else "apply again when it is safe"
                 )
                 raise FixError(
-                    f"building index {spec.name} was stopped by {why}; the partial index was dropped; {hint}"
+                    f"building index {spec.name} was stopped by {why}; {_leftover_note(spec.name, gone)}; {hint}"
                 ) from None
             except asyncpg.PostgresError as exc:
-                await _drop_leftover(conn, schema, spec.name, settings, log)
-                raise FixError(f"building index {spec.name} failed: {_line(exc)}") from None
+                gone = await _drop_leftover(conn, schema, spec.name, settings, log, patient=True)
+                raise FixError(
+                    f"building index {spec.name} failed: {_line(exc)}; {_leftover_note(spec.name, gone)}"
+                ) from None
             else:
                 seconds = time.perf_counter() - started
                 state = await index_state(conn, schema, spec.name)
@@ -309,17 +313,40 @@ async def build(
                 )
         if attempt < settings.attempts:
             await asyncio.sleep(_delay(settings, attempt))
+    gone = await _drop_leftover(conn, schema, spec.name, settings, log, patient=False)
     raise FixError(
         f"could not build index {spec.name} without blocking writes after {settings.attempts} attempts: "
-        f"{last_problem}; end or wait for those transactions and apply again (nothing was left half-built)"
+        f"{last_problem}; end or wait for those transactions and apply again ({_leftover_note(spec.name, gone)})"
     )
 
 
-async def _drop_leftover(conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Any) -> None:
+async def _drop_leftover(
+    conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Any, *, patient: bool
+) -> bool:
+    """Drop the invalid index a failed build left; True when none remains.
+
+    Not always possible: DROP INDEX CONCURRENTLY waits for the same transactions the build waited for.
+    ``patient`` uses the full retry schedule; otherwise one try, and the next attempt or apply repairs it.
+    """
     state = await index_state(conn, schema, name)
-    if state.exists and not state.valid:
-        log.warning("dropping the invalid index %s left by the failed build", name)
-        await _drop(conn, schema, name, settings, log)
+    if not state.exists or state.valid:
+        return True
+    log.warning("dropping the invalid index %s left by the failed build", name)
+    try:
+        await _drop(conn, schema, name, settings if patient else attrs.evolve(settings, attempts=1), log)
+    except FixError as exc:
+        log.warning("%s", exc)
+        return False
+    return True
+
+
+def _leftover_note(name: str, gone: bool) -> str:
+    if gone:
+        return "nothing was left half-built"
+    return (
+        f"the invalid index {name} could not be dropped yet: the planner ignores it, the next apply drops and "
+        f"rebuilds it (or DROP INDEX CONCURRENTLY {name} once those transactions end)"
+    )
 
 
 async def apply(
