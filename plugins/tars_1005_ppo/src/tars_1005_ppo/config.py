@@ -1,0 +1,138 @@
+"""Configuration and flag semantics shared by the trainer, the trainer service, the soak harness and the hooks.
+
+This module must stay importable without TensorFlow or gymnasium: the plugin's entry point imports it when
+``tars-run list`` discovers plugins, and cattrs structures the ``plugins.tars-1005-ppo`` section into these
+classes before anything runs, so a bad value fails early with its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Literal
+
+import attrs
+
+Implementation = Literal["fixed", "legacy"]
+
+FLAG_NAME = "tars-1005-ppo-fixed"
+STATUS_PREFIX = "tars:ppo"
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _unit_interval(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+@attrs.define(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults are the rl-baselines3-zoo CartPole-v1 settings (500 within 1e5 steps).
+
+    ``n_steps`` x ``num_envs`` is the rollout buffer, allocated once: a value of 0 is refused here rather
+    than producing an empty buffer that trains on nothing.
+    """
+
+    env_id: str = "CartPole-v1"
+    num_envs: int = attrs.field(default=8, validator=_positive)
+    n_steps: int = attrs.field(default=32, validator=_positive)
+    n_epochs: int = attrs.field(default=20, validator=_positive)
+    n_minibatches: int = attrs.field(default=1, validator=_positive)
+    learning_rate: float = attrs.field(default=1e-3, validator=_positive)
+    clip_range: float = attrs.field(default=0.2, validator=_positive)
+    # Linear annealing horizon of learning rate and clip range in environment steps; 0 keeps them fixed
+    # (a long-running trainer). The fraction never drops below ``anneal_floor`` so a soak keeps learning.
+    anneal_steps: int = attrs.field(default=100_000, validator=_non_negative)
+    anneal_floor: float = attrs.field(default=0.05, validator=_unit_interval)
+    gamma: float = attrs.field(default=0.98, validator=_unit_interval)
+    gae_lambda: float = attrs.field(default=0.8, validator=_unit_interval)
+    ent_coef: float = attrs.field(default=0.0, validator=_non_negative)
+    vf_coef: float = attrs.field(default=0.5, validator=_non_negative)
+    max_grad_norm: float = attrs.field(default=0.5, validator=_positive)
+    hidden: tuple[int, ...] = attrs.field(default=(64, 64), converter=tuple)
+    seed: int = 0
+
+    @hidden.validator
+    def _check_hidden(self, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
+        if not value or any(int(h) <= 0 for h in value):
+            raise ValueError(f"hidden must be a non-empty list of positive layer widths, got {list(value)!r}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.n_steps * self.num_envs
+
+    @property
+    def minibatch_size(self) -> int:
+        return max(1, self.batch_size // self.n_minibatches)
+
+
+@attrs.define
+class PPOFixConfig:
+    """The ``plugins.tars-1005-ppo`` config section.
+
+    The flag and status keys are those the trainer service reads and writes; the budgets are the seed's
+    target ("PPO memory stable at under 1 GB") turned into a slope and a peak the soak judge can check.
+    """
+
+    flag: str = FLAG_NAME
+    status_prefix: str = STATUS_PREFIX
+    # 0 switches every trainer at once; a fraction in (0, 1) first switches only the trainers whose stable
+    # hash bucket falls under it, watches them for canary_observe_s, then switches the rest.
+    canary_fraction: float = attrs.field(default=0.0, validator=_unit_interval)
+    canary_observe_s: float = attrs.field(default=10.0, validator=_non_negative)
+    switch_timeout_s: float = attrs.field(default=90.0, validator=_positive)
+    stale_after_s: float = attrs.field(default=30.0, validator=_positive)
+    min_trainers: int = attrs.field(default=1, validator=_non_negative)
+    verify_iterations: int = attrs.field(default=60, validator=_positive)
+    verify_warmup: float = attrs.field(default=0.25, validator=_non_negative)
+    slope_budget_kb: float = attrs.field(default=50.0, validator=_positive)
+    peak_budget_mb: float = attrs.field(default=1024.0, validator=_positive)
+    benchmark_iterations: int = attrs.field(default=80, validator=_positive)
+    soak_timeout_s: float = attrs.field(default=900.0, validator=_positive)
+    trainer: PPOConfig = attrs.field(factory=PPOConfig)
+
+
+def canary_bucket(trainer_id: str) -> float:
+    """A stable position in [0, 1) for a trainer, so a canary fraction always picks the same trainers."""
+    digest = hashlib.sha256(trainer_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def implementation_for(flag_value: str | None, trainer_id: str) -> Implementation:
+    """Which trainer a service runs for a flag value: on/off, or a canary fraction such as ``"0.25"``."""
+    value = (flag_value or "").strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return "fixed"
+    if value in ("", "off", "false", "0", "no"):
+        return "legacy"
+    try:
+        fraction = float(value)
+    except ValueError:
+        return "legacy"  # an unreadable flag must never switch running code
+    return "fixed" if canary_bucket(trainer_id) < fraction else "legacy"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90s"``, ``"10m"``, ``"48h"`` or ``"1h30m"``; a bare number is seconds."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 48h, 1h30m)")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
