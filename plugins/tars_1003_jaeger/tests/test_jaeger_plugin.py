@@ -219,3 +219,46 @@ def test_apply_waits_until_in_flight_reads_switch(services: Any, tmp_path: Path)
             await ctx.flags.aclose()
 
     anyio.run(scenario)
+
+
+def test_verify_fails_clearly_when_the_consumer_is_down(services: Any, tmp_path: Path) -> None:
+    services.start("producer", "eval-producer")
+    consumer = services.start("consumer", "eval-consumer")
+    ctx = _ctx(services, tmp_path, config=_config(services, probe_messages=2, probe_timeout_s=1.5))
+
+    async def scenario() -> None:
+        try:
+            assert (await plugin.tars_apply(ctx)).changed
+            consumer.kill()  # SIGKILL: no deregistration, the heartbeat just stops
+            consumer.wait()
+            result = await plugin.tars_verify(ctx)
+            assert not result.ok
+            assert result.checks["probes hop1"].startswith("0/2 (0.00%)")
+            assert "not processed within 1.5s" in result.checks["probes hop1"]
+            assert result.checks["library hop1"].startswith("20/20"), "the library itself still works"
+        finally:
+            await plugin.tars_rollback(ctx)
+            await ctx.flags.aclose()
+
+    anyio.run(scenario)
+
+
+def test_report_section_shows_state_and_benchmark(tmp_path: Path) -> None:
+    from tars_core import BenchmarkResult, Metric, PhaseRecord, Release
+
+    info = plugin.tars_plugin_info()
+    release = Release(
+        name="v1.0.1",
+        plugins=[info],
+        states={info.name: "applied"},
+        phases=[PhaseRecord("r1", info.name, "verify", "ok", "t0", "t1", detail="trace continuity 100.00%")],
+        benchmarks={info.name: BenchmarkResult(metrics=[Metric("trace continuity", 0.0, 100.0, "%", "100.00%", True)])},
+        targets={"redis": "redis://127.0.0.1:6379/0"},
+        report_dir=tmp_path,
+    )
+    section = plugin.tars_report(release)
+    assert section is not None and "**applied**" in section.markdown
+    assert "| trace continuity | 0.00 | 100.00 | % | 100.00% | yes |" in section.markdown
+    assert "Last verify: ok — trace continuity 100.00%" in section.markdown
+    other = Release("v1.0.1", [], {}, [], {}, {}, tmp_path)
+    assert plugin.tars_report(other) is None

@@ -125,8 +125,17 @@ def _server_attributes(client: Any) -> dict[str, Any]:
     }
 
 
+_ASYNC_BY_TYPE: dict[type, bool] = {}
+
+
 def _is_async(client: Any) -> bool:
-    return isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster))
+    """Whether ``client`` is a redis.asyncio client; cached per type because redis' client classes are
+    typing Protocols, whose ``isinstance`` costs microseconds on every message otherwise."""
+    kind = type(client)
+    found = _ASYNC_BY_TYPE.get(kind)
+    if found is None:
+        found = _ASYNC_BY_TYPE[kind] = isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster))
+    return found
 
 
 def _run_sync(op: _Op) -> Any:
