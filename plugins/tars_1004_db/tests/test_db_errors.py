@@ -79,6 +79,18 @@ async def test_unreachable_server(hook: str, make_ctx: Any) -> None:
     assert "postgres:***@" in text and "start the server or fix host/port" in text
 
 
+async def test_rollback_after_an_apply_that_never_connected(make_ctx: Any) -> None:
+    ctx = make_ctx(f"postgresql://postgres:{SECRET}@127.0.0.1:{free_port()}/tars")
+    with pytest.raises(FixError):
+        await plugin.tars_apply(ctx)
+    undone = await plugin.tars_rollback(ctx)  # the apply changed nothing, so there is nothing to undo
+    assert not undone.changed and "never reached PostgreSQL" in undone.detail
+    # but a fix that an earlier apply did build cannot be declared undone while the server is down
+    (ctx.state_dir / "indexes.json").write_text("{}")
+    with pytest.raises(FixError, match="cannot reach PostgreSQL"):
+        await plugin.tars_rollback(ctx)
+
+
 async def test_server_that_never_answers_times_out(blackhole: int, make_ctx: Any) -> None:
     ctx = make_ctx(f"postgresql://postgres:{SECRET}@127.0.0.1:{blackhole}/tars", connect_timeout_s=0.5)
     with pytest.raises(FixError) as failure:
@@ -146,7 +158,8 @@ def _tars_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("command", ["apply", "verify"])
 def test_cli_against_a_dead_port_says_why_in_one_line(tmp_path: Path, command: str) -> None:
     res = _tars_run(tmp_path, command)
-    assert res.returncode != 0
+    # 1 = the fix failed (and apply's rollback had nothing to undo, so not 4 "rollback failed")
+    assert res.returncode == 1
     assert SECRET not in res.stderr + res.stdout
     reasons = [line for line in res.stderr.splitlines() if "cannot reach PostgreSQL at 127.0.0.1:" in line]
     assert reasons, res.stderr
@@ -155,8 +168,8 @@ def test_cli_against_a_dead_port_says_why_in_one_line(tmp_path: Path, command: s
 
 @pytest.mark.xfail(
     strict=True,
-    reason="core gap: the runner maps every hook FixError to exit 1 (apply: 4, as the rollback cannot connect "
-    "either); issue 4 asks for exit 2 on a bad DSN/unreachable server, which needs a core mechanism",
+    reason="core gap: the runner maps every hook FixError to exit 1; issue 4 asks for exit 2 on a bad "
+    "DSN/unreachable server, which needs a core mechanism (e.g. a FixError subclass for bad targets)",
 )
 @pytest.mark.parametrize("command", ["apply", "verify"])
 def test_cli_against_a_dead_port_exits_2(tmp_path: Path, command: str) -> None:

@@ -16,6 +16,7 @@ from tars_core import (
     ApplyResult,
     BenchmarkResult,
     Context,
+    FixError,
     PluginInfo,
     Release,
     ReportSection,
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
 NAME = "tars-1004-db"
 STATE_FILE = "indexes.json"
+# present while the last apply never reached the server: it changed nothing, so its rollback has nothing
+# to undo even when the server is still unreachable (otherwise a dead server turns a failed apply into
+# "rollback failed, manual action needed")
+UNREACHED_FILE = "apply-unreached.json"
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -90,6 +95,10 @@ def tars_plugin_info() -> PluginInfo:
     )
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
 def _config(ctx: Context) -> DbFixConfig:
     return ctx.config if isinstance(ctx.config, DbFixConfig) else DbFixConfig()
 
@@ -105,7 +114,15 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    conn = await _connect(ctx, cfg)
+    unreached = ctx.state_dir / UNREACHED_FILE
+    try:
+        conn = await _connect(ctx, cfg)
+    except FixError as exc:
+        if not ctx.dry_run:
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            unreached.write_text(json.dumps({"at": _now(), "error": str(exc)}))
+        raise
+    unreached.unlink(missing_ok=True)
     try:
         records, plan = await indexes.apply(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
@@ -120,7 +137,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     (ctx.state_dir / STATE_FILE).write_text(
         json.dumps(
             {
-                "applied_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "applied_at": _now(),
                 "schema": cfg.schema,
                 "builds": [attrs.asdict(r) for r in records],
             },
@@ -169,7 +186,14 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    conn = await _connect(ctx, cfg)
+    try:
+        conn = await _connect(ctx, cfg)
+    except FixError:
+        never_applied = not (ctx.state_dir / STATE_FILE).exists()
+        if never_applied and (ctx.state_dir / UNREACHED_FILE).exists():
+            ctx.log.warning("PostgreSQL is unreachable, but the last apply never reached it: nothing to undo")
+            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached PostgreSQL")
+        raise
     try:
         dropped = await indexes.rollback(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
