@@ -47,7 +47,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(tags=["tests"])
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "types-PyYAML")
+    session.install("-e", ".", "mypy", "types-PyYAML", "pytest")
     session.run("mypy", "tars_core")
 
 
