@@ -808,7 +808,7 @@ def _redis_keep_on_stop(redis: str) -> list[str]:
         major = int(out.split("v=", 1)[1].split(".", 1)[0])
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return []
-    return ["--shutdown-on-sigterm", "save"] if major >= 7 else []
+    return ["--shutdown-on-sigterm", "save force"] if major >= 7 else []  # force: exit even if the save fails
 
 
 def _create_database(state: State) -> None:
