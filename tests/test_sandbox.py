@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -453,6 +455,26 @@ def test_text_output_goes_to_stderr(box: Box, capsys: pytest.CaptureFixture[str]
     assert "running" in err and "postgres" in err and "healthy" in err
     with pytest.raises(UsageError, match="unknown sandbox action"):
         sandbox.run_command(box.host, box.root, "start", "text")
+
+
+def test_the_cli_reports_and_stops_the_same_sandbox(box: Box) -> None:
+    """``tars-run sandbox status|down`` from the sandbox's folder, through the real command line."""
+    box.ensure()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tars_core.cli", *args], cwd=box.root, capture_output=True, text=True, timeout=120
+        )
+
+    done = cli("sandbox", "status", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["state"] == "running" and {r["name"]: r["pid"] for r in doc["services"]} == box.pids()
+    done = cli("sandbox", "down")
+    assert done.returncode == 0 and done.stdout == "" and "sandbox stopped" in done.stderr, done.stderr
+    assert sandbox_pids(box.root, box.mark) == []
+    done = cli("sandbox", "status")
+    assert done.returncode == 1 and "stopped" in done.stderr
 
 
 # -- separate roots -------------------------------------------------------------------------------
