@@ -224,7 +224,7 @@ async def fetch_page(
         offset = (page - 1) * limit
         if offset > max_offset:
             raise PageTooDeep(f"page {page} is {offset} rows deep (max {max_offset}): follow next_cursor instead")
-        rows = await conn.fetch(f"{q.first_sql} OFFSET {offset:d}", *params, limit + 1)
+        rows = await conn.fetch(f"{q.first_sql} OFFSET ${len(params) + 2}", *params, limit + 1, offset)
     else:
         rows = await conn.fetch(q.first_sql, *params, limit + 1)
     if len(rows) > limit:
