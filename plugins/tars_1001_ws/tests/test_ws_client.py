@@ -463,3 +463,22 @@ async def test_sync_facade_from_many_threads(hub):
     for k in range(4):  # each publishing thread's messages arrive in its own order
         mine = [x for x in got if x // 100 == k]
         assert mine == sorted(mine)
+
+
+async def test_close_1013_with_retry_after_hint_is_honoured_and_keeps_escalating():
+    async def busy(ws):
+        await ws.close(1013, "hub overloaded; retry-after=0.3")
+
+    async with ws_serve(busy, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as overloaded:
+        port = next(iter(overloaded.sockets)).getsockname()[1]
+        rec = Recorder()
+        client = ReconnectingWebSocketClient(
+            f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0, backoff_initial=0.01, backoff_max=0.05
+        )
+        client.add_listener(rec.listener)
+        async with client:
+            await eventually(lambda: rec.count(S.DISCONNECTED) >= 3)
+    events = [e for e in rec.events if e.state is S.DISCONNECTED]
+    assert all("1013" in (e.reason or "") for e in events)
+    assert all(e.delay is not None and e.delay >= 0.3 for e in events)  # the hint, plus jitter
+    assert [e.attempt for e in events[:3]] == [1, 2, 3]  # 1013 is a failure: no reset
