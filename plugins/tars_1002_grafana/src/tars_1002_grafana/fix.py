@@ -91,7 +91,10 @@ def make_plan(config: Any, targets: Any, rules: list[Rule] | None = None) -> Pla
             raise FixError(f"dashboard {path} is not valid JSON ({exc}): fix or remove it") from None
         if not isinstance(data, dict) or not ("panels" in data or "rows" in data):
             continue
-        patched, cs = patch_dashboard(data, rules, macro_windows=config.macro_windows)
+        try:
+            patched, cs = patch_dashboard(data, rules, macro_windows=config.macro_windows)
+        except ValueError as exc:  # an extra rule whose expression does not parse
+            raise FixError(f"cannot patch {path.name}: a recording rule does not parse ({exc})") from None
         changes[path] = cs
         if patched != data:
             dashboards[path] = dumps(patched)
@@ -157,11 +160,11 @@ def connect(targets: Any) -> Prometheus:
 def apply(ctx: Any) -> ApplyResult:
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = ctx.log
     rules = all_rules(ctx.config)
-    plan = make_plan(ctx.config, ctx.targets, rules)
     try:
-        check_rules_text(plan.rules_text)
+        check_rules_text(render_rule_file(rules, _intervals(ctx.config)))
     except PromtoolError as exc:
         raise FixError(f"promtool refused the generated rule file, nothing was changed: {exc}") from None
+    plan = make_plan(ctx.config, ctx.targets, rules)
     with connect(ctx.targets) as prom:
         if not plan.changed:
             health = rule_health(prom, rules)

@@ -149,17 +149,17 @@ def parse_query(expr: str, macro_windows: Mapping[str, str] | None = None) -> tu
 
 # -- canonical form ------------------------------------------------------------------------------------
 
-def _name(node: Any) -> str:
-    return str(node.name) if node.name is not None else ""
-
-
-def _matchers(vs: Any) -> frozenset[tuple[str, str, str]]:
+def _selector(vs: Any) -> tuple[str, frozenset[tuple[str, str, str]]]:
+    """(metric name, other matchers): ``{__name__="x", a="b"}`` and ``x{a="b"}`` are the same selector."""
+    name = str(vs.name) if vs.name is not None else ""
     out = set()
     for m in vs.matchers.matchers:
-        if m.name == "__name__" and str(m.op) in ("MatchOp.Equal", "=") and vs.name:
+        op = _op(m.op)
+        if m.name == "__name__" and op == "=" and (not name or name == m.value):
+            name = m.value
             continue
-        out.add((m.name, _op(m.op), m.value))
-    return frozenset(out)
+        out.add((m.name, op, m.value))
+    return name, frozenset(out)
 
 
 def _op(op: Any) -> str:
@@ -181,7 +181,8 @@ def canon(node: Any) -> Any:
     up to formatting (label order, by/without placement, parentheses, number and duration spelling)."""
     node = _unwrap(node)
     if isinstance(node, pp.VectorSelector):
-        return ("vs", _name(node), _matchers(node), _secs(node.offset), str(node.at) if node.at else None)
+        name, matchers = _selector(node)
+        return ("vs", name, matchers, _secs(node.offset), str(node.at) if node.at else None)
     if isinstance(node, pp.MatrixSelector):
         return ("ms", canon(node.vector_selector), _secs(node.range))
     if isinstance(node, pp.AggregateExpr):

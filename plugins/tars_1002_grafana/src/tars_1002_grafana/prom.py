@@ -117,7 +117,7 @@ class PrometheusServer:
 
     def __init__(self, workdir: Path, *, rules_dir: Path | None = None, scrape_targets: Sequence[str] = (),
                  scrape_interval: str = "5s", tsdb: Path | None = None, extra_args: Sequence[str] = (),
-                 lookback: str | None = None, retention: str = "30d") -> None:
+                 lookback: str | None = None, retention: str = "30d", lifecycle: bool = True) -> None:
         self.workdir = workdir
         self.rules_dir = rules_dir or workdir / "rules"
         self.tsdb = tsdb or workdir / "tsdb"
@@ -126,6 +126,7 @@ class PrometheusServer:
         self.scrape_targets = list(scrape_targets)
         self.scrape_interval = scrape_interval
         self.retention = retention
+        self.lifecycle = lifecycle
         self.extra_args = list(extra_args)
         if lookback:
             self.extra_args.append(f"--query.lookback-delta={lookback}")
@@ -155,8 +156,10 @@ class PrometheusServer:
         self.tsdb.mkdir(parents=True, exist_ok=True)
         cfg = self.write_config()
         argv = [exe, f"--config.file={cfg}", f"--storage.tsdb.path={self.tsdb}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+                f"--web.listen-address=127.0.0.1:{self.port}",
                 f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn", *self.extra_args]
+        if self.lifecycle:
+            argv.append("--web.enable-lifecycle")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

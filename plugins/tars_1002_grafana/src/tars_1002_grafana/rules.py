@@ -303,9 +303,10 @@ GROUPS: tuple[tuple[str, str, tuple[Recipe, ...]], ...] = (
 )
 
 
-def build_rules() -> list[Rule]:
+def build_rules(groups: Sequence[tuple[str, str, Sequence[Recipe]]] | None = None) -> list[Rule]:
     """Expand ``GROUPS`` into the rule list; refuses duplicate record names (a copy-paste slip)."""
-    rules = [rule for group, _, recipes in GROUPS for recipe in recipes for rule in recipe.expand(group)]
+    groups = GROUPS if groups is None else groups
+    rules = [rule for group, _, recipes in groups for recipe in recipes for rule in recipe.expand(group)]
     seen: set[str] = set()
     for r in rules:
         if r.record in seen:

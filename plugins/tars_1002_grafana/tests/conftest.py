@@ -1,0 +1,90 @@
+"""Fixtures: a real metrics exporter process and a real Prometheus per test, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from tars_1002_grafana import plugin
+from tars_1002_grafana.prom import PrometheusServer, free_port, wait_for
+
+if shutil.which("prometheus") is None or shutil.which("promtool") is None:  # pragma: no cover
+    raise pytest.UsageError("tars-1002-grafana tests need prometheus and promtool (Debian package 'prometheus')")
+
+
+@pytest.fixture(scope="session")
+def exporter() -> Iterator[str]:
+    """``python -m tars_1002_grafana.exporter`` as the sandbox runs it (small topology)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tars_1002_grafana.exporter", "--port", str(port),
+                             "--agents", "4", "--regions", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(up, 30, 0.2), "exporter did not start"
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@attrs.define
+class Env:
+    server: PrometheusServer
+    rules_dir: Path
+    dash_dir: Path
+    state_dir: Path
+
+    @property
+    def targets(self) -> Any:
+        from tars_core import Targets
+
+        return Targets(prometheus_url=self.server.url, prometheus_rules_dir=str(self.rules_dir),
+                       grafana_dashboards_dir=str(self.dash_dir))
+
+    def wait_scraped(self) -> None:
+        """rate() needs two samples: wait for a few scrapes before rules that must have data are loaded."""
+        ok = wait_for(lambda: _query(self.server.url, "count_over_time(up[1m]) >= 3"), 30, 0.5)
+        assert ok, "Prometheus did not scrape the exporter"
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.rules_dir.parent)): p.read_bytes()
+                for d in (self.rules_dir, self.dash_dir) for p in sorted(d.iterdir())}
+
+
+@pytest.fixture
+def env(tmp_path: Path, exporter: str) -> Iterator[Env]:
+    """A running Prometheus scraping the exporter every second, rules from an empty rules dir, and a
+    Grafana provisioning dir holding the shipped v1.0.0 dashboards."""
+    rules_dir, dash_dir = tmp_path / "rules", tmp_path / "dashboards"
+    dash_dir.mkdir()
+    for name, text in plugin.dashboard_files().items():
+        (dash_dir / name).write_text(text, encoding="utf-8")
+    server = PrometheusServer(tmp_path / "prom", rules_dir=rules_dir, scrape_targets=[exporter],
+                              scrape_interval="1s")
+    server.start()
+    try:
+        yield Env(server, rules_dir, dash_dir, tmp_path / "state")
+    finally:
+        server.stop()
+
+
+def _query(url: str, q: str) -> list[Any]:
+    body = httpx.post(f"{url}/api/v1/query", data={"query": q}, timeout=10).json()
+    return list(body["data"]["result"])
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
