@@ -91,6 +91,18 @@ async def test_rollback_after_an_apply_that_never_connected(make_ctx: Any) -> No
         await plugin.tars_rollback(ctx)
 
 
+async def test_rollback_after_an_apply_that_reached_the_server_must_reach_it_too(
+    empty_database: str, make_ctx: Any
+) -> None:
+    with pytest.raises(FixError, match="not found"):  # reached the server, then failed
+        await plugin.tars_apply(make_ctx(empty_database))
+    dead = make_ctx(f"postgresql://postgres@127.0.0.1:{free_port()}/tars")  # same state folder
+    with pytest.raises(FixError):
+        await plugin.tars_apply(dead)
+    with pytest.raises(FixError, match="cannot reach PostgreSQL"):
+        await plugin.tars_rollback(dead)
+
+
 async def test_server_that_never_answers_times_out(blackhole: int, make_ctx: Any) -> None:
     ctx = make_ctx(f"postgresql://postgres:{SECRET}@127.0.0.1:{blackhole}/tars", connect_timeout_s=0.5)
     with pytest.raises(FixError) as failure:

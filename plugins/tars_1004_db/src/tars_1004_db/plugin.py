@@ -123,6 +123,12 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             unreached.write_text(json.dumps({"at": _now(), "error": str(exc)}))
         raise
     unreached.unlink(missing_ok=True)
+    state_file = ctx.state_dir / STATE_FILE
+    if not ctx.dry_run and not state_file.exists():
+        # written before the first build: from here on a rollback must reach the server to be sure,
+        # even if this apply fails half-way
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"applied_at": None, "schema": cfg.schema, "builds": []}))
     try:
         records, plan = await indexes.apply(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
@@ -133,8 +139,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         return ApplyResult(changed=False, detail="dry run: " + ("; ".join(plan) or "nothing to do"))
     if not records:
         return ApplyResult(changed=False, detail="all TARS-1004 indexes present and valid")
-    ctx.state_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.state_dir / STATE_FILE).write_text(
+    state_file.write_text(
         json.dumps(
             {
                 "applied_at": _now(),
@@ -189,6 +194,7 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     try:
         conn = await _connect(ctx, cfg)
     except FixError:
+        # indexes.json exists from the moment an apply reached the server until a rollback succeeds
         never_applied = not (ctx.state_dir / STATE_FILE).exists()
         if never_applied and (ctx.state_dir / UNREACHED_FILE).exists():
             ctx.log.warning("PostgreSQL is unreachable, but the last apply never reached it: nothing to undo")
@@ -202,10 +208,10 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
         await conn.close()
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: would drop " + (", ".join(dropped) or "nothing"))
+    (ctx.state_dir / STATE_FILE).unlink(missing_ok=True)
     if not dropped:
         ctx.log.warning("TARS-1004 indexes are not present: nothing to roll back")
         return ApplyResult(changed=False, detail="no TARS-1004 index present")
-    (ctx.state_dir / STATE_FILE).unlink(missing_ok=True)
     return ApplyResult(changed=True, detail="dropped concurrently: " + ", ".join(dropped))
 
 
