@@ -14,16 +14,72 @@ including redeliveries. Spans go to the SDK's in-memory exporter behind a BatchS
     python benchmarks/tars-1003-jaeger_bench.py --redis redis://host:6379/0 --messages 2000 --json
 
 Keys live under ``tars:bench:tars1003:<random>`` and are deleted after each pass.
+
+``--rtt-ms 0.5`` puts a TCP proxy in a separate process between the client and Redis that holds every
+chunk for half the given time in each direction: the round trip of a Redis across a network instead of
+loopback, where the same absolute tracing cost is a smaller share of each message.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import platform
+import socket
 import sys
+import threading
+import time
+import urllib.parse
 
 from tars_1003_jaeger.scenarios import benchmark
+
+
+def _serve_delay_proxy(port: int, upstream: tuple[str, int], delay_s: float) -> None:
+    """Forward 127.0.0.1:port to upstream, holding each chunk ``delay_s`` (per direction).
+
+    Threads and ``time.sleep`` rather than asyncio: the event loop's timer granularity turns a 0.25 ms
+    sleep into a millisecond or more.
+    """
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    listener = socket.create_server(("127.0.0.1", port))
+    while True:
+        client, _ = listener.accept()
+        server = socket.create_connection(upstream)
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=pipe, args=(client, server), daemon=True).start()
+        threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+
+
+def _with_rtt(redis_url: str, rtt_ms: float) -> tuple[str, multiprocessing.Process]:
+    parts = urllib.parse.urlsplit(redis_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    proc = multiprocessing.Process(target=_serve_delay_proxy, args=(port, upstream, rtt_ms / 2000), daemon=True)
+    proc.start()
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        proc.join(0.05)
+    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}")), proc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redeliver", type=float, default=0.1, help="fraction taken over with XAUTOCLAIM")
     parser.add_argument("--batch", type=int, default=100, help="XREADGROUP/XAUTOCLAIM COUNT")
     parser.add_argument("--sample-ratio", type=float, default=0.1, help="root sampling of the 'sampled' mode")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="add this round trip through a TCP proxy")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
-    f = benchmark(
-        args.redis,
-        prefix="tars:bench:tars1003",
-        messages=args.messages,
-        redeliver_fraction=args.redeliver,
-        rounds=args.rounds,
-        batch=args.batch,
-        sample_ratio=args.sample_ratio,
-    )
+    url, proxy = (args.redis, None) if not args.rtt_ms else _with_rtt(args.redis, args.rtt_ms)
+    try:
+        f = benchmark(
+            url,
+            prefix="tars:bench:tars1003",
+            messages=args.messages,
+            redeliver_fraction=args.redeliver,
+            rounds=args.rounds,
+            batch=args.batch,
+            sample_ratio=args.sample_ratio,
+        )
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.join()
     tp = f.throughput
     doc = {
         "messages": f.messages,
@@ -65,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         "continuity_before_pct": f.continuity_before.percent,
         "continuity_after_pct": f.continuity_after.percent,
         "continuity_after": str(f.continuity_after),
+        "added_rtt_ms": args.rtt_ms,
         "python": platform.python_version(),
     }
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print(f"TARS-1003 benchmark: {f.messages} messages per pass, {f.rounds} round(s), ", end="")
-        print(f"{f.redelivered} redelivered through XAUTOCLAIM")
+        print(f"{f.redelivered} redelivered through XAUTOCLAIM, added RTT {args.rtt_ms:g} ms")
         for mode in ("plain", "unpropagated", "propagated", "sampled"):
             print(f"  {mode:<13} {tp[mode]:>10,.0f} msg/s   client CPU {f.cpu_us[mode]:>7.1f} µs/msg")
         print(f"  propagated / plain          {f.ratio:>10.1%}   (target >= 75%, aim 90%)")
