@@ -258,7 +258,8 @@ def test_report_section_shows_state_and_benchmark(tmp_path: Path) -> None:
     )
     section = plugin.tars_report(release)
     assert section is not None and "**applied**" in section.markdown
-    assert "| trace continuity | 0.00 | 100.00 | % | 100.00% | yes |" in section.markdown
+    assert "trace continuity 0.00% → 100.00% (100.00%)" in section.markdown
+    assert section.data["benchmark"]["trace continuity"]["after"] == 100.0
     assert "Last verify: ok — trace continuity 100.00%" in section.markdown
     other = Release("v1.0.1", [], {}, [], {}, {}, tmp_path)
     assert plugin.tars_report(other) is None
