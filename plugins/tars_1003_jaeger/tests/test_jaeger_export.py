@@ -68,12 +68,48 @@ def test_receiver_decodes_gzip_and_rejects_garbage() -> None:
         assert err.value.code == 400
 
 
-def test_grpc_protocol_is_selectable_and_unknown_is_refused() -> None:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+def test_grpc_export_reaches_a_real_grpc_trace_service(redis_url: str, prefix: str, sync_client: Any) -> None:
+    """Jaeger's other OTLP port (4317): a real grpc server running the generated TraceService."""
+    from concurrent import futures
 
-    exporter = otlp_exporter("http://127.0.0.1:4317", "grpc")
-    assert isinstance(exporter, GrpcExporter)
-    exporter.shutdown()
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[bytes] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received.append(request.SerializeToString())
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        stream = f"{prefix}:grpc"
+        sync_client.xgroup_create(stream, "g", id="0", mkstream=True)
+        provider = configure_tracing(
+            "eval-grpc", endpoint=f"http://127.0.0.1:{port}", protocol="grpc", set_global=False
+        )
+        tracing = StreamTracing(provider)
+        tracing.xadd(sync_client, stream, {"n": "1"})
+        for msg in tracing.xreadgroup(sync_client, "g", "c", {stream: ">"}):
+            with msg.process():
+                pass
+        provider.shutdown()
+    finally:
+        server.stop(grace=None)
+    from tars_1003_jaeger.otlp_receiver import decode_spans
+
+    spans = [span for body in received for span in decode_spans(body)]
+    send = next(s for s in spans if s["kind"] == "PRODUCER")
+    process = next(s for s in spans if s["kind"] == "CONSUMER")
+    assert process["trace_id"] == send["trace_id"] and process["parent_span_id"] == send["span_id"]
+    assert send["service"] == "eval-grpc"
+
+
+def test_unknown_protocol_and_bad_ratio_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown OTLP protocol"):
         otlp_exporter("http://x", "thrift")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sample_ratio"):
