@@ -112,10 +112,15 @@ class Services:
             "--rate", "5", *extra,
         ]  # fmt: skip
 
-    def start(self, role: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    def start(self, role: str, name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         port = free_port()
         log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(self.argv(role, name, port, *extra), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            self.argv(role, name, port, *extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
         self.procs[name] = proc
         wait_port(port, proc)
         return proc

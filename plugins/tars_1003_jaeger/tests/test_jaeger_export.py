@@ -123,15 +123,16 @@ def test_services_propagate_export_and_flush_on_sigterm(services: Any, redis_url
     client.hset(k["flags_key"], "tars-1003-trace-propagation", "on")
     with OTLPReceiver() as receiver:
         otlp = ("--otlp-endpoint", receiver.endpoint)
-        producer = services.start("producer", "eval-producer", *otlp)
-        consumer = services.start("consumer", "eval-consumer", *otlp)
+        hold = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}  # the batch processor exports only when stopped
+        producer = services.start("producer", "eval-producer", *otlp, env=hold)
+        consumer = services.start("consumer", "eval-consumer", *otlp, env=hold)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # producer at 5/s: wait for a few jobs through both hops
             groups = {g["name"]: g for g in client.xinfo_groups(k["result_stream"])}
             if (groups.get("tars-dashboard", {}).get("entries-read") or 0) >= 3:
                 break
             time.sleep(0.2)
-        assert receiver.spans == [], "default batch delay not reached yet: what arrives next is the flush"
+        assert receiver.spans == [], "nothing exported while running: what arrives next is the flush"
         producer.terminate()
         consumer.terminate()
         assert producer.wait(15) == 0 and consumer.wait(15) == 0
