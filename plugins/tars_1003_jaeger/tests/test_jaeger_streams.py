@@ -324,3 +324,34 @@ def test_module_functions_use_the_global_provider(redis_url: str, prefix: str) -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1/1 (100.00%) 1"
+
+
+def test_pipelined_producer_sync_and_async(redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
+    """A batch submitted through a pipeline: ids are unknown when the span ends, context still travels."""
+    provider, exporter = memory
+    tracing = StreamTracing(provider)
+    stream = f"{prefix}:pipe"
+    _group(sync_client, stream)
+    with sync_client.pipeline(transaction=False) as pipe:
+        for i in range(3):
+            assert tracing.xadd(pipe, stream, {"n": str(i)}) is pipe
+        ids = pipe.execute()
+
+    async def queue_async() -> list[Any]:
+        client = aioredis.from_url(redis_url)
+        async with client.pipeline(transaction=False) as apipe:
+            await tracing.xadd(apipe, stream, {"n": "async"})
+            result = await apipe.execute()
+        await client.aclose()
+        return list(result)
+
+    ids += anyio.run(queue_async)
+    batch = tracing.xreadgroup(sync_client, "g", "c", {stream: ">"})
+    assert [m.id for m in batch] == [i.decode() if isinstance(i, bytes) else i for i in ids]
+    assert all(m.trace_status == "ok" for m in batch)
+    sends = _by_kind(exporter, SpanKind.PRODUCER)
+    assert len(sends) == 4 and all("messaging.message.id" not in s.attributes for s in sends)
+    for msg in batch:
+        with msg.process() as span:
+            assert span.get_span_context().trace_id == msg.producer_span_context.trace_id
+            assert span.parent.span_id == msg.producer_span_context.span_id

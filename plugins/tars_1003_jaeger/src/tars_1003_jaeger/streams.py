@@ -15,6 +15,7 @@ two copies that drift apart.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -163,7 +164,10 @@ async def _run_async(op: _Op) -> Any:
         except StopIteration as stop:
             return stop.value
         try:
-            result, error = await call(), None
+            result = call()
+            if inspect.isawaitable(result):  # an asyncio pipeline queues and returns itself
+                result = await result
+            error = None
         except BaseException as exc:
             result, error = None, exc
 
@@ -385,7 +389,8 @@ class StreamTracing:
         """XADD inside a PRODUCER span ``send {stream}`` with its context injected into the entry.
 
         Returns the entry id as Redis returned it (an awaitable with ``redis.asyncio``). ``fields`` is
-        not modified; context fields already present (a forwarded entry) are replaced.
+        not modified; context fields already present (a forwarded entry) are replaced. On a pipeline the
+        entry is only queued: the span covers the queuing and has no ``messaging.message.id``.
         """
         return _drive(client, self._xadd_op(client, _text(stream), stream, fields, xadd_kwargs))
 
@@ -409,7 +414,7 @@ class StreamTracing:
         token = otel_context.attach(ctx)
         try:
             entry_id = yield lambda: client.xadd(stream, carrier, **kwargs)
-            if entry_id is not None:
+            if entry_id is not None and entry_id is not client:  # a pipeline returns itself: id unknown
                 span.set_attribute("messaging.message.id", _text(entry_id))
             return entry_id
         except BaseException as exc:
