@@ -160,6 +160,7 @@ async def pipeline_check(
                 async with msg.process():
                     pass
     finally:
+        await doomed.aclose()  # idempotent: already closed on the normal path
         await client.delete(jobs, results)
         await client.aclose()
     spans = exporter.get_finished_spans()
