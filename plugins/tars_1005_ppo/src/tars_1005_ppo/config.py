@@ -136,3 +136,20 @@ def parse_duration(text: str) -> float:
     if not parts or _DURATION.sub("", text).strip():
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 48h, 1h30m)")
     return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def describe_config_error(exc: BaseException, root: str = "config") -> str:
+    """One line naming each bad field and why, including our validators' messages (which cattrs' default
+    formatting reduces to "invalid value")."""
+    import cattrs
+    from cattrs.v import format_exception
+
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def fmt(err: BaseException, type_: Any) -> str:
+        if type_ is None and isinstance(err, ValueError) and str(err):
+            return str(err)
+        return format_exception(err, type_)
+
+    return "; ".join(cattrs.transform_error(exc, path=root, format_exception=fmt))

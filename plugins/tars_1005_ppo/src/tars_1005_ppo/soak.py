@@ -35,7 +35,7 @@ import attrs
 import cattrs
 import numpy as np
 
-from tars_1005_ppo.config import PPOConfig, parse_duration
+from tars_1005_ppo.config import PPOConfig, describe_config_error, parse_duration
 
 FIELDS = ("segment", "iteration", "elapsed_s", "global_step", "rss_bytes", "tracing_count", "buffer_bytes",
           "retained_items", "mean_return", "train_seconds")
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       peak_budget_bytes=args.peak_budget_mb * 2**20,
                       checkpoint_every=args.checkpoint_every, resume=args.resume)
     except (ValueError, OSError, cattrs.BaseValidationError) as exc:
-        print(f"soak: {_one_line(exc)}", file=sys.stderr)
+        print(f"soak: {describe_config_error(exc)}", file=sys.stderr)
         return 2
     state = "PASS" if verdict.ok else "FAIL"
     print(f"{verdict.implementation} soak {state}{'' if verdict.complete else ' (stopped; --resume continues)'}"
@@ -432,14 +432,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not verdict.complete:
         return 0
     return 0 if verdict.ok else 1
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, cattrs.BaseValidationError):
-        from cattrs import transform_error
-
-        return "; ".join(transform_error(exc, path="config"))
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ class _TrainerBase:
         self._next_obs = self._next_obs.astype(np.float32)
         self.actor = build_mlp(self.obs_dim, self.n_actions, config.hidden, 0.01, "actor")
         self.critic = build_mlp(self.obs_dim, 1, config.hidden, 1.0, "critic")
+        self._ckpt: tf.train.Checkpoint | None = None
+        self._manager: tf.train.CheckpointManager | None = None
 
     # -- shared mechanics -------------------------------------------------------------------------
     def _anneal_fraction(self) -> float:
@@ -264,6 +266,11 @@ class _TrainerBase:
     def _checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(actor=self.actor, critic=self.critic)
 
+    def _checkpoint_obj(self) -> tf.train.Checkpoint:
+        if self._ckpt is None:
+            self._ckpt = self._checkpoint()
+        return self._ckpt
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write a checkpoint (weights, optimizer state, counters, sampler state); returns its prefix.
 
@@ -271,8 +278,11 @@ class _TrainerBase:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        manager = tf.train.CheckpointManager(self._checkpoint(), str(directory), max_to_keep=2)
-        prefix = manager.save(checkpoint_number=self.iteration)
+        # One Checkpoint and manager per trainer and folder: a new Checkpoint object per save builds (and
+        # keeps) new save machinery each time, which is itself a slow leak in a periodically saving soak.
+        if self._manager is None or Path(self._manager.directory) != directory:
+            self._manager = tf.train.CheckpointManager(self._checkpoint_obj(), str(directory), max_to_keep=2)
+        prefix = self._manager.save(checkpoint_number=self.iteration)
         sidecar = {
             "checkpoint": Path(prefix).name,
             "implementation": self.implementation,
@@ -295,7 +305,7 @@ class _TrainerBase:
         if not state_file.exists():
             return False
         sidecar = json.loads(state_file.read_text())
-        self._checkpoint().restore(str(directory / sidecar["checkpoint"])).assert_existing_objects_matched()
+        self._checkpoint_obj().restore(str(directory / sidecar["checkpoint"])).assert_existing_objects_matched()
         self.iteration = int(sidecar["iteration"])
         self.global_step = int(sidecar["global_step"])
         self.episodes = int(sidecar["episodes"])

@@ -35,7 +35,7 @@ from typing import Any
 import cattrs
 
 from tars_1005_ppo import __version__
-from tars_1005_ppo.config import FLAG_NAME, STATUS_PREFIX, PPOConfig, implementation_for
+from tars_1005_ppo.config import FLAG_NAME, STATUS_PREFIX, PPOConfig, describe_config_error, implementation_for
 
 log = logging.getLogger("tars_1005_ppo.trainer_service")
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(args.config.read_text()) if args.config else {}
         config = cattrs.structure(data, PPOConfig)
     except (OSError, ValueError, cattrs.BaseValidationError) as exc:
-        print(f"trainer_service: bad --config: {exc}", file=sys.stderr)
+        print(f"trainer_service: bad --config: {describe_config_error(exc)}", file=sys.stderr)
         return 2
     service = TrainerService(redis_url=args.redis, trainer_id=args.trainer_id, flags_key=args.flags_key,
                              flag=args.flag, prefix=args.status_prefix, config=config, pause_s=args.pause,
