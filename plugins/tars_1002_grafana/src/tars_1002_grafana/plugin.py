@@ -55,6 +55,7 @@ class GrafanaConfig:
     benchmark_regions: int = 5
     benchmark_hours: float = 3.0
     benchmark_calls: int = 10
+    benchmark_resolution_s: int = 30
     benchmark_step_s: int = 60
 
 

@@ -1,0 +1,67 @@
+"""TARS-1002 benchmark at full size: the T.A.R.S. dashboards' queries, raw (v1.0.0) versus recorded (v1.0.1).
+
+A throwaway Prometheus (the Debian ``prometheus`` binary) is loaded with 24 h of simulated T.A.R.S.
+traffic for 200 agents x 5 regions (12-bucket histograms, one sample every 30 s) through
+``promtool tsdb create-blocks-from openmetrics``; the recording rules the patched dashboards read are
+backfilled with ``promtool tsdb create-blocks-from rules``. Each panel query is then issued as Grafana
+issues it (POST /api/v1/query_range over 24 h, step 60 s, variables at "All"), 20 times after a warm-up,
+and the whole dashboard is loaded with every panel query in flight at once.
+
+    python benchmarks/tars-1002-grafana_bench.py                  # full size (about 10-15 min on 2 cores)
+    python benchmarks/tars-1002-grafana_bench.py --agents 50 --hours 6 --calls 5   # quick look
+
+Writes benchmarks/tars-1002-grafana_bench_results.{md,json} (or --out PREFIX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from tars_1002_grafana import bench
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument("--regions", type=int, default=5)
+    ap.add_argument("--hours", type=float, default=24.0, help="history backfilled and dashboard time range")
+    ap.add_argument("--resolution", type=int, default=30, help="seconds between backfilled samples")
+    ap.add_argument("--step", type=int, default=60, help="query_range step (Grafana's for 24 h on a wide panel)")
+    ap.add_argument("--calls", type=int, default=20, help="timed query_range calls per panel query")
+    ap.add_argument("--loads", type=int, default=5, help="whole-dashboard loads, raw and patched")
+    ap.add_argument("--workdir", type=Path, help="keep the TSDB here instead of a temp dir")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("tars-1002-grafana_bench_results"))
+    ns = ap.parse_args()
+    t0 = time.time()
+    report = bench.run(agents=ns.agents, regions=ns.regions, hours=ns.hours, resolution=ns.resolution,
+                       step=ns.step, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
+                       log=lambda s: print(s, flush=True))
+    metrics = bench.summary_metrics(report)
+    header = [
+        "# TARS-1002 benchmark: dashboard queries raw vs recorded", "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} on {platform.node()} "
+        f"({platform.machine()}, {__import__('os').cpu_count()} CPUs), prometheus from the Debian package; "
+        f"setup (backfill) {report.setup_s:.0f} s, total {time.time() - t0:.0f} s.", "",
+        f"Command: `python benchmarks/tars-1002-grafana_bench.py --agents {ns.agents} --regions {ns.regions} "
+        f"--hours {ns.hours:g} --resolution {ns.resolution} --step {ns.step} --calls {ns.calls} --loads {ns.loads}`",
+        "", "| figure | raw (v1.0.0) | recorded (v1.0.1) | unit | target | met |", "|---|---|---|---|---|---|",
+    ]
+    for m in metrics:
+        header.append(f"| {m.name} | {'' if m.before is None else m.before} | {m.after} | {m.unit} | {m.target} | "
+                      f"{'' if m.met is None else ('yes' if m.met else 'no')} |")
+    text = "\n".join([*header, "", bench.markdown(report), ""])
+    ns.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    ns.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(ns).items()},
+                                                       "metrics": [m.__dict__ if hasattr(m, "__dict__") else
+                                                                   __import__("attrs").asdict(m) for m in metrics],
+                                                       "report": report.to_json()}, indent=2), encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
