@@ -18,6 +18,7 @@ from tars_core.model import (
     SandboxContribution,
     SandboxSite,
     ServiceSpec,
+    TargetError,
     Targets,
     VerifyResult,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SandboxContribution",
     "SandboxSite",
     "ServiceSpec",
+    "TargetError",
     "Targets",
     "VerifyResult",
     "hookimpl",

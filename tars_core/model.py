@@ -28,6 +28,14 @@ class FixError(Exception):
     """
 
 
+class TargetError(FixError):
+    """The target cannot be used as configured: bad DSN, connection refused, authentication failed.
+
+    That is bad input, not a failed fix: the release stops (rolling back what this run applied, as for
+    any failure) and ``tars-run`` exits 2, so scripts can tell "fix the config" from "the fix broke".
+    """
+
+
 @attrs.frozen
 class PluginInfo:
     """What a plugin says about itself; returned by ``tars_plugin_info``.
@@ -121,7 +129,7 @@ class Targets:
         """The value of ``targets.<key>``, or a ``FixError`` that tells the user which key to set."""
         value = getattr(self, key)
         if not value:
-            raise FixError(f"targets.{key} is not set: add it to the config (or run against the sandbox)")
+            raise TargetError(f"targets.{key} is not set: add it to the config (or run against the sandbox)")
         return str(value)
 
 

@@ -15,7 +15,7 @@ import attrs
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
 from tars_core.flags import FeatureFlags
 from tars_core.ledger import Ledger
-from tars_core.model import Context, FixError
+from tars_core.model import Context, FixError, TargetError
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import Redactor
 
@@ -108,6 +108,7 @@ class Runner:
         self._scope: anyio.CancelScope | None = None
         self.interrupted = False
         self.final_message = ""
+        self.bad_target = False  # a hook raised TargetError: the run ends with exit 2 (bad input)
         self.tick_every = cfg.release.progress_every
         self._contexts: dict[tuple[str, str], Context] = {}
         self._digests: dict[str, str] = {}
@@ -183,6 +184,8 @@ class Runner:
         except Exception as exc:
             self._scope = None
             outcome, error = "failed", self._error_text(exc, hook, timeout)
+            if isinstance(exc, TargetError):
+                self.bad_target = True
             if self.debug:
                 log.exception("%s %s failed", plugin.name, hook)
         finally:
@@ -305,8 +308,11 @@ class Runner:
             applied.append(plugin)
         return Outcome(0, self.steps)
 
+    def _failure_code(self) -> int:
+        return 130 if self.interrupted else 2 if self.bad_target else 1
+
     async def _fail(self, failed: LoadedPlugin, applied: list[LoadedPlugin], why: str) -> Outcome:
-        code = 130 if self.interrupted else 1
+        code = self._failure_code()
         if self.dry_run:
             return Outcome(1, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
@@ -349,7 +355,7 @@ class Runner:
             if self.interrupted:
                 return Outcome(130, self.steps, message="interrupted")
         if failed:
-            return Outcome(1, self.steps, message=f"verify failed: {', '.join(failed)}")
+            return Outcome(self._failure_code(), self.steps, message=f"verify failed: {', '.join(failed)}")
         return Outcome(0, self.steps)
 
     async def benchmark(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
@@ -368,7 +374,7 @@ class Runner:
             if self.interrupted:
                 return Outcome(130, self.steps, message="interrupted")
         if failed:
-            return Outcome(1, self.steps, message=f"benchmark failed: {', '.join(failed)}")
+            return Outcome(self._failure_code(), self.steps, message=f"benchmark failed: {', '.join(failed)}")
         return Outcome(0, self.steps)
 
 

@@ -18,7 +18,7 @@ import anyio
 import attrs
 
 from tars_core import (ApplyResult, BenchmarkResult, FixError, Metric, PluginInfo, ReportSection,
-                       VerifyResult, hookimpl)
+                       TargetError, VerifyResult, hookimpl)
 
 NAME = {name!r}
 
@@ -27,6 +27,7 @@ NAME = {name!r}
 class Config:
     dir: str = "."
     fail_apply: bool = False
+    unreachable: bool = False
     fail_verify: bool = False
     fail_rollback: bool = False
     sleep_apply: float = 0.0
@@ -61,6 +62,8 @@ async def tars_apply(ctx):
         marker.write_text("partial")
         (Path(ctx.config.dir) / f"{{NAME}}.sleeping").write_text("1")
         await anyio.sleep(ctx.config.sleep_apply)
+    if ctx.config.unreachable:
+        raise TargetError(f"cannot reach the {{NAME}} target at 127.0.0.1:1 (connection refused); check targets")
     if ctx.config.fail_apply:
         raise FixError(f"cannot apply {{NAME}}: connecting with password {{ctx.config.password}} failed")
     changed = not marker.exists() or marker.read_text() != "ok"

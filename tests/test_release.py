@@ -418,3 +418,12 @@ def test_long_phase_reports_progress(three: Project) -> None:
     assert "fix-a: apply still running" in res.stderr
     _, status = three.json("status")
     assert status["lock"] is None
+
+
+def test_unreachable_target_is_bad_input_and_rolls_back_earlier_fixes(three: Project) -> None:
+    three.config({"fix-b": {"unreachable": True}})
+    res = three.run("--format", "json", "apply")
+    assert res.returncode == 2
+    assert json.loads(res.stdout)["rolled_back"] == ["fix-b", "fix-a"]
+    assert "cannot reach the fix-b target" in one_clear_line(res.stderr)
+    assert three.applied() == set()
