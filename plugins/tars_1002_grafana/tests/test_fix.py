@@ -147,6 +147,22 @@ def test_reload_refused_restores_the_previous_rule_file(tmp_path: Path, exporter
         assert set(loaded_groups(server.url)) == {"site"}
 
 
+def test_rules_dir_not_in_rule_files_fails_fast_and_rollback_cleans_up(tmp_path: Path, exporter: str) -> None:
+    rules, dash = tmp_path / "rules", tmp_path / "dash"
+    rules.mkdir()
+    dash.mkdir()
+    (dash / "a.json").write_text((SHIPPED / "v1.0.0" / "tars-overview.json").read_text())
+    with PrometheusServer(tmp_path / "prom", rules_dir=tmp_path / "elsewhere") as server:
+        targets = Targets(prometheus_url=server.url, prometheus_rules_dir=str(rules),
+                          grafana_dashboards_dir=str(dash))
+        ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
+        with pytest.raises(FixError, match=r"add '.*/rules/\*\.yml' to rule_files"):
+            call(plugin.tars_apply, ctx)
+        assert (dash / "a.json").read_text() == (SHIPPED / "v1.0.0" / "tars-overview.json").read_text()
+        assert call(plugin.tars_rollback, ctx).changed  # the runner rolls a failed apply back
+        assert list(rules.iterdir()) == []
+
+
 def test_missing_target_key_is_named(tmp_path: Path) -> None:
     ctx = make_context(plugin, targets=Targets(prometheus_url="http://127.0.0.1:1"), config={},
                        state_dir=tmp_path / "s")

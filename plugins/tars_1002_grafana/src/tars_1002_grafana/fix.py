@@ -136,6 +136,12 @@ def rule_health(prom: Prometheus, rules: list[Rule]) -> dict[str, str]:
 
 
 def _wait_healthy(prom: Prometheus, rules: list[Rule], timeout: float) -> dict[str, str]:
+    """Wait for every rule's first evaluation. A reload is synchronous, so rules that are all still
+    missing a few seconds later were not loaded at all (the folder is not in ``rule_files``): fail fast."""
+    loaded = wait_for(lambda: not all(v == "missing" for v in rule_health(prom, rules).values()), 5.0, 0.5)
+    if not loaded:
+        return rule_health(prom, rules)
+
     def done() -> dict[str, str] | None:
         h = rule_health(prom, rules)
         return h if all(v == "ok" or v.startswith("error") for v in h.values()) else None
@@ -279,9 +285,9 @@ def instantiate(expr: str, dashboard: dict[str, Any]) -> str:
         expr = expr.replace(macro, value)
     current = {str(v.get("name")): (v.get("current") or {}).get("value")
                for v in (dashboard.get("templating") or {}).get("list") or []}
-    for name, value in current.items():
-        if isinstance(value, str) and value and not value.startswith("$"):
-            expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    for name, val in current.items():
+        if isinstance(val, str) and val and not val.startswith("$"):
+            expr = expr.replace(f"${{{name}}}", val).replace(f"${name}", val)
     return expr
 
 

@@ -122,12 +122,12 @@ class _Placeholders:
 
     def _restore_code(self, text: str) -> str:
         for printed, macro in self.durations.items():
-            text = re.sub(r"\[" + re.escape(printed) + r"([\]:])", lambda m, mac=macro: f"[{mac}{m.group(1)}",
-                          text)
-            text = re.sub(r":" + re.escape(printed) + r"\]", lambda m, mac=macro: f":{mac}]", text)
+            # literal replacements (no backslash processing): macros contain `$` and braces
+            text = re.sub(r"\[" + re.escape(printed) + r"(?=[\]:])", "[" + macro.replace("\\", "\\\\"), text)
+            text = text.replace(f":{printed}]", f":{macro}]")
         for ident, original in sorted(self.idents.items(), key=lambda kv: -len(kv[0])):
             text = text.replace(ident + "{}", original)
-            text = re.sub(r"(?<![\w.])" + re.escape(ident) + r"(?![\w.])", lambda m, o=original: o, text)
+            text = re.sub(r"(?<![\w.])" + re.escape(ident) + r"(?![\w.])", original.replace("\\", "\\\\"), text)
         return re.sub(r"([A-Za-z_:][A-Za-z0-9_:]*)\{\}", r"\1", text)
 
 
@@ -193,14 +193,14 @@ def canon(node: Any) -> Any:
     if isinstance(node, pp.Call):
         return ("call", node.func.name, tuple(canon(a) for a in node.args))
     if isinstance(node, pp.BinaryExpr):
-        mod = node.modifier
+        bmod = node.modifier
         m = None
-        if mod is not None:
-            matching = mod.matching
-            card = str(mod.card).split(".")[-1]
-            group = frozenset(getattr(mod, "group_labels", None) or ())
+        if bmod is not None:
+            matching = bmod.matching
+            card = str(bmod.card).split(".")[-1]
+            group = frozenset(getattr(bmod, "group_labels", None) or ())
             m = (card, (str(matching.type).split(".")[-1], frozenset(matching.labels)) if matching else None,
-                 group, bool(mod.return_bool))
+                 group, bool(bmod.return_bool))
             if m == ("OneToOne", None, frozenset(), False):
                 m = None
         return ("bin", str(node.op), m, canon(node.lhs), canon(node.rhs))
