@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from tars_1001_ws.client import ConnectionState, Message, ReconnectingWebSocketClient, StateEvent
 from tars_1001_ws.protocol import INFO_PATH, SUBPROTOCOL, decode, encode
@@ -94,9 +95,9 @@ async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
         async with asyncio.timeout(timeout):
             async with connect(
                 ws_url,
-                subprotocols=[SUBPROTOCOL],
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 ping_interval=None,
-                proxy=None,  # type: ignore[list-item]
+                proxy=None,
                 open_timeout=timeout,
                 close_timeout=1,
             ) as ws:
@@ -232,7 +233,7 @@ async def conformance(
             checks["handshake"] = (True, f"negotiated {SUBPROTOCOL}")
             for name in names:
                 await sub.subscribe(name, rec.handler)
-            sent: dict[str, list[int]] = {name: [] for name in names}
+            sent: dict[str, list[Any]] = {name: [] for name in names}
 
             async def produce(start: int, stop: int) -> None:
                 for i in range(start, stop):
@@ -341,7 +342,7 @@ async def plain_reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6
     channel = f"tars-1001-bench:{uuid.uuid4().hex[:8]}"
 
     async def run() -> None:
-        async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None):  # type: ignore[arg-type]
+        async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None):
             try:
                 await ws.send(encode({"type": "subscribe", "channels": [channel]}))
                 subscribed.set()
@@ -424,7 +425,7 @@ async def loss_over_drops(
                     ws_url,
                     host=proxy.host,
                     port=proxy.port,
-                    proxy=None,  # type: ignore[arg-type]
+                    proxy=None,
                     ping_interval=heartbeat,
                     ping_timeout=3 * heartbeat,
                     close_timeout=0.5,

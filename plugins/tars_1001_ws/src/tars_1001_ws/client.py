@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from tars_1001_ws.protocol import (
@@ -454,7 +455,7 @@ class ReconnectingWebSocketClient:
     async def _open(self) -> ClientConnection:
         ws = await connect(
             self.url,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
             ping_interval=None,  # liveness is ours: counts any frame, aborts on death
             open_timeout=self.open_timeout,
             close_timeout=self.close_timeout,

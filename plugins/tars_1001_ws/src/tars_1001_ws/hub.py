@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -33,6 +33,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from tars_1001_ws.protocol import (
     CLOSE_SERVICE_RESTART,
@@ -207,8 +208,9 @@ class Hub:
         }
 
     # -- handshake hooks ------------------------------------------------------------------------------
-    def select_subprotocol(self, connection: ServerConnection, offered: Iterable[str]) -> str | None:
-        return SUBPROTOCOL if self.enabled and SUBPROTOCOL in offered else None
+    def select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        """Offer v1.0.1 only while enabled: a v1.0.0 hub, or this one with the flag off, selects nothing."""
+        return Subprotocol(SUBPROTOCOL) if self.enabled and SUBPROTOCOL in offered else None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
