@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tars_core import FixError
+from tars_core import FixError, TargetError
 
 REGIONS: tuple[tuple[str, float], ...] = (
     ("us-east-1", 0.42),
@@ -76,20 +76,20 @@ def _where(dsn: str) -> str:
 async def connect(
     dsn: str, *, timeout: float = 10.0, schema: str = "public", application_name: str = "tars-1004-db"
 ) -> asyncpg.Connection:
-    """Open one autocommit connection, or raise ``FixError`` with one line that says what to fix.
+    """Open one autocommit connection, or raise ``TargetError`` (exit 2) with one line that says what to fix.
 
     Autocommit matters: ``CREATE INDEX CONCURRENTLY`` refuses to run inside a transaction block, and
     asyncpg only opens one when asked (``conn.transaction()``).
     """
     shown = redact_dsn(dsn)
     if not dsn.startswith(("postgres://", "postgresql://")):
-        raise FixError(
+        raise TargetError(
             f"targets.postgres is not a PostgreSQL URL ({shown!r}): use postgresql://user[:password]@host:port/db"
         )
     try:
         urlsplit(dsn).port  # noqa: B018 - a bad port only raises when read
     except ValueError as exc:
-        raise FixError(f"targets.postgres has an invalid port ({shown!r}): {exc}") from None
+        raise TargetError(f"targets.postgres has an invalid port ({shown!r}): {exc}") from None
     where = _where(dsn)
     try:
         return await asyncpg.connect(
@@ -98,22 +98,22 @@ async def connect(
             server_settings={"search_path": schema, "application_name": application_name},
         )
     except asyncpg.InvalidCatalogNameError as exc:
-        raise FixError(f"PostgreSQL at {where}: {_line(exc)}; fix the database name in targets.postgres") from None
+        raise TargetError(f"PostgreSQL at {where}: {_line(exc)}; fix the database name in targets.postgres") from None
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
-        raise FixError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
+        raise TargetError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
     except asyncpg.InvalidPasswordError as exc:
-        raise FixError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
+        raise TargetError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
     except (TimeoutError, OSError) as exc:
         if isinstance(exc, TimeoutError):
             reason = f"timed out after {timeout:g} s"
         else:
             reason = os.strerror(exc.errno).lower() if exc.errno else _line(exc)
-        raise FixError(
+        raise TargetError(
             f"cannot reach PostgreSQL at {where} ({reason}, targets.postgres={shown}): "
             "start the server or fix host/port"
         ) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        raise FixError(f"cannot connect to PostgreSQL at {where} ({shown}): {_line(exc)}") from None
+        raise TargetError(f"cannot connect to PostgreSQL at {where} ({shown}): {_line(exc)}") from None
 
 
 def _line(exc: BaseException) -> str:
