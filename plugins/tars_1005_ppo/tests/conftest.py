@@ -11,10 +11,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,11 @@ REDIS_URL = os.environ.get("TARS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 # A trainer small enough that an iteration takes a fraction of a second on one thread.
 SMALL = {"num_envs": 4, "n_steps": 16, "n_epochs": 2, "hidden": [16, 16], "anneal_steps": 200_000}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +119,3 @@ def services() -> Iterator[Services]:
     yield svc
     svc.stop_all()
 
-
-def python() -> str:
-    return sys.executable
-
-
-WaitReported = Callable[..., None]

@@ -1,0 +1,263 @@
+"""The hooks against real Redis and real trainer service processes started from the sandbox contribution.
+
+Two trainers run (ids with canary buckets 0.15 and 0.51), so a canary fraction of 0.5 switches exactly one
+of them first. Each module-level fixture owns its flags hash and status prefix under the run's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import tars_1005_ppo.plugin as plugin
+from conftest import SMALL, Services, wait_reported
+from tars_1005_ppo.config import PPOFixConfig, canary_bucket
+
+from tars_core import ApplyResult, FixError, SandboxSite, Targets
+from tars_core.config import ConfigError
+from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release
+from tars_core.testing import check_conformance, make_context
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"canary_fraction": 0.5, "canary_observe_s": 2.0, "switch_timeout_s": 60.0, "verify_iterations": 24,
+        "verify_warmup": 0.25, "min_trainers": 2, "trainer": SMALL}
+
+
+def test_entry_point_is_registered_and_imports_without_tensorflow() -> None:
+    names = {ep.name: ep.value for ep in entry_points(group="tars.plugins")}
+    assert names.get("tars-1005-ppo") == "tars_1005_ppo.plugin"
+    code = ("import sys, tars_1005_ppo.plugin as p; p.tars_plugin_info(); "
+            "heavy = [m for m in ('tensorflow', 'gymnasium', 'keras', 'matplotlib', 'scipy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_plugin_info() -> None:
+    info = plugin.tars_plugin_info()
+    assert (info.name, info.fix_id, info.kind, info.config) == ("tars-1005-ppo", "TARS-1005", "hotfix", PPOFixConfig)
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ({"trainer": {"num_envs": "many"}}, "plugins.tars-1005-ppo.trainer.num_envs"),
+        ({"canary_fraction": "half"}, "plugins.tars-1005-ppo.canary_fraction"),
+        ({"trainer": {"n_steps": 0}}, "plugins.tars-1005-ppo.trainer"),
+        ({"verify_iterations": 0}, "plugins.tars-1005-ppo"),
+        ({"canary": 0.1}, "plugins.tars-1005-ppo"),
+    ],
+)
+def test_bad_config_names_its_path(section: dict[str, Any], path: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_context(plugin, targets=Targets(), config=section, state_dir=tmp_path)
+    assert str(info.value).startswith(path + ":") or f"{path}:" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str, run_prefix: str,
+          services: Services) -> Iterator[dict[str, Any]]:
+    """Two trainer services started with the argv the sandbox contribution gives, under test-owned keys."""
+    ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
+    targets = Targets(redis=redis_url, flags_key=f"{ns}:flags")
+    site_dir = tmp_path_factory.mktemp("sandbox")
+    contribution = plugin.tars_sandbox(SandboxSite(dir=site_dir, targets=targets, python=sys.executable))
+    prefix = f"{ns}:ppo"
+    (site_dir / "trainer-config.json").write_text(json.dumps(SMALL))
+    ids = []
+    for spec in contribution.services:
+        argv = list(spec.argv)
+        argv[argv.index("--status-prefix") + 1] = prefix
+        argv[argv.index("--pause") + 1] = "0.3"
+        tid = argv[argv.index("--trainer-id") + 1]
+        ids.append(tid)
+        services.start(tid, argv, site_dir / f"{spec.name}.log")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_reported(client, prefix, ids, procs=dict(services.procs))
+        yield {"targets": targets, "prefix": prefix, "ids": ids, "client": client, "site": site_dir,
+               "contribution": contribution}
+    finally:
+        client.close()
+
+
+def ctx_for(fleet: dict[str, Any], tmp_path: Path, *, dry_run: bool = False, **overrides: Any) -> Any:
+    config = {**FAST, "status_prefix": fleet["prefix"], **overrides}
+    return make_context(plugin, targets=fleet["targets"], config=config, state_dir=tmp_path / "state", dry_run=dry_run)
+
+
+def test_sandbox_contribution(fleet: dict[str, Any]) -> None:
+    contribution = fleet["contribution"]
+    assert len(contribution.services) == 2
+    assert {canary_bucket(t) < 0.5 for t in fleet["ids"]} == {True, False}
+    for spec in contribution.services:
+        assert spec.argv[1:3] == ["-m", "tars_1005_ppo.trainer_service"] and spec.ready == "tcp"
+        assert f"127.0.0.1:{spec.port}" in contribution.scrape_targets
+    # The contributed config section structures into the plugin's config class.
+    ctx = make_context(plugin, targets=fleet["targets"], config=dict(contribution.config), state_dir=fleet["site"])
+    assert ctx.config.canary_fraction == 0.5 and ctx.config.min_trainers == 2
+
+
+def test_trainers_serve_prometheus_metrics(fleet: dict[str, Any]) -> None:
+    import urllib.request
+
+    port = fleet["contribution"].services[0].port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "tars_ppo_rss_bytes{" in body and "tars_ppo_fixed{" in body
+
+
+async def test_dry_run_changes_nothing(fleet: dict[str, Any], tmp_path: Path) -> None:
+    ctx = ctx_for(fleet, tmp_path, dry_run=True)
+    result = await plugin.tars_apply(ctx)
+    assert result == ApplyResult(changed=False, detail=result.detail) and result.detail.startswith("dry run: would")
+    assert "0.5" in result.detail and "canary" in result.detail
+    assert fleet["client"].hget(fleet["targets"].flags_key, "tars-1005-ppo-fixed") is None
+    assert not (tmp_path / "state" / "applied.json").exists()
+
+
+async def test_conformance_with_canary(fleet: dict[str, Any], tmp_path: Path) -> None:
+    """apply (canary 0.5, then on), verify, apply again, verify, rollback, verify not ok, rollback again."""
+    client = fleet["client"]
+    prefix = fleet["prefix"]
+    ctx = ctx_for(fleet, tmp_path)
+    await check_conformance(plugin, ctx)
+    # The canary trainer switched first and ran the fixed trainer while the other still ran v1.0.0;
+    # after the rollback both report the legacy trainer, each having switched exactly twice.
+    statuses = {t: client.hgetall(f"{prefix}:trainer:{t}") for t in fleet["ids"]}
+    assert {s["implementation"] for s in statuses.values()} == {"legacy"}
+    assert all(s["switches"] == "2" for s in statuses.values())
+    assert client.hget(fleet["targets"].flags_key, "tars-1005-ppo-fixed") is None  # absent before, absent after
+    log = (tmp_path / "state" / "verify-soak" / "verdict.json")
+    assert json.loads(log.read_text())["ok"]
+
+
+async def test_canary_switches_its_fraction_first(fleet: dict[str, Any], tmp_path: Path) -> None:
+    client = fleet["client"]
+    prefix = fleet["prefix"]
+    canary, rest = sorted(fleet["ids"], key=canary_bucket)
+    ctx = ctx_for(fleet, tmp_path, canary_observe_s=4.0)
+    try:
+        assert (await plugin.tars_apply(ctx)).changed
+        fixed_iters = {t: int(client.hget(f"{prefix}:trainer:{t}", "impl_iterations")) for t in (canary, rest)}
+        # The canary has run the fixed trainer through the observation window; the rest just switched.
+        assert fixed_iters[canary] > fixed_iters[rest] + 3
+    finally:
+        await plugin.tars_rollback(ctx)
+
+
+async def test_apply_fails_when_a_trainer_does_not_switch(fleet: dict[str, Any], tmp_path: Path,
+                                                          services: Services, redis_url: str) -> None:
+    """A trainer that stops responding (SIGSTOP) keeps a fresh-looking status; apply must not trust the flag."""
+    import signal
+
+    argv = list(fleet["contribution"].services[1].argv)
+    argv[argv.index("--status-prefix") + 1] = fleet["prefix"]
+    argv[argv.index("--pause") + 1] = "0.3"
+    argv[argv.index("--trainer-id") + 1] = "stuck-trainer"
+    argv[argv.index("--port") + 1] = "0"
+    proc = services.start("stuck-trainer", argv, tmp_path / "stuck.log")
+    wait_reported(fleet["client"], fleet["prefix"], ["stuck-trainer"], procs={"stuck-trainer": proc})
+    proc.send_signal(signal.SIGSTOP)
+    ctx = ctx_for(fleet, tmp_path, canary_fraction=0.0, switch_timeout_s=8.0, min_trainers=3)
+    try:
+        with pytest.raises(FixError, match=r"did not switch .*stuck-trainer"):
+            await plugin.tars_apply(ctx)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        await plugin.tars_rollback(ctx)
+        services.kill("stuck-trainer", signal.SIGTERM)
+    assert fleet["client"].hget(f"{fleet['prefix']}:trainer:stuck-trainer", "state") == "stopped"
+
+
+async def test_apply_without_trainers_is_a_clear_error(redis_url: str, run_prefix: str, tmp_path: Path) -> None:
+    ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
+    ctx = make_context(plugin, targets=Targets(redis=redis_url, flags_key=f"{ns}:flags"),
+                       config={"status_prefix": f"{ns}:ppo"}, state_dir=tmp_path)
+    with pytest.raises(FixError, match=r"0 live PPO trainer\(s\) report .* start the trainer services"):
+        await plugin.tars_apply(ctx)
+    result = await plugin.tars_rollback(ctx)
+    assert result == ApplyResult(changed=False, detail="not applied")
+    assert not (await plugin.tars_verify(ctx)).ok
+
+
+async def test_unreachable_redis_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = make_context(plugin, targets=Targets(redis=f"redis://:s3cret@127.0.0.1:{port}/0"), state_dir=tmp_path)
+    for hook in (plugin.tars_apply, plugin.tars_verify, plugin.tars_rollback):
+        with pytest.raises(FixError) as info:
+            await hook(ctx)
+        assert f"cannot reach targets.redis at 127.0.0.1:{port}/0" in str(info.value)
+        assert "s3cret" not in str(info.value)
+
+
+async def test_missing_redis_target_names_the_key(tmp_path: Path) -> None:
+    ctx = make_context(plugin, targets=Targets(), state_dir=tmp_path)
+    with pytest.raises(FixError, match=r"targets\.redis is not set"):
+        await plugin.tars_apply(ctx)
+
+
+async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(redis_url: str, run_prefix: str,
+                                                                   tmp_path: Path) -> None:
+    ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
+    flags = f"{ns}:flags"
+    ctx = make_context(plugin, targets=Targets(redis=redis_url, flags_key=flags), state_dir=tmp_path)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await plugin.tars_sandbox_seed(ctx)
+        await plugin.tars_sandbox_seed(ctx)
+        assert client.hgetall(flags) == {"tars-1005-ppo-fixed": "off"}
+        client.hset(flags, "tars-1005-ppo-fixed", "on")
+        await plugin.tars_sandbox_seed(ctx)
+        assert client.hget(flags, "tars-1005-ppo-fixed") == "on"
+    finally:
+        client.close()
+
+
+async def test_benchmark_hook_measures_both_trainers(tmp_path: Path, redis_url: str) -> None:
+    ctx = make_context(plugin, targets=Targets(redis=redis_url),
+                       config={"benchmark_iterations": 20, "trainer": SMALL}, state_dir=tmp_path)
+    result = await plugin.tars_benchmark(ctx)
+    metrics = {m.name: m for m in result.metrics}
+    assert set(metrics) == {"rss_slope_per_iteration", "peak_rss", "tracings_after_warmup", "steps_per_second",
+                            "cartpole_mean_return"}
+    slope = metrics["rss_slope_per_iteration"]
+    assert slope.before > slope.after and slope.unit == "KB/iteration"
+    assert metrics["tracings_after_warmup"].after == 0 and metrics["tracings_after_warmup"].before > 0
+    assert (tmp_path / "benchmark" / "rss-compare.png").exists()
+
+
+def test_report_section_lists_phases_and_figures(tmp_path: Path) -> None:
+    release = Release(
+        name="v1.0.1", plugins=[plugin.tars_plugin_info()], states={"tars-1005-ppo": "applied"},
+        phases=[PhaseRecord(run_id="r1", plugin="tars-1005-ppo", phase="apply", outcome="ok",
+                            started_at="2026-11-27T22:00:00Z", detail="2 trainer(s) switched")],
+        benchmarks={"tars-1005-ppo": BenchmarkResult(metrics=[Metric("peak_rss", 1100.0, 640.0, "MB", "< 1024",
+                                                                     True)])},
+        targets={}, report_dir=tmp_path)
+    section = plugin.tars_report(release)
+    assert section is not None and "**applied**" in section.markdown
+    assert "| peak_rss | 1100.0 | 640.0 | MB | < 1024 | yes |" in section.markdown
+    assert section.data["benchmark"]["peak_rss"]["after"] == 640.0
+    other = Release(name="v1.0.1", plugins=[], states={}, phases=[], benchmarks={}, targets={}, report_dir=tmp_path)
+    assert plugin.tars_report(other) is None
+
+
+def test_trainer_service_refuses_a_bad_config(tmp_path: Path, redis_url: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"num_envs": 0}))
+    run = subprocess.run([sys.executable, "-m", "tars_1005_ppo.trainer_service", "--redis", redis_url,
+                          "--trainer-id", "x", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "num_envs must be > 0" in run.stderr
+
