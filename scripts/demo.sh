@@ -73,10 +73,13 @@ if [ -e tars.yaml ]; then
     die "tars.yaml exists in $repo: the demo targets the sandbox; move it away or run tars-run yourself"
 fi
 first_failure=0
+timings=()
 for step in apply verify benchmark report; do
     say "tars-run --plugins $selection $step"
+    step_started=$(date +%s)
     "$tars" --plugins "$selection" "$step"
     code=$?
+    timings+=("$step $(( $(date +%s) - step_started ))s (exit $code)")
     if [ $code -ne 0 ]; then
         say "$step exited $code"
         [ $first_failure -eq 0 ] && first_failure=$code
@@ -91,7 +94,9 @@ EOF
 )
 report="$repo/.tars/reports/${release:-v1.0.1}/report.md"
 elapsed=$(( $(date +%s) - started ))
-say "sandbox: $("$tars" sandbox status --format json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["state"])') (tars-run sandbox status|down|reset)"
+say "steps: $(IFS=,; echo "${timings[*]}" | sed 's/,/, /g')"
+state=$("$tars" sandbox status --format json 2>/dev/null | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+say "the sandbox is left ${state:-unknown} for you to explore: ${tars#"$repo"/} sandbox status|down|reset"
 if [ -f "$report" ]; then
     say "done in ${elapsed}s; the report is $report"
 else
