@@ -548,7 +548,7 @@ def _tail(path: str, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
-def _wait_ready(svcs: Sequence[Service], bins: Binaries, paths: Paths, timeout: float = START_TIMEOUT) -> None:
+def _wait_ready(svcs: Sequence[Service], bins: Binaries, timeout: float = START_TIMEOUT) -> None:
     """Poll each service's readiness rule until it holds; fail fast when the process exits."""
     deadline = time.monotonic() + timeout
     for svc in svcs:
@@ -579,7 +579,7 @@ def _revive(svcs: Sequence[Service], bins: Binaries, paths: Paths) -> list[str]:
         if _alive(svc):
             # running but not answering: it may still be starting (another tars-run started it)
             try:
-                _wait_ready([svc], bins, paths, timeout=10)
+                _wait_ready([svc], bins, timeout=10)
                 continue
             except SandboxError:
                 log.warning("%s (pid %s) is not answering; restarting it", svc.name, svc.pid)
@@ -592,7 +592,7 @@ def _revive(svcs: Sequence[Service], bins: Binaries, paths: Paths) -> list[str]:
             )
         _spawn(svc, paths)
         todo.append(svc)
-    _wait_ready(todo, bins, paths)
+    _wait_ready(todo, bins)
     return [s.name for s in todo]
 
 
@@ -890,20 +890,23 @@ def _write_config(paths: Paths, state: State) -> None:
     tmp.replace(paths.config)
 
 
-def _hook_error(paths: Paths, plugin: str, hook: str, exc: BaseException) -> SandboxError:
+def _hook_error(paths: Paths, plugin: str, hook: str, exc: BaseException, timeout: float) -> SandboxError:
+    """One line naming the plugin and hook; the traceback goes to ``logs/sandbox.log``."""
     logfile = paths.logs / "sandbox.log"
     with open(logfile, "a") as fh:
         fh.write(f"--- {_now()} {plugin}.{hook} failed\n")
         fh.write("".join(traceback.format_exception(exc)))
-    what = f"timed out after {exc}" if isinstance(exc, TimeoutError) and str(exc) else f"{type(exc).__name__}: {exc}"
-    what = what.splitlines()[0] if what else type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        what = f"timed out after {timeout:.0f}s"
+    else:
+        what = (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
     return SandboxError(
         f"plugin {plugin}: {hook} failed ({what}); traceback in {_show(logfile)}; "
         f"skip the plugin with -p no:{plugin} or fix it and rerun"
     )
 
 
-def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[str], bins: Binaries) -> None:
+def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[str]) -> None:
     """Ask each new plugin for its contribution, then seed them all in dependency order.
 
     A plugin is recorded as contributed only after its seed ran, so a failure here leaves it to be
@@ -927,7 +930,7 @@ def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[
                 try:
                     contrib = await host.call(name, "tars_sandbox", timeout=timeout, site=site)
                 except Exception as exc:
-                    raise _hook_error(paths, name, "tars_sandbox", exc) from None
+                    raise _hook_error(paths, name, "tars_sandbox", exc, timeout) from None
             contrib = contrib or SandboxContribution()
             if not isinstance(contrib, SandboxContribution):
                 raise SandboxError(
@@ -968,7 +971,7 @@ def _join_plugins(host: PluginHost, paths: Paths, state: State, names: Sequence[
             try:
                 await host.call(name, "tars_sandbox_seed", timeout=timeout, ctx=ctx)
             except Exception as exc:
-                raise _hook_error(paths, name, "tars_sandbox_seed", exc) from None
+                raise _hook_error(paths, name, "tars_sandbox_seed", exc, timeout) from None
 
     anyio.run(contribute)
     for name in names:
@@ -1021,7 +1024,7 @@ def _up(host: PluginHost, root: Path) -> UpResult:
                 state.plugins.pop(name, None)
             joined = [n for n in host.order(list(host.plugins)) if n not in state.contributed]
             if joined:
-                _join_plugins(host, paths, state, joined, bins)
+                _join_plugins(host, paths, state, joined)
             prom_cfg = paths.prometheus / "prometheus.yml"
             text = _prometheus_config(state)
             changed = not prom_cfg.exists() or prom_cfg.read_text() != text
