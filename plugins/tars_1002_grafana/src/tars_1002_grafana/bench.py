@@ -288,7 +288,7 @@ def markdown(report: BenchReport) -> str:
 
 
 def benchmark_hook(ctx: Any) -> Any:
-    """The ``tars_benchmark`` hook: a shorter run sized by the config (default 200 agents, 5 regions, 3 h)."""
+    """The ``tars_benchmark`` hook: a shorter run sized by the config (default 100 agents, 5 regions, 2 h)."""
     from tars_core import BenchmarkResult
 
     c = ctx.config

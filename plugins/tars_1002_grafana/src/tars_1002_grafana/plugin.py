@@ -51,10 +51,10 @@ class GrafanaConfig:
     reload_timeout_s: float = 150.0
     verify_data: bool = True
     seed_dashboards: bool = True
-    benchmark_agents: int = 200
+    benchmark_agents: int = 100
     benchmark_regions: int = 5
-    benchmark_hours: float = 3.0
-    benchmark_calls: int = 10
+    benchmark_hours: float = 2.0
+    benchmark_calls: int = 5
     benchmark_resolution_s: int = 30
     benchmark_step_s: int = 60
 
