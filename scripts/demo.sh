@@ -10,6 +10,7 @@
 #   TARS_DEMO_PYTHON   interpreter for the venv (default: python3)
 #   TARS_DEMO_VENV     venv folder (default: .venv in the repository)
 #   TARS_DEMO_PLUGINS  value for --plugins (default: all)
+#   TARS_DEMO_STEPS    the tars-run commands to run (default: "apply verify benchmark report")
 set -uo pipefail
 
 started=$(date +%s)
@@ -18,6 +19,7 @@ cd "$repo"
 python=${TARS_DEMO_PYTHON:-python3}
 venv=${TARS_DEMO_VENV:-$repo/.venv}
 selection=${TARS_DEMO_PLUGINS:-all}
+steps=${TARS_DEMO_STEPS:-apply verify benchmark report}
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 die() { say "$*"; exit 2; }
@@ -74,7 +76,7 @@ if [ -e tars.yaml ]; then
 fi
 first_failure=0
 timings=()
-for step in apply verify benchmark report; do
+for step in $steps; do
     say "tars-run --plugins $selection $step"
     step_started=$(date +%s)
     "$tars" --plugins "$selection" "$step"
