@@ -76,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str, run_prefix: 
     for spec in contribution.services:
         argv = list(spec.argv)
         argv[argv.index("--status-prefix") + 1] = prefix
-        argv[argv.index("--pause") + 1] = "0.3"
+        argv[argv.index("--pause") + 1] = "1.0"
         tid = argv[argv.index("--trainer-id") + 1]
         ids.append(tid)
         services.start(tid, argv, site_dir / f"{spec.name}.log")
@@ -154,27 +154,22 @@ async def test_canary_switches_its_fraction_first(fleet: dict[str, Any], tmp_pat
 
 
 async def test_apply_fails_when_a_trainer_does_not_switch(fleet: dict[str, Any], tmp_path: Path,
-                                                          services: Services, redis_url: str) -> None:
-    """A trainer that stops responding (SIGSTOP) keeps a fresh-looking status; apply must not trust the flag."""
+                                                          services: Services) -> None:
+    """A trainer that stops responding (SIGSTOP) still looks live; apply must judge reports, not the flag."""
     import signal
 
-    argv = list(fleet["contribution"].services[1].argv)
-    argv[argv.index("--status-prefix") + 1] = fleet["prefix"]
-    argv[argv.index("--pause") + 1] = "0.3"
-    argv[argv.index("--trainer-id") + 1] = "stuck-trainer"
-    argv[argv.index("--port") + 1] = "0"
-    proc = services.start("stuck-trainer", argv, tmp_path / "stuck.log")
-    wait_reported(fleet["client"], fleet["prefix"], ["stuck-trainer"], procs={"stuck-trainer": proc})
+    stuck = fleet["ids"][1]
+    proc = services.procs[stuck]
     proc.send_signal(signal.SIGSTOP)
-    ctx = ctx_for(fleet, tmp_path, canary_fraction=0.0, switch_timeout_s=8.0, min_trainers=3)
+    ctx = ctx_for(fleet, tmp_path, canary_fraction=0.0, switch_timeout_s=6.0)
     try:
-        with pytest.raises(FixError, match=r"did not switch .*stuck-trainer"):
+        with pytest.raises(FixError, match=rf"did not switch .*{stuck}: runs 'legacy'"):
             await plugin.tars_apply(ctx)
     finally:
         proc.send_signal(signal.SIGCONT)
-        await plugin.tars_rollback(ctx)
-        services.kill("stuck-trainer", signal.SIGTERM)
-    assert fleet["client"].hget(f"{fleet['prefix']}:trainer:stuck-trainer", "state") == "stopped"
+    assert (await plugin.tars_rollback(ctx_for(fleet, tmp_path))).changed
+    status = fleet["client"].hgetall(f"{fleet['prefix']}:trainer:{stuck}")
+    assert status["implementation"] == "legacy" and status["flag_value"] == ""
 
 
 async def test_apply_without_trainers_is_a_clear_error(redis_url: str, run_prefix: str, tmp_path: Path) -> None:
@@ -223,19 +218,6 @@ async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(redis_url: 
         assert client.hget(flags, "tars-1005-ppo-fixed") == "on"
     finally:
         client.close()
-
-
-async def test_benchmark_hook_measures_both_trainers(tmp_path: Path, redis_url: str) -> None:
-    ctx = make_context(plugin, targets=Targets(redis=redis_url),
-                       config={"benchmark_iterations": 20, "trainer": SMALL}, state_dir=tmp_path)
-    result = await plugin.tars_benchmark(ctx)
-    metrics = {m.name: m for m in result.metrics}
-    assert set(metrics) == {"rss_slope_per_iteration", "peak_rss", "tracings_after_warmup", "steps_per_second",
-                            "cartpole_mean_return"}
-    slope = metrics["rss_slope_per_iteration"]
-    assert slope.before > slope.after and slope.unit == "KB/iteration"
-    assert metrics["tracings_after_warmup"].after == 0 and metrics["tracings_after_warmup"].before > 0
-    assert (tmp_path / "benchmark" / "rss-compare.png").exists()
 
 
 def test_report_section_lists_phases_and_figures(tmp_path: Path) -> None:

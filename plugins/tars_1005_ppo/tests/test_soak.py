@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tars_1005_ppo.plugin as plugin
+from conftest import SMALL
 from tars_1005_ppo.soak import Sample, judge, load_verdict, read_samples
+
+from tars_core import Targets
+from tars_core.testing import make_context
 
 MB = 2**20
 
@@ -127,6 +132,20 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path: Path) -> None:
     assert run.returncode == 2 and "unknown gymnasium environment 'NoSuchEnv-v0'" in run.stderr
     run = soak(tmp_path / "c", "--duration", "ten minutes")
     assert run.returncode == 2 and "not a duration" in run.stderr
+
+
+@pytest.mark.anyio
+async def test_benchmark_hook_measures_both_trainers(tmp_path: Path) -> None:
+    ctx = make_context(plugin, targets=Targets(),
+                       config={"benchmark_iterations": 20, "trainer": SMALL}, state_dir=tmp_path)
+    result = await plugin.tars_benchmark(ctx)
+    metrics = {m.name: m for m in result.metrics}
+    assert set(metrics) == {"rss_slope_per_iteration", "peak_rss", "tracings_after_warmup", "steps_per_second",
+                            "cartpole_mean_return"}
+    slope = metrics["rss_slope_per_iteration"]
+    assert slope.before > slope.after and slope.unit == "KB/iteration"
+    assert metrics["tracings_after_warmup"].after == 0 and metrics["tracings_after_warmup"].before > 0
+    assert (tmp_path / "benchmark" / "rss-compare.png").exists()
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("48h", 172800), ("1h30m", 5400),
