@@ -89,7 +89,25 @@ async def test_any_inbound_frame_counts_as_liveness(hub, proxy, recorder):
             await asyncio.sleep(0.02)
         await eventually(lambda: len(recorder.seqs.get("busy", [])) == 60)
     assert recorder.count(S.DISCONNECTED) == 0
-    assert sub.stats["heartbeats_missed"] == 0
+    assert sub.stats["pings_sent"] == 0
+
+
+async def test_the_hubs_own_pings_count_as_liveness(recorder):
+    """An idle connection the hub keeps pinging needs no client ping either (inbound bytes are liveness)."""
+    async with serve(port=0, ping_interval=0.05, ping_timeout=5.0) as chatty:
+        client = ReconnectingWebSocketClient(chatty.url, **{**FAST, "heartbeat_interval": 0.3})
+        client.add_listener(recorder.listener)
+        async with client:
+            await client.subscribe("idle", recorder.handler)
+            await asyncio.sleep(1.5)  # five heartbeat intervals without a single message
+        assert client.stats["pings_sent"] == 0
+        assert recorder.count(S.DISCONNECTED) == 0
+
+    async with serve(port=0, ping_interval=None) as silent:  # control: a silent hub does get pinged
+        client = ReconnectingWebSocketClient(silent.url, **{**FAST, "heartbeat_interval": 0.3})
+        async with client:
+            await eventually(lambda: client.stats["pings_sent"] >= 2)
+        assert client.stats["heartbeats_missed"] == 0
 
 
 async def test_hub_killed_and_restarted_reports_resync_required(recorder):

@@ -233,7 +233,13 @@ class ReconnectingWebSocketClient:
 
         self.state = ConnectionState.CLOSED
         self.resyncs: list[ResyncRequired] = []
-        self.stats = {"connections": 0, "duplicates_dropped": 0, "gaps_detected": 0, "heartbeats_missed": 0}
+        self.stats = {
+            "connections": 0,
+            "duplicates_dropped": 0,
+            "gaps_detected": 0,
+            "pings_sent": 0,
+            "heartbeats_missed": 0,
+        }
         self._subs: dict[str, _Subscription] = {}
         self._outbox: deque[Publication] = deque()
         self._outbox_bytes = 0
@@ -244,7 +250,6 @@ class ReconnectingWebSocketClient:
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ws: ClientConnection | None = None
         self._conn_no = 0
-        self._last_rx = 0.0
         self._runner: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[tuple[_Subscription, Message]] | None = None
@@ -452,7 +457,7 @@ class ReconnectingWebSocketClient:
             log.info("%s: %s; reconnecting in %.2f s", self.url, reason, delay)
             await asyncio.sleep(delay)
 
-    async def _open(self) -> ClientConnection:
+    async def _open(self) -> _LivenessConnection:
         ws = await connect(
             self.url,
             subprotocols=[Subprotocol(SUBPROTOCOL)],
@@ -460,8 +465,10 @@ class ReconnectingWebSocketClient:
             open_timeout=self.open_timeout,
             close_timeout=self.close_timeout,
             compression=None,
+            create_connection=_LivenessConnection,
             **self._connect_kwargs,
         )
+        assert isinstance(ws, _LivenessConnection)
         if ws.subprotocol != SUBPROTOCOL:
             ws.transport.abort()
             raise _ProtocolMismatch(
@@ -475,12 +482,11 @@ class ReconnectingWebSocketClient:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(exc)
 
-    async def _session(self, ws: ClientConnection) -> None:
+    async def _session(self, ws: _LivenessConnection) -> None:
         """Run one connection: recover subscriptions, flush the outbox, then read until it dies."""
         self._ws = ws
         self._conn_no += 1
         self.stats["connections"] += 1
-        self._last_rx = time.monotonic()
         self._emit(StateEvent(ConnectionState.CONNECTED))
         reader = asyncio.create_task(self._read_loop(ws))
         heartbeat = asyncio.create_task(self._heartbeat(ws), name="heartbeat")
@@ -550,7 +556,6 @@ class ReconnectingWebSocketClient:
         try:
             while True:
                 raw = await ws.recv()
-                self._last_rx = time.monotonic()
                 try:
                     frame = decode(raw)
                 except ValueError as exc:
@@ -636,29 +641,29 @@ class ReconnectingWebSocketClient:
                 _fail(pub.future, ClientError(f"hub refused publish: {frame.get('message')}"))
                 return
 
-    async def _heartbeat(self, ws: ClientConnection) -> None:
+    async def _heartbeat(self, ws: _LivenessConnection) -> None:
         """Declare the connection dead after ``max_missed_heartbeats`` pings with no answer and no frame.
 
-        Sleeps until ``interval`` after the last inbound frame, then pings back to back, so a silent
-        drop is detected within interval + missed x timeout.
+        Sleeps until ``interval`` after the last inbound bytes (a message, the hub's own ping, a pong),
+        then pings back to back, so a silent drop is detected within interval + missed x timeout.
         """
         missed = 0
         while True:
             if self._inbox is not None and self._inbox.full():
-                self._last_rx = time.monotonic()  # we stopped reading (slow handlers), the peer did not
-            idle_for = time.monotonic() - self._last_rx
+                ws.last_rx = time.monotonic()  # we stopped reading (slow handlers), the peer did not
+            idle_for = time.monotonic() - ws.last_rx
             if idle_for < self.heartbeat_interval:
                 await asyncio.sleep(self.heartbeat_interval - idle_for)
                 continue
             sent_at = time.monotonic()
+            self.stats["pings_sent"] += 1
             try:
                 async with asyncio.timeout(self.heartbeat_timeout):
                     pong = await ws.ping()
                     await pong
                 missed = 0
-                self._last_rx = time.monotonic()
             except TimeoutError:
-                if self._last_rx > sent_at:
+                if ws.last_rx > sent_at:
                     missed = 0
                     continue
                 missed += 1
@@ -705,6 +710,20 @@ class ReconnectingWebSocketClient:
 
 class _ProtocolMismatch(Exception):
     pass
+
+
+class _LivenessConnection(ClientConnection):
+    """Remembers when bytes last arrived: data, the hub's pings, pongs, all prove the peer is alive.
+
+    Hooked at ``asyncio.Protocol.data_received`` (a stable interface), so frames websockets handles
+    internally (pings) count too, and a busy or hub-pinged connection never needs our own ping.
+    """
+
+    last_rx = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        super().data_received(data)
 
 
 def _fail(future: asyncio.Future[Any], exc: Exception) -> None:

@@ -134,6 +134,7 @@ class Hub:
         self.hub_id = secrets.token_hex(6)
         self.enabled = not legacy and flags_redis is None
         self.draining = False
+        self.stopping = asyncio.Event()
         self.channels: dict[str, _Channel] = {}
         self.sessions: set[_Session] = set()
         self.registry = CollectorRegistry()
@@ -162,7 +163,11 @@ class Hub:
 
     # -- feature flag -------------------------------------------------------------------------------
     async def watch_flag(self) -> None:
-        """Poll the flag hash; keep the last known value while Redis is unreachable (log once per outage)."""
+        """Poll the flag hash; keep the last known value while Redis is unreachable (log once per outage).
+
+        Stops on :attr:`stopping` rather than on cancellation alone: redis-py can turn a cancellation that
+        lands inside a command into a connection error, which the loop would then survive.
+        """
         if self.flags_redis is None or self.legacy:
             return
         import redis.asyncio as aioredis
@@ -170,7 +175,7 @@ class Hub:
         client = aioredis.from_url(self.flags_redis, decode_responses=True)
         failing = False
         try:
-            while True:
+            while not self.stopping.is_set():
                 try:
                     value = await client.hget(self.flags_key, self.flag)
                     enabled = value not in FLAG_OFF_VALUES
@@ -190,9 +195,11 @@ class Hub:
                             "on" if self.enabled else "off",
                         )
                     failing = True
-                await asyncio.sleep(self.flag_refresh)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.flag_refresh)
         finally:
-            await client.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 2.0)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -472,9 +479,10 @@ class HubServer:
         self._server.close(close_connections=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout)
+        self.hub.stopping.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=timeout)
         self._server = None
 
     async def __aenter__(self) -> HubServer:
