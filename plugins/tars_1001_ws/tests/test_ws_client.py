@@ -500,3 +500,32 @@ async def test_close_1013_with_retry_after_hint_is_honoured_and_keeps_escalating
     assert all("1013" in (e.reason or "") for e in events)
     assert all(e.delay is not None and e.delay >= 0.3 for e in events)  # the hint, plus jitter
     assert [e.attempt for e in events[:3]] == [1, 2, 3]  # 1013 is a failure: no reset
+
+
+async def test_a_hub_that_never_confirms_the_resubscribe_is_left_and_retried():
+    async def mute(ws):  # negotiates v1.0.1, then ignores every frame
+        async for _ in ws:
+            pass
+
+    async with ws_serve(mute, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with FaultProxy("127.0.0.1", port) as p:
+            rec = Recorder()
+            client = ReconnectingWebSocketClient(
+                f"ws://127.0.0.1:{port}/", host=p.host, port=p.port, **{**FAST, "request_timeout": 0.3}
+            )
+            client.add_listener(rec.listener)
+            async with client:
+                await client.subscribe("never", rec.handler)  # unconfirmed: stays desired
+                p.reset()
+                await eventually(lambda: rec.count(S.DISCONNECTED) >= 2, what="second disconnect")
+                reasons = [e.reason or "" for e in rec.events if e.state is S.DISCONNECTED]
+                assert any("session failed" in r and "Timeout" in r for r in reasons[1:])
+                await eventually(lambda: rec.count(S.CONNECTING) >= 3, what="still retrying")
+            assert "never" in client.subscriptions
+
+
+async def test_overlong_channel_names_are_refused_before_sending(hub):
+    async with ReconnectingWebSocketClient(hub.url, **FAST) as client:
+        with pytest.raises(ValueError, match="at most 200 characters"):
+            await client.subscribe("x" * 201, lambda m: None)

@@ -42,6 +42,7 @@ from websockets.uri import parse_uri
 from tars_1001_ws.protocol import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
+    MAX_CHANNEL_NAME,
     SUBPROTOCOL,
     decode,
     encode,
@@ -314,8 +315,8 @@ class ReconnectingWebSocketClient:
         If connected, waits for the hub to confirm; otherwise the subscription is made on reconnect.
         ``on_resync`` is called (besides the RESYNC_REQUIRED state event) when a gap cannot be replayed.
         """
-        if not isinstance(channel, str) or not channel:
-            raise ValueError("channel must be a non-empty string")
+        if not isinstance(channel, str) or not 0 < len(channel) <= MAX_CHANNEL_NAME:
+            raise ValueError(f"channel must be a non-empty string of at most {MAX_CHANNEL_NAME} characters")
         sub = self._subs.get(channel)
         if sub is not None:
             sub.handler, sub.resync = handler, on_resync
@@ -438,6 +439,9 @@ class ReconnectingWebSocketClient:
                     reason, retry_after = str(lost), lost.retry_after
                     if lost.restart:
                         attempt = 0
+                except Exception as exc:  # e.g. the hub never answered the resubscribe: start over
+                    reason = f"session failed: {_describe(exc)}"
+                    log.warning("%s: %s", self.url, reason)
                 finally:
                     self._ws = None
                     ws.transport.abort()
@@ -490,7 +494,7 @@ class ReconnectingWebSocketClient:
         self._emit(StateEvent(ConnectionState.CONNECTED))
         reader = asyncio.create_task(self._read_loop(ws))
         heartbeat = asyncio.create_task(self._heartbeat(ws), name="heartbeat")
-        sender: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Future[Any]] = [reader, heartbeat]
         try:
             if self._subs:
                 self._emit(StateEvent(ConnectionState.RECOVERING))
@@ -499,10 +503,9 @@ class ReconnectingWebSocketClient:
                     for name, sub in self._subs.items()
                 ]
                 recovering = asyncio.ensure_future(self._request({"type": "subscribe", "channels": specs}))
-                done, _ = await asyncio.wait({recovering, reader, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+                tasks.append(recovering)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 if recovering not in done:
-                    recovering.cancel()
-                    await asyncio.gather(recovering, return_exceptions=True)
                     _raise_from(done)
                 result = recovering.result()
                 complete = all(entry.get("recovered", False) for entry in result.get("channels", []))
@@ -512,13 +515,14 @@ class ReconnectingWebSocketClient:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             sender = asyncio.create_task(self._send_loop(ws))
-            done, _ = await asyncio.wait({reader, heartbeat, sender}, return_when=asyncio.FIRST_COMPLETED)
+            tasks.append(sender)
+            done, _ = await asyncio.wait([reader, heartbeat, sender], return_when=asyncio.FIRST_COMPLETED)
             _raise_from(done)
         finally:
-            for task in (reader, heartbeat, sender):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (reader, heartbeat, sender) if t is not None), return_exceptions=True)
+            # every task of this connection ends with it, and its outcome is collected (no stray warnings)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         ws = self._ws
@@ -733,9 +737,9 @@ def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
         future.exception()
 
 
-def _raise_from(done: Iterable[asyncio.Task[Any]]) -> None:
+def _raise_from(done: Iterable[asyncio.Future[Any]]) -> None:
     """Re-raise why the session ended; the heartbeat's verdict wins over the reader's closed socket."""
-    for task in sorted(done, key=lambda t: t.get_name() != "heartbeat"):
+    for task in sorted(done, key=lambda t: not (isinstance(t, asyncio.Task) and t.get_name() == "heartbeat")):
         exc = task.exception()
         if exc is not None:
             raise exc

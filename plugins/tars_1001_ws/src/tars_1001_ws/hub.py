@@ -40,6 +40,7 @@ from tars_1001_ws.protocol import (
     CLOSE_TRY_AGAIN_LATER,
     DEFAULT_FLAG,
     INFO_PATH,
+    MAX_CHANNEL_NAME,
     METRICS_PATH,
     SUBPROTOCOL,
     decode,
@@ -49,7 +50,6 @@ from tars_1001_ws.protocol import (
 log = logging.getLogger("tars_1001_ws.hub")
 
 HUB_VERSION = "1.0.1"
-MAX_CHANNEL_NAME = 200
 FLAG_OFF_VALUES = (None, "", "0", "off", "false")
 
 

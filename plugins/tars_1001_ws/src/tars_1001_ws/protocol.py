@@ -24,6 +24,9 @@ METRICS_PATH = "/metrics"
 DEFAULT_FLAG = "tars-1001-ws-reconnect"
 """The feature flag that enables v1.0.1 on the hub (and the reconnecting client in T.A.R.S. services)."""
 
+MAX_CHANNEL_NAME = 200
+"""Longest channel name the hub accepts (the client refuses longer ones before sending)."""
+
 # Close codes the client treats specially (RFC 6455 / IANA registry).
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
