@@ -529,3 +529,23 @@ async def test_overlong_channel_names_are_refused_before_sending(hub):
     async with ReconnectingWebSocketClient(hub.url, **FAST) as client:
         with pytest.raises(ValueError, match="at most 200 characters"):
             await client.subscribe("x" * 201, lambda m: None)
+
+
+async def test_close_from_inside_a_handler(hub):
+    client = ReconnectingWebSocketClient(hub.url, **FAST)
+    closed = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        await client.close(timeout=2.0)
+        closed.set()
+
+    async with client:
+        await client.subscribe("bye", handler)
+        await client.publish("bye", 1)
+        await asyncio.wait_for(closed.wait(), 10)  # hang guard
+    assert client.state is S.CLOSED
+    mine = f"-{client.client_id}"
+    await eventually(
+        lambda: not [t for t in asyncio.all_tasks() if t.get_name().endswith(mine)],
+        what="no task of the closed client left",
+    )

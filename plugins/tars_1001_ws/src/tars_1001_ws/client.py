@@ -385,15 +385,19 @@ class ReconnectingWebSocketClient:
             try:
                 async with asyncio.timeout(min(self.close_timeout, timeout / 2)):
                     await ws.close()
-            except (TimeoutError, Exception):
+            except Exception:  # TimeoutError or a connection already broken: abort below either way
                 pass
             ws.transport.abort()
-        for task in (self._runner, self._dispatcher):
-            if task is not None:
-                task.cancel()
-        tasks = [t for t in (self._runner, self._dispatcher) if t is not None]
+        # close() may be called from a handler, i.e. from the dispatcher itself: that task is stopped
+        # once this call returns, not cancelled under our own feet
+        current = asyncio.current_task()
+        tasks = [t for t in (self._runner, self._dispatcher) if t is not None and t is not current]
+        for task in tasks:
+            task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        if current is not None and current in (self._runner, self._dispatcher):
+            asyncio.get_running_loop().call_soon(current.cancel)
         while self._outbox:
             _fail(self._outbox.popleft().future, ClientClosed("client closed before the hub acknowledged"))
         self._outbox_bytes = 0
