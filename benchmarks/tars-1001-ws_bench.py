@@ -82,7 +82,7 @@ def table(r: dict) -> str:
         ("reconnect p50 (s)", f"{rb['p50']:.3f}", f"{ra['p50']:.3f}", "< 5 s typical"),
         ("reconnect p95 (s)", f"{rb['p95']:.3f}", f"{ra['p95']:.3f}", "< 1.5 s, hub reachable at once"),
         ("reconnect max (s)", f"{rb['max']:.3f}", f"{ra['max']:.3f}", "< 30 s"),
-        ("resubscribed after reconnect", "no", "yes", "automatic"),
+        ("resubscribed after reconnect", "by hand", "yes", "automatic"),
         (
             f"silent drop detected, max of {sd['n']} (s)",
             "-",
