@@ -49,7 +49,7 @@ SANDBOX_TRAINERS = ("sandbox-trainer-a", "sandbox-trainer-b")  # hash buckets 0.
 def tars_plugin_info() -> PluginInfo:
     return PluginInfo(
         name=NAME,
-        title="PPO trainer memory leak fix (bounded rollout buffer, no retracing), canary by feature flag",
+        title="TARS-1005: PPO trainer without the memory leak (bounded buffer, no retracing), canary by flag",
         kind="hotfix",
         fix_id="TARS-1005",
         config=PPOFixConfig,
