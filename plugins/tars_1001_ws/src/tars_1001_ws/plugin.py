@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -102,7 +103,7 @@ async def _wait_enabled(url: str, want: bool, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
-def _state_file(ctx: Context) -> Any:
+def _state_file(ctx: Context) -> Path:
     return ctx.state_dir / "flag-before-apply.json"
 
 
