@@ -346,25 +346,40 @@ async def reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> l
     return times
 
 
+async def plain_subscriber(
+    ws_url: str,
+    channel: str,
+    *,
+    on_subscribed: Callable[[], Any] = lambda: None,
+    on_data: Callable[[Any], Any] = lambda data: None,
+    **connect_kwargs: Any,
+) -> None:
+    """The "before" of every figure: the idiomatic `websockets` reconnect loop on the v1.0.0 protocol,
+    resubscribing by hand after each reconnect (websockets itself restores nothing). Runs until cancelled."""
+    async for ws in connect(ws_url, proxy=None, **connect_kwargs):
+        try:
+            await ws.send(encode({"type": "subscribe", "channels": [channel]}))
+            async for raw in ws:
+                frame = decode(raw)
+                if frame["type"] == "subscribed":
+                    on_subscribed()
+                elif frame["type"] == "msg":
+                    on_data(frame.get("data"))
+        except ConnectionClosed:
+            continue
+
+
 async def plain_reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
-    """The same for the idiomatic plain `websockets` loop (``async for ws in connect(...)``)."""
+    """The same for the plain loop: seconds from a reset to the hub's reply to the new subscribe."""
     host, port = host_port(ws_url)
     times: list[float] = []
     subscribed = asyncio.Event()
     channel = f"tars-1001-bench:{uuid.uuid4().hex[:8]}"
-
-    async def run() -> None:
-        async for ws in connect(ws_url, host=proxy.host, port=proxy.port, proxy=None):
-            try:
-                await ws.send(encode({"type": "subscribe", "channels": [channel]}))
-                subscribed.set()
-                async for _ in ws:
-                    pass
-            except ConnectionClosed:
-                continue
-
     async with FaultProxy(host, port) as proxy:
-        task = asyncio.create_task(run())
+        task = asyncio.create_task(
+            plain_subscriber(ws_url, channel, on_subscribed=subscribed.set, host=proxy.host, port=proxy.port)
+        )
+        await subscribed.wait()
         try:
             for _ in range(drops):
                 await asyncio.sleep(spacing)
@@ -427,29 +442,19 @@ async def loss_over_drops(
     ready = asyncio.Event()
     async with FaultProxy(host, port) as proxy:
         if plain:
-
-            async def run_plain() -> None:
-                async for ws in connect(
+            sub_task = asyncio.create_task(
+                plain_subscriber(
                     ws_url,
+                    channel,
+                    on_subscribed=ready.set,
+                    on_data=got.append,
                     host=proxy.host,
                     port=proxy.port,
-                    proxy=None,
                     ping_interval=heartbeat,
                     ping_timeout=3 * heartbeat,
                     close_timeout=0.5,
-                ):
-                    try:
-                        await ws.send(encode({"type": "subscribe", "channels": [channel]}))
-                        async for raw in ws:
-                            frame = decode(raw)
-                            if frame["type"] == "subscribed":
-                                ready.set()
-                            elif frame["type"] == "msg":
-                                got.append(frame["data"])
-                    except ConnectionClosed:
-                        continue
-
-            sub_task = asyncio.create_task(run_plain())
+                )
+            )
             sub_client = None
         else:
             sub_client = ReconnectingWebSocketClient(
@@ -557,24 +562,16 @@ async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool 
     holders: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     if plain:
-        connected = 0
+        subscribed = [0]
 
-        async def run_plain(channel: str) -> None:
-            nonlocal connected
-            async for ws in connect(ws_url, proxy=None):
-                try:
-                    await ws.send(encode({"type": "subscribe", "channels": [channel]}))
-                    connected += 1
-                    async for _ in ws:
-                        pass
-                except ConnectionClosed:
-                    continue
+        def count() -> None:
+            subscribed[0] += 1
 
         for i in range(clients):
-            tasks.append(asyncio.create_task(run_plain(f"idle:{i % 50}")))
+            tasks.append(asyncio.create_task(plain_subscriber(ws_url, f"idle:{i % 50}", on_subscribed=count)))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)
-        while connected < clients:
+        while subscribed[0] < clients:
             await asyncio.sleep(0.1)
     else:
         for i in range(0, clients, 50):
