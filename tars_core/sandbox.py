@@ -1184,7 +1184,7 @@ def _print_status(doc: dict[str, Any], out: Any) -> None:
         width = max(len(r["name"]) for r in doc["services"]) + 2
         print(f"{'SERVICE':<{width}}{'PID':>8}  {'PORT':>6}  HEALTH", file=out)
         for r in doc["services"]:
-            detail = f" ({r['detail']})" if r["detail"] else ""
+            detail = f" ({r['detail']}; log {_show(Path(r['log']))})" if r["detail"] else ""
             print(
                 f"{r['name']:<{width}}{r['pid'] or '-':>8}  {r['port'] or '-':>6}  {r['health']}{detail}",
                 file=out,
@@ -1213,7 +1213,7 @@ def run_command(host: PluginHost, root: Path, action: str, fmt: str) -> int:
             done = (
                 "created"
                 if result.created
-                else ("started " + ", ".join(result.started) if result.started else "already running")
+                else ("restarted " + ", ".join(result.started) if result.started else "already running")
             )
             print(f"tars: sandbox {done} in {result.seconds:.1f}s", file=out)
             _print_status(doc, out)
@@ -1235,6 +1235,8 @@ def run_command(host: PluginHost, root: Path, action: str, fmt: str) -> int:
             _print_status(doc, out)
             if doc["state"] == "absent":
                 print("no sandbox yet: `tars-run sandbox up` creates one", file=out)
+        if doc["state"] == "degraded":
+            print("`tars-run sandbox up` restarts what is down", file=out)
         code = 0 if doc["state"] == "running" else 1
     else:
         raise UsageError(f"unknown sandbox action {action!r}: use up, down, status or reset")
