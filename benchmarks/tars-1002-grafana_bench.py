@@ -30,7 +30,12 @@ def main() -> int:
     ap.add_argument("--regions", type=int, default=5)
     ap.add_argument("--hours", type=float, default=24.0, help="history backfilled and dashboard time range")
     ap.add_argument("--resolution", type=int, default=30, help="seconds between backfilled samples")
-    ap.add_argument("--step", type=int, default=60, help="query_range step (Grafana's for 24 h on a wide panel)")
+    ap.add_argument("--step", type=int, default=60, help="rule evaluation interval of the backfill, and the "
+                    "query_range step unless --query-step")
+    ap.add_argument("--range-hours", type=float, help="dashboard time range (default: all of --hours)")
+    ap.add_argument("--query-step", type=int, help="query_range step for the dashboard range")
+    ap.add_argument("--seed-calls", type=int, default=0,
+                    help="also time the seed's example panel over all of --hours this many times")
     ap.add_argument("--calls", type=int, default=20, help="timed query_range calls per panel query")
     ap.add_argument("--loads", type=int, default=5, help="whole-dashboard loads, raw and patched")
     ap.add_argument("--workdir", type=Path, help="keep the TSDB here instead of a temp dir")
@@ -38,7 +43,8 @@ def main() -> int:
     ns = ap.parse_args()
     t0 = time.time()
     report = bench.run(agents=ns.agents, regions=ns.regions, hours=ns.hours, resolution=ns.resolution,
-                       step=ns.step, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
+                       step=ns.step, range_hours=ns.range_hours, query_step=ns.query_step,
+                       seed_calls=ns.seed_calls, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
                        log=lambda s: print(s, flush=True))
     metrics = bench.summary_metrics(report)
     header = [
@@ -47,7 +53,11 @@ def main() -> int:
         f"({platform.machine()}, {__import__('os').cpu_count()} CPUs), prometheus from the Debian package; "
         f"setup (backfill) {report.setup_s:.0f} s, total {time.time() - t0:.0f} s.", "",
         f"Command: `python benchmarks/tars-1002-grafana_bench.py --agents {ns.agents} --regions {ns.regions} "
-        f"--hours {ns.hours:g} --resolution {ns.resolution} --step {ns.step} --calls {ns.calls} --loads {ns.loads}`",
+        f"--hours {ns.hours:g} --resolution {ns.resolution} --step {ns.step} "
+        + (f"--range-hours {ns.range_hours:g} " if ns.range_hours else "")
+        + (f"--query-step {ns.query_step} " if ns.query_step else "")
+        + (f"--seed-calls {ns.seed_calls} " if ns.seed_calls else "")
+        + f"--calls {ns.calls} --loads {ns.loads}`",
         "", "| figure | raw (v1.0.0) | recorded (v1.0.1) | unit | target | met |", "|---|---|---|---|---|---|",
     ]
     for m in metrics:

@@ -61,6 +61,7 @@ class BenchReport:
     hours: float
     resolution_s: int
     step_s: int
+    range_hours: float
     series_total: int
     samples_total: int
     evaluations: float
@@ -68,6 +69,7 @@ class BenchReport:
     dashboard_raw_ms: list[float]
     dashboard_recorded_ms: list[float]
     setup_s: float
+    seed_example: dict[str, Any] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -206,7 +208,8 @@ def _wait_compacted(tsdb: Path, timeout: float) -> int:
 
 
 def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution: int = 30, step: int = 60,
-        calls: int = 20, loads: int = 5, workdir: Path | None = None,
+        range_hours: float | None = None, query_step: int | None = None, seed_calls: int = 0, calls: int = 20,
+        loads: int = 5, workdir: Path | None = None,
         dashboards: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print) -> BenchReport:
     from tars_1002_grafana.plugin import dashboard_files
 
@@ -233,56 +236,76 @@ def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution:
         rule_file.write_text(render_rule_file(needed, {g: f"{step}s" for g in group_intervals()}),
                              encoding="utf-8")
         server = PrometheusServer(tmp / "prom", tsdb=tmp / "tsdb", rules_dir=tmp / "prom" / "rules",
-                                  extra_args=["--query.timeout=10m"], retention="3650d")
-        blocks = tmp / "rule-blocks"
-        shutil.rmtree(blocks, ignore_errors=True)
-        server.start(timeout=300)
-        try:
-            log(f"evaluating {len(needed)} recording rules over {(end - start) / 3600:g} h with "
-                "promtool tsdb create-blocks-from rules")
-            promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start)}", f"--end={int(end)}",
-                     f"--url={server.url}", f"--output-dir={blocks}", f"--eval-interval={step}s", str(rule_file),
-                     timeout=7200)
-        finally:
-            server.stop()
-        for block in blocks.iterdir():
-            if block.is_dir():
-                shutil.move(str(block), str(tmp / "tsdb" / block.name))
-        server.start(timeout=300)
+                                  extra_args=["--query.timeout=10m"], retention="3650d",
+                                  process_name="tars-1002-bench-prometheus")
+        rules_marker = tmp / "rules-backfilled.json"
+        wanted = sorted(r.record for r in needed)
+        if rules_marker.exists() and json.loads(rules_marker.read_text()) == wanted:
+            log(f"reusing the {len(needed)} backfilled recording rules")
+            server.start(timeout=300)
+        else:
+            blocks = tmp / "rule-blocks"
+            shutil.rmtree(blocks, ignore_errors=True)
+            server.start(timeout=300)
+            try:
+                log(f"evaluating {len(needed)} recording rules over {(end - start) / 3600:g} h with "
+                    "promtool tsdb create-blocks-from rules")
+                promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start)}", f"--end={int(end)}",
+                         f"--url={server.url}", f"--output-dir={blocks}", f"--eval-interval={step}s",
+                         str(rule_file), timeout=7200)
+            finally:
+                server.stop()
+            for block in blocks.iterdir():
+                if block.is_dir():
+                    shutil.move(str(block), str(tmp / "tsdb" / block.name))
+            rules_marker.write_text(json.dumps(wanted))
+            server.start(timeout=300)
         log("waiting for Prometheus to compact the backfilled blocks")
         blocks_left = _wait_compacted(tmp / "tsdb", timeout=1800)
         log(f"{blocks_left} blocks after compaction")
         setup_s = time.perf_counter() - setup
+        qstep = query_step or step
+        qstart = end - range_hours * 3600 if range_hours else start
         try:
-            with Prometheus(server.url, timeout=600) as prom:
+            with Prometheus(server.url, timeout=900) as prom:
                 series_total = int(float(prom.query("count({__name__=~\".+\"})", at=end)[0]["value"][1]))
                 ev = prom.query(f"sum(increase(tars_evaluations_total[{int(end - start)}s]))", at=end)
                 evaluations = float(ev[0]["value"][1]) if ev else 0.0
                 log(f"{series_total:,} series, {evaluations:,.0f} evaluations in the window; timing "
-                    f"{len(queries)} panel queries x {calls} calls")
+                    f"{len(queries)} panel queries x {calls} calls over {(end - qstart) / 3600:g} h, step {qstep} s")
                 panels = []
                 for q in queries:
-                    raw = grafana_expr(q.raw, step, resolution)
+                    raw = grafana_expr(q.raw, qstep, resolution)
                     row: dict[str, Any] = {"dashboard": q.dashboard, "panel": q.panel, "ref": q.ref, "raw": raw}
-                    t_raw = _time(prom, raw, start, end, step, calls)
+                    t_raw = _time(prom, raw, qstart, end, qstep, calls)
                     row["raw_p50_ms"], row["raw_p95_ms"] = _pct(t_raw, 0.5), _pct(t_raw, 0.95)
-                    row["raw_series"] = sum(prom.series_count(s, start, end) for s in _selectors(raw))
+                    row["raw_series"] = sum(prom.series_count(s, qstart, end) for s in _selectors(raw))
                     if q.recorded:
-                        rec = grafana_expr(q.recorded, step, resolution)
-                        t_rec = _time(prom, rec, start, end, step, calls)
+                        rec = grafana_expr(q.recorded, qstep, resolution)
+                        t_rec = _time(prom, rec, qstart, end, qstep, calls)
                         row.update(recorded=rec, rec_p50_ms=_pct(t_rec, 0.5), rec_p95_ms=_pct(t_rec, 0.95),
-                                   rec_series=sum(prom.series_count(s, start, end) for s in _selectors(rec)))
+                                   rec_series=sum(prom.series_count(s, qstart, end) for s in _selectors(rec)))
                     panels.append(row)
                     log(f"  {q.panel[:44]:44} raw p50 {row['raw_p50_ms']:8.1f} ms"
                         + (f"  recorded p50 {row['rec_p50_ms']:7.1f} ms" if q.recorded else "  (not rewritten)"))
+                seed: dict[str, Any] = {}
+                if seed_calls:
+                    p = next(p for p in panels if p["panel"] == "Evaluation latency p95 by agent")
+                    log(f"seed example over the whole {(end - start) / 3600:g} h, step {step} s, {seed_calls} calls")
+                    t_raw = _time(prom, p["raw"], start, end, step, seed_calls)
+                    t_rec = _time(prom, p["recorded"], start, end, step, seed_calls)
+                    seed = {"panel": p["panel"], "range_hours": (end - start) / 3600, "step_s": step,
+                            "calls": seed_calls, "raw": p["raw"], "recorded": p["recorded"],
+                            "raw_ms": t_raw, "rec_ms": t_rec}
+                    log(f"  raw median {statistics.median(t_raw):.0f} ms, recorded {statistics.median(t_rec):.0f} ms")
             raw_exprs = [p["raw"] for p in panels]
             rec_exprs = [p.get("recorded") or p["raw"] for p in panels]
-            dash_raw = [_load_dashboard(server.url, raw_exprs, start, end, step) for _ in range(loads)]
-            dash_rec = [_load_dashboard(server.url, rec_exprs, start, end, step) for _ in range(loads)]
+            dash_raw = [_load_dashboard(server.url, raw_exprs, qstart, end, qstep) for _ in range(loads)]
+            dash_rec = [_load_dashboard(server.url, rec_exprs, qstart, end, qstep) for _ in range(loads)]
         finally:
             server.stop()
-        return BenchReport(agents, regions, hours, resolution, step, series_total, samples, evaluations, panels,
-                           dash_raw, dash_rec, setup_s)
+        return BenchReport(agents, regions, (end - start) / 3600, resolution, qstep, (end - qstart) / 3600,
+                           series_total, samples, evaluations, panels, dash_raw, dash_rec, setup_s, seed)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -311,7 +334,8 @@ def summary_metrics(report: BenchReport) -> list[Any]:
 
 def markdown(report: BenchReport) -> str:
     lines = [f"{report.agents} agents x {report.regions} regions, {report.hours:g} h sampled every "
-             f"{report.resolution_s} s, queried with step {report.step_s} s: {report.series_total:,} series, "
+             f"{report.resolution_s} s; dashboard range {report.range_hours:g} h, step {report.step_s} s; "
+             f"{report.series_total:,} series, "
              f"{report.samples_total:,} raw samples, "
              f"{report.evaluations:,.0f} evaluations in the window.", "",
              "| panel | raw p50 ms | raw p95 ms | raw series | recorded p50 ms | recorded p95 ms | recorded series "
@@ -330,6 +354,11 @@ def markdown(report: BenchReport) -> str:
               f"(max {max(report.dashboard_raw_ms):.0f}), "
               f"patched {statistics.median(report.dashboard_recorded_ms):.0f} ms "
               f"(max {max(report.dashboard_recorded_ms):.0f})."]
+    s = report.seed_example
+    if s:
+        lines += ["", f"Seed example over the whole {s['range_hours']:g} h (step {s['step_s']} s, {s['calls']} calls): "
+                  f"`{s['raw']}` median {statistics.median(s['raw_ms']):.0f} ms (max {max(s['raw_ms']):.0f}); "
+                  f"`{s['recorded']}` median {statistics.median(s['rec_ms']):.0f} ms (max {max(s['rec_ms']):.0f})."]
     return "\n".join(lines)
 
 

@@ -117,7 +117,8 @@ class PrometheusServer:
 
     def __init__(self, workdir: Path, *, rules_dir: Path | None = None, scrape_targets: Sequence[str] = (),
                  scrape_interval: str = "5s", tsdb: Path | None = None, extra_args: Sequence[str] = (),
-                 lookback: str | None = None, retention: str = "30d", lifecycle: bool = True) -> None:
+                 lookback: str | None = None, retention: str = "30d", lifecycle: bool = True,
+                 process_name: str | None = None) -> None:
         self.workdir = workdir
         self.rules_dir = rules_dir or workdir / "rules"
         self.tsdb = tsdb or workdir / "tsdb"
@@ -127,6 +128,7 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.retention = retention
         self.lifecycle = lifecycle
+        self.process_name = process_name
         self.extra_args = list(extra_args)
         if lookback:
             self.extra_args.append(f"--query.lookback-delta={lookback}")
@@ -152,6 +154,13 @@ class PrometheusServer:
         if exe is None:
             raise RuntimeError("the prometheus binary is not installed (Debian package 'prometheus')")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.process_name:
+            # a long benchmark runs under its own name, so a cleanup of the distribution's daemon
+            # (`pkill -x prometheus`) elsewhere on a shared machine does not end it midway
+            link = self.workdir / self.process_name
+            if not link.exists():
+                link.symlink_to(exe)
+            exe = str(link)
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         self.tsdb.mkdir(parents=True, exist_ok=True)
         cfg = self.write_config()
