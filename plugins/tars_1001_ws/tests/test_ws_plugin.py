@@ -69,6 +69,14 @@ async def test_conformance_apply_verify_rollback(flagged_hub, flags_key, tmp_pat
 
 
 @pytest.mark.asyncio
+async def test_conformance_with_a_hub_that_is_not_flag_driven(hub, flags_key, tmp_path):
+    """A hub that always offers v1.0.1: apply proves the protocol before touching the flag; verify then
+    fails after rollback because the services' flag is off, though the hub still speaks v1.0.1."""
+    ctx = ctx_for(hub.url, flags_key, tmp_path)
+    await check_conformance(plugin, ctx)
+
+
+@pytest.mark.asyncio
 async def test_verify_reports_each_behaviour(flagged_hub, flags_key, tmp_path):
     ctx = ctx_for(flagged_hub.url, flags_key, tmp_path)
     assert (await plugin.tars_apply(ctx)).changed

@@ -123,19 +123,25 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     if info.get("flag") not in (None, cfg.flag):
         raise FixError(f"the hub obeys flag {info['flag']!r} but plugins.{NAME}.flag is {cfg.flag!r}: make them agree")
     current = await ctx.flags.get(cfg.flag)
-    if current not in OFF_VALUES and info.get("enabled"):
+    flag_on = current not in OFF_VALUES
+    # Where the hub already speaks v1.0.1 (it is not flag-driven, or the flag is on), prove it on the
+    # wire before touching the flag. A flag-driven hub only speaks it once the flag is on: then the probe
+    # follows the flag, and a failed probe puts the flag back.
+    if info.get("enabled"):
         try:
-            await probe_protocol(url, cfg.probe_timeout)
-            return ApplyResult(changed=False, detail=f"flag {cfg.flag} already on and the hub speaks {SUBPROTOCOL}")
+            detail = await probe_protocol(url, cfg.probe_timeout)
         except HubError as exc:
-            ctx.log.warning("flag %s is on but the protocol probe failed (%s); re-applying", cfg.flag, exc)
+            raise FixError(f"{exc}; flag {cfg.flag} left as {current!r}") from None
+        if flag_on:
+            return ApplyResult(changed=False, detail=f"flag {cfg.flag} already on and the hub speaks {SUBPROTOCOL}")
     if ctx.dry_run:
         ctx.log.info(
-            "dry run: would set flag %s from %r to 'on' at %s and probe %s on the hub",
+            "dry run: would set flag %s from %r to 'on' at %s (hub offers %s: %s)",
             cfg.flag,
             current,
             ctx.targets.flags_key,
             SUBPROTOCOL,
+            "yes" if info.get("enabled") else "once the flag is on",
         )
         return ApplyResult(changed=False, detail="dry run: nothing changed")
     state = _state_file(ctx)
@@ -143,18 +149,18 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"flag": cfg.flag, "value": current}))
     await ctx.flags.set(cfg.flag, "on")
-    try:
-        if info.get("flag") is not None:
+    if not info.get("enabled"):
+        try:
             info = await _wait_enabled(url, True, cfg.flag_propagation_timeout)
             if not info.get("enabled"):
                 raise HubError(
                     f"the hub did not pick up flag {cfg.flag} within {cfg.flag_propagation_timeout:g} s "
                     f"(does it read {ctx.targets.flags_key} on the same Redis?)"
                 )
-        detail = await probe_protocol(url, cfg.probe_timeout)
-    except HubError as exc:
-        await _restore_flag(ctx, cfg.flag, current)
-        raise FixError(f"{exc}; flag {cfg.flag} restored to {current!r}") from None
+            detail = await probe_protocol(url, cfg.probe_timeout)
+        except HubError as exc:
+            await _restore_flag(ctx, cfg.flag, current)
+            raise FixError(f"{exc}; flag {cfg.flag} restored to {current!r}") from None
     ctx.log.info("flag %s on; hub protocol probe: %s", cfg.flag, detail)
     return ApplyResult(changed=True, detail=f"flag {cfg.flag} on; {detail}")
 
