@@ -114,8 +114,9 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution | None:
     Called once per plugin when ``tars-run sandbox up`` creates (or ``reset`` recreates) the sandbox,
     after the sandbox's PostgreSQL and Redis are up and ``site.targets`` points at them (Prometheus
     starts once every contribution's scrape targets are known).
-    The returned services are recorded in the sandbox state and restarted by later ``up`` calls
-    without calling this hook again.
+    Also called once for a plugin installed after the sandbox was created (it joins on the next
+    command). The returned services are recorded in the sandbox state and restarted by later ``up``
+    calls without calling this hook again.
 
     :returns: :class:`tars_core.SandboxContribution`, or ``None`` when the plugin needs nothing.
     """
