@@ -44,7 +44,7 @@ def test_seed_has_production_skew() -> None:
 async def test_sandbox_contribution_and_idempotent_seed(empty_database: str, make_ctx: Any, tmp_path: Path) -> None:
     contribution = plugin.tars_sandbox(SandboxSite(dir=tmp_path, targets=Targets(), python=sys.executable))
     assert contribution.services == ()
-    assert contribution.config == {"seed_rows": 1_000_000}
+    assert contribution.config == {"seed_rows": 1_000_000, "benchmark": {"runs": 30}}
     make_ctx(empty_database, **contribution.config)  # the contributed section is a valid config
 
     ctx = make_ctx(empty_database, seed_rows=5_000)
