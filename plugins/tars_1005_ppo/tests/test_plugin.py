@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 import tars_1005_ppo.plugin as plugin
-from conftest import SMALL, Services, wait_reported
+from ppo_support import SMALL, Services, wait_reported
 from tars_1005_ppo.config import PPOFixConfig, canary_bucket
 
 from tars_core import ApplyResult, FixError, SandboxSite, Targets

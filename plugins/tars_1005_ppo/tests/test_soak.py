@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tars_1005_ppo.plugin as plugin
-from conftest import SMALL
+from ppo_support import SMALL
 from tars_1005_ppo.soak import Sample, judge, load_verdict, read_samples
 
 from tars_core import Targets

@@ -7,7 +7,7 @@ from pathlib import Path
 import cattrs
 import numpy as np
 import pytest
-from conftest import SMALL
+from ppo_support import SMALL
 from tars_1005_ppo import PPOConfig
 from tars_1005_ppo.legacy_v100 import LeakyPPOTrainer
 from tars_1005_ppo.trainer import ConfigError, PPOTrainer
