@@ -165,7 +165,7 @@ def _fixed_code_here() -> bool:
 
 
 def _state_path(ctx: Context) -> Path:
-    return ctx.state_dir / STATE_FILE
+    return Path(ctx.state_dir) / STATE_FILE
 
 
 # -- hooks -----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import cattrs
@@ -201,7 +201,8 @@ def read_samples(path: Path) -> list[Sample]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     ints = {a.name for a in attrs.fields(Sample) if a.type in ("int", int)}
-    return [Sample(**{k: int(float(v)) if k in ints else float(v) for k, v in row.items()}) for row in rows]
+    return [Sample(**cast(dict[str, Any], {k: int(float(v)) if k in ints else float(v) for k, v in row.items()}))
+            for row in rows]
 
 
 def plot(samples: Sequence[Sample], verdict: Verdict, path: Path, warmup: str) -> None:
@@ -278,7 +279,7 @@ def run(out: Path, *, impl: str = "fixed", config: PPOConfig | None = None, dura
     if resume and ckpt.exists():
         trainer.restore(ckpt)
 
-    stop = {"signal": None}
+    stop: dict[str, int | None] = {"signal": None}
 
     def _stop(signum: int, frame: Any) -> None:
         stop["signal"] = signum

@@ -173,7 +173,8 @@ class IterationStats:
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
 
 
 class _TrainerBase:
@@ -187,8 +188,10 @@ class _TrainerBase:
     def __init__(self, config: PPOConfig) -> None:
         self.config = config
         self.envs = make_envs(config)
-        self.obs_dim = int(self.envs.single_observation_space.shape[0])
-        self.n_actions = int(self.envs.single_action_space.n)
+        obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
+        assert isinstance(obs_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
+        self.obs_dim = int(obs_space.shape[0])
+        self.n_actions = int(action_space.n)
         self.rng = np.random.default_rng(config.seed)
         tf.keras.utils.set_random_seed(config.seed)
         self.iteration = 0
@@ -261,7 +264,8 @@ class _TrainerBase:
         raise NotImplementedError
 
     def policy_logits(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(self.actor(tf.convert_to_tensor(obs, tf.float32), training=False))
+        out: np.ndarray = np.asarray(self.actor(tf.convert_to_tensor(obs, tf.float32), training=False))
+        return out
 
     def _checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(actor=self.actor, critic=self.critic)
@@ -396,7 +400,8 @@ class PPOTrainer(_TrainerBase):
 
     def policy_logits(self, obs: np.ndarray) -> np.ndarray:
         logits, _ = self._policy_step(np.asarray(obs, np.float32))
-        return logits.numpy()
+        out: np.ndarray = logits.numpy()
+        return out
 
     def train_iteration(self) -> IterationStats:
         cfg = self.config

@@ -117,7 +117,8 @@ class TrainerService:
         import redis
 
         try:
-            self.flag_value = self.redis.hget(self.flags_key, self.flag)
+            value = self.redis.hget(self.flags_key, self.flag)
+            self.flag_value = None if value is None else str(value)
         except redis.RedisError as exc:
             log.warning("cannot read flag %s (%s); keeping %s", self.flag, exc, self.impl or "legacy")
         return self.flag_value
@@ -165,7 +166,7 @@ class TrainerService:
                              "rss": rss, "tracing": tracing})
         try:
             pipe = self.redis.pipeline()
-            pipe.hset(key, mapping=status)
+            pipe.hset(key, mapping={k: str(v) for k, v in status.items()})
             pipe.sadd(f"{self.prefix}:trainers", self.trainer_id)
             pipe.lpush(f"{key}:samples", sample)
             pipe.ltrim(f"{key}:samples", 0, self.history - 1)
