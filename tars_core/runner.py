@@ -57,6 +57,7 @@ class Step:
     seconds: float = 0.0
     error: str | None = None
     detail: str | None = None
+    checks: dict[str, str] = attrs.field(factory=dict)  # VerifyResult.checks: which property held
 
 
 class Interrupted(Exception):
@@ -197,7 +198,8 @@ class Runner:
         if phase_id is not None:
             with anyio.CancelScope(shield=True):
                 await self.ledger.phase_end(phase_id, outcome, error, detail)
-        step = Step(plugin.name, phase, outcome, seconds, error, detail)
+        checks = {str(k): self.redact(str(v)) for k, v in (getattr(result, "checks", None) or {}).items()}
+        step = Step(plugin.name, phase, outcome, seconds, error, detail, checks)
         self.steps.append(step)
         tail = f"{outcome} ({seconds:.2f}s)" + (f": {error}" if error else "")
         self.progress(f"[{time.monotonic() - self._t0:7.2f}s] {plugin.name}: {phase} {tail}")

@@ -81,7 +81,8 @@ def tars_verify(ctx):
         (Path(ctx.config.dir) / f"{{NAME}}.sleeping").write_text("1")
         time.sleep(ctx.config.sleep_verify)
     ok = marker.exists() and marker.read_text() == "ok" and not ctx.config.fail_verify
-    return VerifyResult(ok=ok, detail="marker present" if ok else "marker missing or verify forced to fail")
+    return VerifyResult(ok=ok, detail="marker present" if ok else "marker missing or verify forced to fail",
+                        checks={{"marker": "present" if marker.exists() else "missing"}})
 
 
 @hookimpl

@@ -357,7 +357,9 @@ def test_rollback_command_reverses_and_is_idempotent(three: Project) -> None:
 def test_verify_command_reports_missing_fix(three: Project) -> None:
     three.config()
     assert three.run("apply").returncode == 0
-    assert three.run("verify").returncode == 0
+    code, doc = three.json("verify")
+    assert code == 0
+    assert [s["checks"] for s in doc["steps"]] == [{"marker": "present"}] * 3  # type: ignore[union-attr]
     (three.work / "fix-a.applied").write_text("tampered")
     res = three.run("verify")
     assert res.returncode == 1
