@@ -40,18 +40,29 @@ def main() -> int:
     ap.add_argument("--loads", type=int, default=5, help="whole-dashboard loads, raw and patched")
     ap.add_argument("--workdir", type=Path, help="keep the TSDB here instead of a temp dir")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("tars-1002-grafana_bench_results"))
+    ap.add_argument("--render", type=Path, help="only re-render the Markdown from a results JSON of an earlier run")
     ns = ap.parse_args()
     t0 = time.time()
-    report = bench.run(agents=ns.agents, regions=ns.regions, hours=ns.hours, resolution=ns.resolution,
-                       step=ns.step, range_hours=ns.range_hours, query_step=ns.query_step,
-                       seed_calls=ns.seed_calls, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
-                       log=lambda s: print(s, flush=True))
+    if ns.render:
+        saved = json.loads(ns.render.read_text())
+        report = bench.BenchReport.from_json(saved["report"])
+        for k, v in saved["args"].items():
+            if k in ("agents", "regions", "resolution", "step", "calls", "loads", "query_step", "seed_calls"):
+                setattr(ns, k, None if v == "None" else int(v))
+            elif k in ("hours", "range_hours"):
+                setattr(ns, k, None if v == "None" else float(v))
+        t0 = saved.get("started", t0)
+    else:
+        report = bench.run(agents=ns.agents, regions=ns.regions, hours=ns.hours, resolution=ns.resolution,
+                           step=ns.step, range_hours=ns.range_hours, query_step=ns.query_step,
+                           seed_calls=ns.seed_calls, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
+                           log=lambda s: print(s, flush=True))
     metrics = bench.summary_metrics(report)
     header = [
         "# TARS-1002 benchmark: dashboard queries raw vs recorded", "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} on {platform.node()} "
-        f"({platform.machine()}, {__import__('os').cpu_count()} CPUs), prometheus from the Debian package; "
-        f"setup (backfill) {report.setup_s:.0f} s, total {time.time() - t0:.0f} s.", "",
+        f"({platform.machine()}, {__import__('os').cpu_count()} CPUs shared with other jobs), prometheus "
+        f"from the Debian package; setup (backfill) {report.setup_s:.0f} s.", "",
         f"Command: `python benchmarks/tars-1002-grafana_bench.py --agents {ns.agents} --regions {ns.regions} "
         f"--hours {ns.hours:g} --resolution {ns.resolution} --step {ns.step} "
         + (f"--range-hours {ns.range_hours:g} " if ns.range_hours else "")
@@ -65,7 +76,8 @@ def main() -> int:
                       f"{'' if m.met is None else ('yes' if m.met else 'no')} |")
     text = "\n".join([*header, "", bench.markdown(report), ""])
     ns.out.with_suffix(".md").write_text(text, encoding="utf-8")
-    ns.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(ns).items()},
+    ns.out.with_suffix(".json").write_text(json.dumps({"started": t0,
+                                                       "args": {k: str(v) for k, v in vars(ns).items()},
                                                        "metrics": [m.__dict__ if hasattr(m, "__dict__") else
                                                                    __import__("attrs").asdict(m) for m in metrics],
                                                        "report": report.to_json()}, indent=2), encoding="utf-8")

@@ -74,6 +74,10 @@ class BenchReport:
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        return cls(**data)
+
 
 def _pct(xs: Sequence[float], q: float) -> float:
     s = sorted(xs)
@@ -311,25 +315,42 @@ def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+SEED_PANEL = "Evaluation latency p95 by agent"
+
+
 def summary_metrics(report: BenchReport) -> list[Any]:
-    """The hook's before/after figures: latency panels (histogram_quantile), worst panel, whole dashboard."""
+    """The headline before/after figures.
+
+    * the seed's own example panel (p95 by agent and region): raw vs recorded query_range p50;
+    * latency panels (every rewritten ``histogram_quantile`` query): median of the per-panel speed-ups;
+    * the slowest panel query and the whole dashboard with all panels in flight at once.
+    """
     from tars_core import Metric
 
+    def ratio(p: dict[str, Any]) -> float:
+        return float(p["raw_p50_ms"] / p["rec_p50_ms"]) if p.get("rec_p50_ms") else math.nan
+
+    out = []
+    seed = next((p for p in report.panels if p["panel"] == SEED_PANEL and "recorded" in p), None)
+    if seed is not None:
+        out.append(Metric("seed example panel (p95 by agent, region): query_range p50", round(seed["raw_p50_ms"], 1),
+                          round(seed["rec_p50_ms"], 1), "ms", "seed: 5000 ms -> 150 ms", seed["rec_p50_ms"] <= 150))
+        out.append(Metric("seed example panel: speed-up", None, round(ratio(seed), 1), "x", ">= 33x",
+                          ratio(seed) >= 33))
     latency = [p for p in report.panels if "histogram_quantile" in p["raw"] and "recorded" in p]
-    lat_raw = statistics.median([p["raw_p50_ms"] for p in latency]) if latency else math.nan
-    lat_rec = statistics.median([p["rec_p50_ms"] for p in latency]) if latency else math.nan
+    if latency:
+        med = statistics.median(ratio(p) for p in latency)
+        out.append(Metric(f"latency panels ({len(latency)} histogram_quantile queries): median speed-up", None,
+                          round(med, 1), "x", ">= 33x", med >= 33))
+        out.append(Metric("latency panels: sum of query_range p50", round(sum(p["raw_p50_ms"] for p in latency), 1),
+                          round(sum(p["rec_p50_ms"] for p in latency), 1), "ms", "", None))
     worst_raw = max(p["raw_p95_ms"] for p in report.panels)
     worst_rec = max(p.get("rec_p95_ms", p["raw_p95_ms"]) for p in report.panels)
+    out.append(Metric("slowest panel query p95", round(worst_raw, 1), round(worst_rec, 1), "ms", "", None))
     dash_raw, dash_rec = statistics.median(report.dashboard_raw_ms), statistics.median(report.dashboard_recorded_ms)
-    speedup = lat_raw / lat_rec if lat_rec else math.nan
-    return [
-        Metric("latency panels: median query_range p50", round(lat_raw, 1), round(lat_rec, 1), "ms",
-               "recorded at least 33x faster (seed: 5000 ms -> 150 ms)", speedup >= 33),
-        Metric("latency panels: speed-up", None, round(speedup, 1), "x", ">= 33x", speedup >= 33),
-        Metric("slowest panel query p95", round(worst_raw, 1), round(worst_rec, 1), "ms", "", None),
-        Metric("whole dashboard load (all panels at once), median", round(dash_raw, 1), round(dash_rec, 1), "ms",
-               "< 1000 ms patched (seed bar: 5000 ms)", dash_rec < 1000),
-    ]
+    out.append(Metric("whole dashboard load (all panels at once), median", round(dash_raw, 1), round(dash_rec, 1),
+                      "ms", "< 1000 ms patched (seed bar: 5000 ms)", dash_rec < 1000))
+    return out
 
 
 def markdown(report: BenchReport) -> str:
