@@ -192,10 +192,11 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         if current == "on" and all_fixed:
             ctx.log.info("flag %s already on and %d trainer(s) run the fixed trainer", cfg.flag, len(live))
             return ApplyResult(changed=False, detail=f"{len(live)} trainer(s) already run the fixed trainer")
-        canary = [t for t in trainers if canary_bucket(t) < cfg.canary_fraction] if cfg.canary_fraction else []
+        staged = 0 < cfg.canary_fraction < 1
+        canary = [t for t in trainers if canary_bucket(t) < cfg.canary_fraction] if staged else []
         plan = (f"set {ctx.targets.flags_key}[{cfg.flag}] " +
                 (f"to {cfg.canary_fraction:g} (canary: {', '.join(canary) or 'none'}), watch "
-                 f"{cfg.canary_observe_s:g} s, then " if 0 < cfg.canary_fraction < 1 else "") +
+                 f"{cfg.canary_observe_s:g} s, then " if staged else "") +
                 f"to 'on' for {len(trainers)} trainer(s) (now {current!r})")
         if ctx.dry_run:
             ctx.log.info("dry run: would %s", plan)
@@ -204,7 +205,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         state_path = _state_path(ctx)
         if not state_path.exists():
             state_path.write_text(json.dumps({"previous": current, "trainers": trainers, "at": time.time()}))
-        if 0 < cfg.canary_fraction < 1:
+        if staged:
             value = f"{cfg.canary_fraction:g}"
             if not canary:
                 ctx.log.warning("canary fraction %s selects none of %d trainer(s); switching all at once",
