@@ -21,7 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -91,13 +91,26 @@ def _pct(xs: Sequence[float], q: float) -> float:
 _VAR_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
 
 
-def grafana_expr(expr: str, step: int, scrape: int) -> str:
-    """The query Grafana sends with every variable at "All" (allValue ``.*``) and its macro values.
+def grafana_expr(expr: str, step: int, scrape: int, selected: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The query Grafana sends: variables at "All" (allValue ``.*``) unless ``selected`` gives their
+    values (a multi-value selection becomes ``(a|b|c)``), and Grafana's macro values.
 
     ``$__rate_interval`` is max($__interval + scrape interval, 4 × scrape interval), as Grafana defines it.
     """
-    expr = _VAR_MATCHER.sub(lambda m: f'{m.group(1)}=~".*"' if m.group(2) in ("=", "=~") else f'{m.group(1)}!~".*"',
-                            expr)
+    chosen = selected or {}
+
+    def matcher(m: re.Match[str]) -> str:
+        label, op, var = m.group(1), m.group(2), m.group(3)
+        name = re.sub(r"^\$\{?|(?::[^}]*)?\}?$|^\[\[|\]\]$", "", var)
+        values = chosen.get(name)
+        if values:
+            value = values[0] if len(values) == 1 else "(" + "|".join(values) + ")"
+            if op in ("=", "!=") and len(values) > 1:
+                op = "=~" if op == "=" else "!~"
+            return f'{label}{op}"{value}"'
+        return f'{label}=~".*"' if op in ("=", "=~") else f'{label}!~".*"'
+
+    expr = _VAR_MATCHER.sub(matcher, expr)
     rate_interval = max(step + scrape, 4 * scrape)
     for macro, value in (("$__rate_interval", f"{rate_interval}s"), ("${__rate_interval}", f"{rate_interval}s"),
                          ("$__interval", f"{step}s"), ("${__interval}", f"{step}s")):
@@ -213,7 +226,7 @@ def _wait_compacted(tsdb: Path, timeout: float) -> int:
 
 def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution: int = 30, step: int = 60,
         range_hours: float | None = None, query_step: int | None = None, seed_calls: int = 0, calls: int = 20,
-        loads: int = 5, workdir: Path | None = None,
+        loads: int = 5, selected: Mapping[str, Sequence[str]] | None = None, workdir: Path | None = None,
         dashboards: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print) -> BenchReport:
     from tars_1002_grafana.plugin import dashboard_files
 
@@ -279,13 +292,13 @@ def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution:
                     f"{len(queries)} panel queries x {calls} calls over {(end - qstart) / 3600:g} h, step {qstep} s")
                 panels = []
                 for q in queries:
-                    raw = grafana_expr(q.raw, qstep, resolution)
+                    raw = grafana_expr(q.raw, qstep, resolution, selected)
                     row: dict[str, Any] = {"dashboard": q.dashboard, "panel": q.panel, "ref": q.ref, "raw": raw}
                     t_raw = _time(prom, raw, qstart, end, qstep, calls)
                     row["raw_p50_ms"], row["raw_p95_ms"] = _pct(t_raw, 0.5), _pct(t_raw, 0.95)
                     row["raw_series"] = sum(prom.series_count(s, qstart, end) for s in _selectors(raw))
                     if q.recorded:
-                        rec = grafana_expr(q.recorded, qstep, resolution)
+                        rec = grafana_expr(q.recorded, qstep, resolution, selected)
                         t_rec = _time(prom, rec, qstart, end, qstep, calls)
                         row.update(recorded=rec, rec_p50_ms=_pct(t_rec, 0.5), rec_p95_ms=_pct(t_rec, 0.95),
                                    rec_series=sum(prom.series_count(s, qstart, end) for s in _selectors(rec)))
