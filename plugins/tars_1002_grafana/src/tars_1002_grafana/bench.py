@@ -226,7 +226,8 @@ def _wait_compacted(tsdb: Path, timeout: float) -> int:
 
 def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution: int = 30, step: int = 60,
         range_hours: float | None = None, query_step: int | None = None, seed_calls: int = 0, calls: int = 20,
-        loads: int = 5, selected: Mapping[str, Sequence[str]] | None = None, workdir: Path | None = None,
+        loads: int = 5, selected: Mapping[str, Sequence[str]] | None = None, panels_only: Sequence[str] = (),
+        workdir: Path | None = None,
         dashboards: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print) -> BenchReport:
     from tars_1002_grafana.plugin import dashboard_files
 
@@ -245,6 +246,7 @@ def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution:
         rules = build_rules()
         dashes = dashboards or {n: json.loads(t) for n, t in dashboard_files().items()}
         queries = dashboard_queries(dashes, rules)
+        timed = [q for q in queries if not panels_only or q.panel in panels_only]
         used = {name for q in queries if q.recorded for name in _selector_names(q.recorded)}
         needed = [r for r in rules if r.record in used]
         rule_file = tmp / "backfill-rules.yml"
@@ -289,9 +291,9 @@ def run(*, agents: int = 200, regions: int = 5, hours: float = 24.0, resolution:
                 ev = prom.query(f"sum(increase(tars_evaluations_total[{int(end - start)}s]))", at=end)
                 evaluations = float(ev[0]["value"][1]) if ev else 0.0
                 log(f"{series_total:,} series, {evaluations:,.0f} evaluations in the window; timing "
-                    f"{len(queries)} panel queries x {calls} calls over {(end - qstart) / 3600:g} h, step {qstep} s")
+                    f"{len(timed)} panel queries x {calls} calls over {(end - qstart) / 3600:g} h, step {qstep} s")
                 panels = []
-                for q in queries:
+                for q in timed:
                     raw = grafana_expr(q.raw, qstep, resolution, selected)
                     row: dict[str, Any] = {"dashboard": q.dashboard, "panel": q.panel, "ref": q.ref, "raw": raw}
                     t_raw = _time(prom, raw, qstart, end, qstep, calls)
