@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import cattrs
 import yaml
+from cattrs.v import format_exception
 
 from tars_core.model import PluginInfo, Targets
 from tars_core.plugins import UsageError
@@ -104,8 +105,19 @@ def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
     return ENV_REF.sub(sub, node)
 
 
+def _format_exception(exc: BaseException, type_: type | None) -> str:
+    """cattrs' wording, except that a validator's own message (``type_`` is None) is kept: "must be
+    > 0, got 0" tells the user more than cattrs' generic "invalid value"."""
+    if type_ is None and isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
 def describe_errors(exc: Exception, root: str) -> str:
-    lines = cattrs.transform_error(exc, path=root) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+    if isinstance(exc, cattrs.BaseValidationError):
+        lines = cattrs.transform_error(exc, path=root, format_exception=_format_exception)
+    else:
+        lines = [str(exc)]
     out = []
     for line in lines:
         msg, _, where = line.rpartition(" @ ")

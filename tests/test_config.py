@@ -12,10 +12,16 @@ from tars_core.config import ConfigError, load_config, plugin_config
 from tars_core.redact import Redactor
 
 
+def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
 @attrs.define
 class DbConfig:
     lock_timeout: float = 2.0
     indexes: list[str] = attrs.field(factory=list)
+    attempts: int = attrs.field(default=3, validator=_positive)
 
 
 INFO = PluginInfo(name="tars-x", title="x", config=DbConfig)
@@ -45,7 +51,7 @@ plugins:
     assert cfg.release.name == "v1.0.1-staging"
     assert cfg.targets.postgres == "postgresql://app:pa:ss#word@db:5432/tars"
     section = plugin_config(INFO, cfg)
-    assert section == DbConfig(1.5, ["$literal"])
+    assert section == DbConfig(1.5, ["$literal"], 3)
     assert red(f"connect {cfg.targets.postgres} failed") == "connect postgresql://app:***@db:5432/tars failed"
     assert "pa:ss#word" not in red("the password pa:ss#word leaked")
 
@@ -80,3 +86,9 @@ def test_redactor_data_masks_secret_keys() -> None:
     red = Redactor()
     data = red.data({"api_token": "abc123", "url": "redis://:hunter2@r:6379/0", "n": 3})
     assert data == {"api_token": "***", "url": "redis://:***@r:6379/0", "n": 3}
+
+
+def test_validator_message_is_kept(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 0}\n"))
+    with pytest.raises(ConfigError, match=r"plugins\.tars-x: attempts must be > 0, got 0"):
+        plugin_config(INFO, cfg)
