@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ import pytest
 import redis
 import tars_1003_jaeger.plugin as plugin
 
-from tars_core import ApplyResult, FixError, SandboxSite, Targets
+from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
 from tars_core.testing import check_conformance, make_context
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,12 +150,32 @@ def test_dry_run_changes_nothing(services: Any, tmp_path: Path) -> None:
     anyio.run(scenario)
 
 
-def test_unreachable_redis_is_a_fix_error_without_the_password(tmp_path: Path) -> None:
+def test_unreachable_redis_is_a_target_error_without_the_password(tmp_path: Path) -> None:
     targets = Targets(redis="redis://:s3cret@127.0.0.1:1/0")
     ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path)
-    with pytest.raises(FixError) as err:
+    with pytest.raises(TargetError) as err:
         anyio.run(plugin.tars_apply, ctx)
     assert "s3cret" not in str(err.value) and "***" in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["apply", "verify"])
+def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
+    """An unreachable targets.redis is bad input (TargetError): exit 2, one line naming it, no password."""
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "tars.yaml"
+    config.write_text(f"targets:\n  redis: redis://:s3cret@127.0.0.1:{port}/0\nplugins:\n  tars-1003-jaeger: {{}}\n")
+    exe = shutil.which("tars-run")
+    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
+    res = subprocess.run([*argv, "--plugins", "tars-1003-jaeger", "--config", str(config), command], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    assert res.returncode == 2, res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    reasons = [line for line in res.stderr.splitlines() if f"cannot reach targets.redis redis://:***@127.0.0.1:{port}/0"
+               in line]
+    assert reasons, res.stderr
 
 
 def test_sandbox_contribution_and_seed(services: Any, tmp_path: Path, sync_client: redis.Redis) -> None:

@@ -28,6 +28,7 @@ from tars_core import (
     ReportSection,
     SandboxContribution,
     ServiceSpec,
+    TargetError,
     VerifyResult,
     hookimpl,
 )
@@ -112,7 +113,7 @@ async def _client(ctx: Context) -> Any:
         await client.ping()
     except redis.RedisError as exc:
         await client.aclose()
-        raise FixError(
+        raise TargetError(
             f"TARS-1003: cannot reach targets.redis {_redacted(url)} ({type(exc).__name__}); "
             "check the URL and that Redis is up"
         ) from None
@@ -164,10 +165,23 @@ def _save_state(state_dir: Path, data: dict[str, Any]) -> None:
     (state_dir / "flag.json").write_text(json.dumps(data, indent=2))
 
 
+# present while the last apply never reached Redis: it changed nothing, so a rollback has nothing to undo even
+# when Redis is still unreachable (otherwise a dead target turns a failed apply into "rollback failed", exit 4)
+UNREACHED_FILE = "apply-unreached.json"
+
+
 @hookimpl
 async def tars_apply(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
-    client = await _client(ctx)
+    unreached = ctx.state_dir / UNREACHED_FILE
+    try:
+        client = await _client(ctx)
+    except TargetError as exc:
+        if not ctx.dry_run:
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            unreached.write_text(json.dumps({"at": time.time(), "error": str(exc)}))
+        raise
+    unreached.unlink(missing_ok=True)
     try:
         problems = _service_problems(await _registry(client, cfg), cfg, None)
         if problems:
@@ -199,7 +213,15 @@ async def tars_apply(ctx: Context) -> ApplyResult:
 @hookimpl
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
-    client = await _client(ctx)
+    try:
+        client = await _client(ctx)
+    except TargetError:
+        state = ctx.state_dir / "flag.json"
+        applied = state.exists() and "applied_at" in json.loads(state.read_text())
+        if not applied and (ctx.state_dir / UNREACHED_FILE).exists():
+            ctx.log.warning("Redis is unreachable, but the last apply never reached it: nothing to undo")
+            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached Redis")
+        raise
     try:
         current = await ctx.flags.get(cfg.flag)
         if not _is_on(current):
