@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from importlib.resources import files
@@ -16,7 +18,7 @@ from tars_1002_grafana import plugin
 from tars_1002_grafana.prom import Prometheus, PrometheusServer, free_port
 from tars_1002_grafana.rules import GROUPS, RULE_FILE_NAME, build_rules, render_rule_file
 
-from tars_core import FixError, Targets
+from tars_core import FixError, TargetError, Targets
 from tars_core.testing import check_conformance, make_context
 
 SHIPPED = files("tars_1002_grafana") / "data" / "dashboards"
@@ -117,15 +119,55 @@ def test_prometheus_unreachable_is_one_clear_line_without_the_password(tmp_path:
     targets = Targets(prometheus_url=f"http://admin:s3cret@127.0.0.1:{free_port()}",
                       prometheus_rules_dir=str(rules), grafana_dashboards_dir=str(dash))
     ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
-    with pytest.raises(FixError) as exc:
-        call(plugin.tars_apply, ctx)
-    msg = str(exc.value)
-    assert "is unreachable" in msg and "targets.prometheus_url" in msg and "\n" not in msg
-    assert "s3cret" not in msg and "admin" not in msg
+    for hook in (plugin.tars_apply, plugin.tars_verify):
+        with pytest.raises(TargetError) as exc:
+            call(hook, ctx)
+        msg = str(exc.value)
+        assert "is unreachable" in msg and "targets.prometheus_url" in msg and "\n" not in msg
+        assert "s3cret" not in msg and "admin" not in msg
     assert list(rules.iterdir()) == [] and (dash / "a.json").read_text() == (SHIPPED / "v1.0.0" /
                                                                             "tars-overview.json").read_text()
-    verify = call(plugin.tars_verify, ctx)
-    assert not verify.ok and "unreachable" in verify.checks["prometheus"]
+    assert not call(plugin.tars_rollback, ctx).changed  # the failed apply changed nothing
+
+
+def test_a_missing_or_wrong_folder_is_bad_input(tmp_path: Path) -> None:
+    rules, dash = tmp_path / "rules", tmp_path / "dash.json"
+    rules.mkdir()
+    dash.write_text("{}")
+    for r, d, key, what in ((tmp_path / "nope", tmp_path, "prometheus_rules_dir", "missing"),
+                            (rules, dash, "grafana_dashboards_dir", "not a folder")):
+        targets = Targets(prometheus_url=f"http://127.0.0.1:{free_port()}", prometheus_rules_dir=str(r),
+                          grafana_dashboards_dir=str(d))
+        ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
+        for hook in (plugin.tars_apply, plugin.tars_verify):
+            with pytest.raises(TargetError, match=rf"targets\.{key} .* is {what}: fix the path"):
+                call(hook, ctx)
+    assert not (tmp_path / "nope").exists() and list(rules.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["apply", "verify"])
+def test_cli_against_a_dead_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
+    """An unreachable Prometheus is bad input (TargetError): exit 2, one line naming it, no password."""
+    rules, dash = tmp_path / "rules", tmp_path / "dash"
+    rules.mkdir()
+    dash.mkdir()
+    port = free_port()
+    cfg = tmp_path / "tars.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": {
+        "prometheus_url": f"http://admin:s3cret@127.0.0.1:{port}", "prometheus_rules_dir": str(rules),
+        "grafana_dashboards_dir": str(dash)}}))
+    exe = shutil.which("tars-run")
+    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
+    res = subprocess.run([*argv, "--plugins", "tars-1002-grafana", "--config", str(cfg), "--state",
+                          f"sqlite:///{tmp_path / 'ledger.db'}", command], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    assert res.returncode == 2, res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    reasons = [line for line in res.stderr.splitlines()
+               if f"Prometheus at http://127.0.0.1:{port} is unreachable" in line]
+    assert reasons, res.stderr
+    assert all("Connection refused" in line for line in reasons)
 
 
 def test_reload_refused_restores_the_previous_rule_file(tmp_path: Path, exporter: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from tars_1002_grafana.patcher import Change, dumps, iter_panels, patch_dashboard
-from tars_1002_grafana.prom import Prometheus, PrometheusError, atomic_write, wait_for
+from tars_1002_grafana.prom import Prometheus, PrometheusError, PrometheusUnreachable, atomic_write, wait_for
 from tars_1002_grafana.rules import (
     PromtoolError,
     Rule,
@@ -31,7 +31,7 @@ from tars_1002_grafana.rules import (
     group_intervals,
     render_rule_file,
 )
-from tars_core import ApplyResult, FixError, VerifyResult
+from tars_core import ApplyResult, FixError, TargetError, VerifyResult
 
 BACKUP = "backup"
 MANIFEST = "manifest.json"
@@ -74,10 +74,25 @@ def _intervals(config: Any) -> dict[str, str]:
     return intervals
 
 
+def _target_dir(targets: Any, key: str) -> Path:
+    """A folder the config names: missing or not a folder is bad input (exit 2), not a failed fix."""
+    path = Path(targets.require(key))
+    if not path.is_dir():
+        raise TargetError(f"targets.{key} {path} is {'not a folder' if path.exists() else 'missing'}: "
+                          "fix the path in the config (or create the folder)")
+    return path
+
+
+def _check_writable(*paths: Path) -> None:
+    for path in paths:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise TargetError(f"{path} is not writable by this user: fix its permissions or the targets path")
+
+
 def make_plan(config: Any, targets: Any, rules: list[Rule] | None = None) -> Plan:
     rules = all_rules(config) if rules is None else rules
-    rules_dir = Path(targets.require("prometheus_rules_dir"))
-    dash_dir = Path(targets.require("grafana_dashboards_dir"))
+    rules_dir = _target_dir(targets, "prometheus_rules_dir")
+    dash_dir = _target_dir(targets, "grafana_dashboards_dir")
     rules_path = rules_dir / config.rule_file_name
     text = render_rule_file(rules, _intervals(config))
     current = rules_path.read_text(encoding="utf-8") if rules_path.exists() else None
@@ -154,9 +169,15 @@ def _wait_absent(prom: Prometheus, rules: list[Rule], timeout: float) -> bool:
 
 
 def connect(targets: Any) -> Prometheus:
-    prom = Prometheus(targets.require("prometheus_url"))
+    try:
+        prom = Prometheus(targets.require("prometheus_url"))
+    except PrometheusUnreachable as exc:
+        raise TargetError(f"{exc}: fix targets.prometheus_url") from None
     try:
         prom.ready()
+    except PrometheusUnreachable as exc:
+        prom.close()
+        raise TargetError(f"{exc}: start it or fix targets.prometheus_url") from None
     except PrometheusError as exc:
         prom.close()
         raise FixError(f"{exc}: start it or fix targets.prometheus_url") from None
@@ -183,6 +204,7 @@ def apply(ctx: Any) -> ApplyResult:
                     if c.action == "rewritten":
                         log.info("dry run: %s: %s [%s]: %s -> %s", path.name, c.panel, c.ref, c.before, c.after)
             return ApplyResult(changed=False, detail="dry run: " + plan.summary())
+        _check_writable(plan.rules_path.parent, *{p.parent for p in plan.dashboards})
         _backup(ctx.state_dir, plan)
         previous = plan.rules_path.read_text(encoding="utf-8") if plan.rules_path.exists() else None
         if plan.rules_changed:
@@ -296,6 +318,8 @@ def verify(ctx: Any) -> VerifyResult:
     checks: dict[str, str] = {}
     try:
         plan = make_plan(ctx.config, ctx.targets, rules)
+    except TargetError:
+        raise
     except FixError as exc:
         return VerifyResult(ok=False, detail=str(exc), checks={"plan": str(exc)})
     checks["rule file"] = "missing or different" if plan.rules_changed else f"{plan.rules_path} current"
@@ -303,6 +327,8 @@ def verify(ctx: Any) -> VerifyResult:
                             if plan.dashboards else f"{len(plan.changes)} patched")
     try:
         prom = connect(ctx.targets)
+    except TargetError:
+        raise
     except FixError as exc:
         checks["prometheus"] = str(exc)
         return VerifyResult(ok=False, detail=str(exc), checks=checks)

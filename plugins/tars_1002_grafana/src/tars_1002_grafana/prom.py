@@ -25,8 +25,16 @@ class PrometheusError(RuntimeError):
     """Prometheus is unreachable or refused a request; the message names the URL without secrets."""
 
 
+class PrometheusUnreachable(PrometheusError):
+    """No HTTP answer at all (bad URL, connection refused, timeout): the target cannot be used as configured,
+    which the hooks report as bad input (``TargetError``), unlike a Prometheus that answers and refuses."""
+
+
 def redact(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: it may still hold a password, so show none of it
+        return "(unparseable URL)"
     if parts.password or parts.username:
         host = parts.hostname or ""
         if parts.port:
@@ -40,7 +48,10 @@ class Prometheus:
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        try:
+            self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise PrometheusUnreachable(f"Prometheus URL {redact(self.url)} is not valid ({exc})") from None
 
     def close(self) -> None:
         self.client.close()
@@ -55,7 +66,7 @@ class Prometheus:
         try:
             return self.client.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise PrometheusError(f"Prometheus at {redact(self.url)} is unreachable ({type(exc).__name__}: "
+            raise PrometheusUnreachable(f"Prometheus at {redact(self.url)} is unreachable ({type(exc).__name__}: "
                                   f"{exc})") from None
 
     def ready(self) -> None:
