@@ -339,9 +339,9 @@ def verify(ctx: Any) -> VerifyResult:
                                    (f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""))
         no_data: list[str] = []
         if not bad and ctx.config.verify_data:
-            names = "|".join(re.escape(r.record) for r in rules)
-            have = {s["metric"]["__name__"] for s in prom.query(f'group by (__name__) ({{__name__=~"{names}"}})')}
-            no_data = [r.record for r in rules if r.record not in have]
+            # Healthy rules loaded seconds ago (a fresh apply, a new sandbox) have not been evaluated over
+            # enough scrapes yet: give them up to data_timeout_s before calling the fix broken.
+            no_data = wait_until_data(prom, rules, ctx.config.data_timeout_s)
             checks["rules with data"] = f"{len(rules) - len(no_data)}/{len(rules)}" + (
                 f"; none for {', '.join(no_data[:3])}" if no_data else "")
         empty_panels: list[str] = []

@@ -50,6 +50,7 @@ class GrafanaConfig:
     prometheus_pid_file: str | None = None
     reload_timeout_s: float = 150.0
     verify_data: bool = True
+    data_timeout_s: float = 150.0  # verify waits this long for fresh rules to record their first samples
     seed_dashboards: bool = True
     benchmark_agents: int = 100
     benchmark_regions: int = 5
