@@ -7,6 +7,9 @@ of them first. Each module-level fixture owns its flags hash and status prefix u
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -21,7 +24,7 @@ import tars_1005_ppo.plugin as plugin
 from ppo_support import SMALL, Services, wait_reported
 from tars_1005_ppo.config import PPOFixConfig, canary_bucket
 
-from tars_core import ApplyResult, FixError, SandboxSite, Targets
+from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
 from tars_core.config import ConfigError
 from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release
 from tars_core.testing import check_conformance, make_context
@@ -184,17 +187,36 @@ async def test_apply_without_trainers_is_a_clear_error(redis_url: str, run_prefi
 
 
 async def test_unreachable_redis_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = make_context(plugin, targets=Targets(redis=f"redis://:s3cret@127.0.0.1:{port}/0"), state_dir=tmp_path)
-    for hook in (plugin.tars_apply, plugin.tars_verify, plugin.tars_rollback):
-        with pytest.raises(FixError) as info:
+    for hook in (plugin.tars_rollback, plugin.tars_apply, plugin.tars_verify):
+        with pytest.raises(TargetError) as info:
             await hook(ctx)
         assert f"cannot reach targets.redis at 127.0.0.1:{port}/0" in str(info.value)
         assert "s3cret" not in str(info.value)
+    # the failed apply changed nothing, so its rollback has nothing to undo (not "rollback failed", exit 4)
+    assert (await plugin.tars_rollback(ctx)).changed is False
+
+
+@pytest.mark.parametrize("command", ["apply", "verify"])
+def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
+    """An unreachable targets.redis is bad input (TargetError): exit 2, one line naming it, no password."""
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "tars.yaml"
+    config.write_text(f"targets:\n  redis: redis://:s3cret@127.0.0.1:{port}/0\nplugins:\n  tars-1005-ppo: {{}}\n")
+    exe = shutil.which("tars-run")
+    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
+    res = subprocess.run([*argv, "--plugins", "tars-1005-ppo", "--config", str(config), command], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    assert res.returncode == 2, res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    reasons = [line for line in res.stderr.splitlines() if f"cannot reach targets.redis at 127.0.0.1:{port}/0" in line]
+    assert reasons, res.stderr
 
 
 async def test_missing_redis_target_names_the_key(tmp_path: Path) -> None:

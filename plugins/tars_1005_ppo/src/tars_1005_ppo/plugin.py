@@ -36,6 +36,7 @@ from tars_core import (
     SandboxContribution,
     SandboxSite,
     ServiceSpec,
+    TargetError,
     VerifyResult,
     hookimpl,
 )
@@ -76,7 +77,7 @@ async def _connect(ctx: Context) -> Any:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise FixError(f"cannot reach targets.redis at {_where(url)} ({type(exc).__name__}): start Redis "
+        raise TargetError(f"cannot reach targets.redis at {_where(url)} ({type(exc).__name__}): start Redis "
                        "or fix targets.redis") from None
     return client
 
@@ -164,6 +165,11 @@ def _fixed_code_here() -> bool:
     return fixed_code_available()
 
 
+# present while the last apply never reached Redis: it changed nothing, so a rollback has nothing to undo even
+# when Redis is still unreachable (otherwise a dead target turns a failed apply into "rollback failed", exit 4)
+UNREACHED_FILE = "apply-unreached.json"
+
+
 def _state_path(ctx: Context) -> Path:
     return Path(ctx.state_dir) / STATE_FILE
 
@@ -175,7 +181,15 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     if not _fixed_code_here():
         raise FixError("the fixed trainer (tars_1005_ppo.trainer with tensorflow) is not importable: install "
                        "tars-1005-ppo with its dependencies")
-    client = await _connect(ctx)
+    unreached = Path(ctx.state_dir) / UNREACHED_FILE
+    try:
+        client = await _connect(ctx)
+    except TargetError as exc:
+        if not ctx.dry_run:
+            unreached.parent.mkdir(parents=True, exist_ok=True)
+            unreached.write_text(json.dumps({"at": time.time(), "error": str(exc)}))
+        raise
+    unreached.unlink(missing_ok=True)
     try:
         live = await _live_trainers(client, cfg)
         if len(live) < cfg.min_trainers:
@@ -281,7 +295,13 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: PPOFixConfig = ctx.config
     state_path = _state_path(ctx)
-    client = await _connect(ctx)
+    try:
+        client = await _connect(ctx)
+    except TargetError:
+        if not state_path.exists() and (Path(ctx.state_dir) / UNREACHED_FILE).exists():
+            ctx.log.warning("Redis is unreachable, but the last apply never reached it: nothing to undo")
+            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached Redis")
+        raise
     try:
         current = await _flag(client, ctx)
         previous = json.loads(state_path.read_text()).get("previous") if state_path.exists() else None
