@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,7 @@ from tars_1001_ws import plugin
 from tars_1001_ws.hub import serve
 from ws_testlib import REDIS_URL
 
-from tars_core import ApplyResult, FixError, Release, SandboxSite, Targets
+from tars_core import ApplyResult, FixError, Release, SandboxSite, TargetError, Targets
 from tars_core.testing import check_conformance, make_context
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -127,10 +130,47 @@ async def test_clear_errors_for_missing_or_unreachable_target(flags_key, tmp_pat
     with pytest.raises(FixError, match=r"targets\.websocket_url is not set"):
         await plugin.tars_apply(ctx)
     ctx = ctx_for("ws://user:s3cret@127.0.0.1:1/", flags_key, tmp_path)
-    with pytest.raises(FixError, match="cannot reach the hub") as err:
+    with pytest.raises(TargetError, match="cannot reach the hub") as err:
         await plugin.tars_apply(ctx)
     assert "s3cret" not in str(err.value)
     await ctx.flags.aclose()
+    targets = Targets(websocket_url="ws://127.0.0.1:1/", redis=f"redis://:s3cret@127.0.0.1:{_dead_port()}/0")
+    ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "fresh-state")
+    with pytest.raises(TargetError, match=r"cannot reach targets\.redis at 127\.0\.0\.1:\d+/0") as err:
+        await plugin.tars_rollback(ctx)  # no failed apply recorded: the flag may be on, so this is a failure
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(TargetError, match="cannot reach the hub"):
+        await plugin.tars_apply(ctx)
+    assert (await plugin.tars_rollback(ctx)).changed is False  # that apply changed nothing: nothing to undo
+    await ctx.flags.aclose()
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["apply", "verify"])
+def test_cli_against_a_dead_hub_port_exits_2_with_one_line(flags_key, tmp_path, command):
+    """An unreachable hub is bad input (TargetError): exit 2, one line naming it, no password. Redis is
+    real (our own, never written flags hash), so the rollback after the failed apply has nothing to undo."""
+    port = _dead_port()
+    config = tmp_path / "tars.yaml"
+    config.write_text(
+        f"targets:\n  websocket_url: ws://user:s3cret@127.0.0.1:{port}/\n  redis: {REDIS_URL}\n"
+        f"  flags_key: {flags_key}\nplugins:\n  tars-1001-ws: {{}}\n"
+    )
+    exe = shutil.which("tars-run")
+    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
+    res = subprocess.run([*argv, "--plugins", "tars-1001-ws", "--config", str(config), command], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    assert res.returncode == 2, res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    reasons = [line for line in res.stderr.splitlines() if f"cannot reach the hub at ws://127.0.0.1:{port}/" in line]
+    assert reasons, res.stderr
+    assert all("connection refused" in line for line in reasons)
 
 
 @pytest.mark.asyncio

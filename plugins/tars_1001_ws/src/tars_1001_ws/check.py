@@ -39,11 +39,16 @@ class HubError(Exception):
     """The hub is unreachable or does not behave as the fixed protocol says (message is one line)."""
 
 
+class HubUnreachable(HubError):
+    """The hub cannot be used as configured (bad URL, connection refused, unreachable): bad input, not a
+    failed fix, so the hooks report it as ``TargetError`` (``tars-run`` exits 2)."""
+
+
 def http_url(ws_url: str, path: str) -> str:
     parts = urlsplit(ws_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
     if scheme is None or not parts.hostname:
-        raise HubError(f"targets.websocket_url must be ws:// or wss://, got {_safe(ws_url)}")
+        raise HubUnreachable(f"targets.websocket_url must be ws:// or wss://, got {_safe(ws_url)}")
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     return urlunsplit((scheme, netloc, path, "", ""))
 
@@ -77,11 +82,14 @@ async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
             f"{_safe(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
             f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first"
         ) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, ConnectionRefusedError):
             reason = "connection refused (is the hub running there?)"
-        raise HubError(f"cannot reach the hub at {_safe(ws_url)}: {reason}") from None
+        raise HubUnreachable(f"cannot reach the hub at {_safe(ws_url)}: {reason}") from None
+    except ValueError as exc:  # it answered, but not with the info document: something else listens there
+        raise HubError(f"{_safe(ws_url)} answered {INFO_PATH} with no JSON document ({exc}): it is not a "
+                       "TARS-1001 hub") from None
 
 
 async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:

@@ -30,6 +30,7 @@ from tars_core import (
     SandboxContribution,
     SandboxSite,
     ServiceSpec,
+    TargetError,
     VerifyResult,
     hookimpl,
 )
@@ -85,12 +86,32 @@ def _url(ctx: Context) -> str:
 
 
 async def _info(url: str) -> dict[str, Any]:
-    from tars_1001_ws.check import HubError, hub_info
+    from tars_1001_ws.check import HubError, HubUnreachable, hub_info
 
     try:
         return await hub_info(url)
+    except HubUnreachable as exc:
+        raise TargetError(f"{exc}; fix targets.websocket_url or start the hub") from None
     except HubError as exc:
         raise FixError(str(exc)) from None
+
+
+async def _flag(ctx: Context, name: str) -> str | None:
+    """The flag's value; a missing, malformed or unreachable ``targets.redis`` is bad input (exit 2)."""
+    from urllib.parse import urlsplit
+
+    from redis.exceptions import RedisError
+
+    url = ctx.targets.require("redis")
+    try:
+        return await ctx.flags.get(name)
+    except (RedisError, OSError, ValueError) as exc:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or '?'}:{parts.port or 6379}{parts.path or ''}"  # never the password
+        raise TargetError(
+            f"cannot reach targets.redis at {where} to read flag {name} ({type(exc).__name__}): start Redis "
+            "or fix targets.redis"
+        ) from None
 
 
 async def _wait_enabled(url: str, want: bool, timeout: float) -> dict[str, Any]:
@@ -101,6 +122,11 @@ async def _wait_enabled(url: str, want: bool, timeout: float) -> dict[str, Any]:
         if bool(info.get("enabled")) is want or time.monotonic() > deadline:
             return info
         await asyncio.sleep(0.2)
+
+
+# present while the last apply stopped at an unusable target before changing anything: its rollback has
+# nothing to undo even when Redis is unreachable (otherwise a dead target turns into "rollback failed", exit 4)
+UNREACHED_FILE = "apply-unreached.json"
 
 
 def _state_file(ctx: Context) -> Path:
@@ -114,7 +140,16 @@ async def tars_apply(ctx: Context) -> ApplyResult:
 
     cfg: WsConfig = ctx.config
     url = _url(ctx)
-    info = await _info(url)
+    unreached = ctx.state_dir / UNREACHED_FILE
+    try:
+        info = await _info(url)
+        current = await _flag(ctx, cfg.flag)
+    except TargetError as exc:
+        if not ctx.dry_run:
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            unreached.write_text(json.dumps({"at": time.time(), "error": str(exc)}))
+        raise
+    unreached.unlink(missing_ok=True)
     if SUBPROTOCOL not in info.get("supported", []):
         raise FixError(
             f"the hub at targets.websocket_url runs {info.get('server')} {info.get('version')} without "
@@ -122,7 +157,6 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         )
     if info.get("flag") not in (None, cfg.flag):
         raise FixError(f"the hub obeys flag {info['flag']!r} but plugins.{NAME}.flag is {cfg.flag!r}: make them agree")
-    current = await ctx.flags.get(cfg.flag)
     flag_on = current not in OFF_VALUES
     # Where the hub already speaks v1.0.1 (it is not flag-driven, or the flag is on), prove it on the
     # wire before touching the flag. A flag-driven hub only speaks it once the flag is on: then the probe
@@ -179,7 +213,7 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     cfg: WsConfig = ctx.config
     url = _url(ctx)
     checks: dict[str, str] = {}
-    value = await ctx.flags.get(cfg.flag)
+    value = await _flag(ctx, cfg.flag)
     flag_on = value not in OFF_VALUES
     checks["flag"] = f"{cfg.flag} = {value!r}"
     info = await _info(url)
@@ -216,8 +250,14 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: WsConfig = ctx.config
     url = _url(ctx)
-    current = await ctx.flags.get(cfg.flag)
     state = _state_file(ctx)
+    try:
+        current = await _flag(ctx, cfg.flag)
+    except TargetError:
+        if not state.exists() and (ctx.state_dir / UNREACHED_FILE).exists():
+            ctx.log.warning("a target is unreachable, but the last apply never got past it: nothing to undo")
+            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached its targets")
+        raise
     before = json.loads(state.read_text()).get("value") if state.exists() else None
     if current in OFF_VALUES:
         ctx.log.warning("flag %s is already off (%r): nothing to roll back", cfg.flag, current)
@@ -376,5 +416,5 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution:
 async def tars_sandbox_seed(ctx: Context) -> None:
     """The v1.0.0 baseline: the flag exists and is off (only written when absent, so reset is idempotent)."""
     cfg: WsConfig = ctx.config
-    if ctx.targets.redis and await ctx.flags.get(cfg.flag) is None:
+    if ctx.targets.redis and await _flag(ctx, cfg.flag) is None:
         await ctx.flags.set(cfg.flag, "off")
