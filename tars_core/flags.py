@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tars_core.model import FixError
+from tars_core.model import TargetError
 
 
 class FeatureFlags:
@@ -24,7 +24,7 @@ class FeatureFlags:
     def _redis(self) -> Any:
         if self._client is None:
             if not self.redis_url:
-                raise FixError("feature flags need targets.redis: set it to the Redis the services read")
+                raise TargetError("feature flags need targets.redis: set it to the Redis the services read")
             import redis.asyncio as aioredis
 
             self._client = aioredis.from_url(self.redis_url, decode_responses=True)
