@@ -6,7 +6,7 @@ plugin's baseline before those services start. Everything the sandbox knows live
 (pid, process start time, port, argv of every service) so that later ``tars-run`` invocations reuse the
 running processes, restart only the ones that died, and ``down`` stops exactly what was started.
 
-Why not mirakuru (the supervisor the core depends on): its executors kill their process on ``__del__``
+Why not mirakuru (the supervisor the issue suggests): its executors kill their process on ``__del__``
 and, through an ``atexit`` hook, every process carrying their environment marker. Sandbox services must
 outlive the ``tars-run`` process that started them, so they are started here with ``Popen`` in their
 own session and identified afterwards by ``/proc/<pid>/stat`` start time, which also guards ``down``
