@@ -6,6 +6,10 @@ Fixtures:
   only the plugins it registers.
 * ``tars_register``: ``tars_register(obj, name)`` registers a plugin object in ``tars_host`` and
   unregisters it when the test ends.
+* ``tars_redis_url`` (session): the real Redis the tests use (``TARS_TEST_REDIS``, default
+  ``redis://127.0.0.1:6379/0``); fails the test run with one line when it does not answer.
+* ``tars_redis_prefix`` (session): a key prefix owned by this test run; every key under it is deleted
+  at the end, so tests never touch data they did not create.
 
 Functions:
 
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -118,4 +124,33 @@ def tars_register(tars_host: PluginHost) -> Iterator[Callable[..., LoadedPlugin 
         tars_host.unregister(name)
 
 
-__all__ = ["check_conformance", "make_context", "tars_host", "tars_register"]
+@pytest.fixture(scope="session")
+def tars_redis_url() -> str:
+    import redis
+
+    url = os.environ.get("TARS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        pytest.fail(f"these tests need a real Redis at {url} ({exc}); start one or set TARS_TEST_REDIS")
+    return url
+
+
+@pytest.fixture(scope="session")
+def tars_redis_prefix(tars_redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"tars-test:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(tars_redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+__all__ = ["check_conformance", "make_context", "tars_host", "tars_redis_prefix", "tars_redis_url", "tars_register"]

@@ -149,3 +149,17 @@ def test_discovery_imports_no_heavy_library() -> None:
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_redis_prefix_fixture_owns_a_fresh_namespace(tars_redis_url: str, tars_redis_prefix: str) -> None:
+    """The shared fixtures give plugin tests a real Redis and a prefix nobody else writes under."""
+    import redis
+
+    client = redis.Redis.from_url(tars_redis_url)
+    try:
+        assert tars_redis_prefix.startswith("tars-test:")
+        assert list(client.scan_iter(match=f"{tars_redis_prefix}:*")) == []
+        client.set(f"{tars_redis_prefix}:probe", "1")  # deleted by the fixture at session end
+        assert client.get(f"{tars_redis_prefix}:probe") == b"1"
+    finally:
+        client.close()

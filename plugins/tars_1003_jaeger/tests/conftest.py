@@ -21,27 +21,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tars_1003_jaeger.scenarios import memory_provider
 
-REDIS_URL = os.environ.get("TARS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+@pytest.fixture(scope="session")
+def redis_url(tars_redis_url: str) -> str:
+    """The real Redis (checked once by tars_core.testing)."""
+    return tars_redis_url
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"these tests need a real Redis at {REDIS_URL} ({exc})")
-    return REDIS_URL
-
-
-@pytest.fixture(scope="session")
-def run_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:tars1003:{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def run_prefix(tars_redis_prefix: str) -> str:
+    """This run's key prefix; tars_core.testing deletes every key under it at the end."""
+    return tars_redis_prefix
 
 
 @pytest.fixture

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from ppo_support import SMALL, Services
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TARS_TF_INTER_THREADS", "1")
 os.environ.setdefault("TARS_TF_INTRA_THREADS", "1")
 
-REDIS_URL = os.environ.get("TARS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -30,23 +27,15 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"these tests need a real Redis at {REDIS_URL} ({exc})")
-    return REDIS_URL
+def redis_url(tars_redis_url: str) -> str:
+    """The real Redis (checked once by tars_core.testing)."""
+    return tars_redis_url
 
 
 @pytest.fixture(scope="session")
-def run_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:tars1005:{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def run_prefix(tars_redis_prefix: str) -> str:
+    """This run's key prefix; tars_core.testing deletes every key under it at the end."""
+    return tars_redis_prefix
 
 
 @pytest.fixture(scope="session")
