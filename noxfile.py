@@ -14,9 +14,7 @@ import nox
 
 ROOT = Path(__file__).parent
 PLUGINS = sorted(
-    p.name
-    for p in (ROOT / "plugins").iterdir()
-    if (p / "pyproject.toml").exists() and not p.name.startswith("_")
+    p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists() and not p.name.startswith("_")
 )
 
 nox.options.default_venv_backend = "uv|virtualenv"

@@ -49,11 +49,13 @@ def startup(runs: int) -> None:
     )
     heavy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
     med = statistics.median(times)
-    print(f"tars-run list start-up: median {med * 1000:.0f} ms wall ({statistics.median(cpu) * 1000:.0f} ms CPU; "
-          f"wall is inflated when the machine is loaded: load average {os.getloadavg()[0]:.1f}), "
-          f"max {max(times) * 1000:.0f} ms over {runs} runs "
-          f"with {len(installed)} plugins installed ({', '.join(installed)}); target < 500 ms: "
-          f"{'met' if med < 0.5 else 'MISSED'}")
+    print(
+        f"tars-run list start-up: median {med * 1000:.0f} ms wall ({statistics.median(cpu) * 1000:.0f} ms CPU; "
+        f"wall is inflated when the machine is loaded: load average {os.getloadavg()[0]:.1f}), "
+        f"max {max(times) * 1000:.0f} ms over {runs} runs "
+        f"with {len(installed)} plugins installed ({', '.join(installed)}); target < 500 ms: "
+        f"{'met' if med < 0.5 else 'MISSED'}"
+    )
     print(f"heavy modules imported by discovery: {heavy or 'none'}")
 
 
@@ -97,9 +99,11 @@ def overhead(n: int) -> None:
             return (elapsed - hook_time) / len(out.steps), hook_time / len(out.steps), len(out.steps)
 
         per_phase, hook, steps = anyio.run(run)
-    print(f"runner overhead: {per_phase * 1000:.2f} ms per plugin phase beyond the hook's own "
-          f"{hook * 1000:.2f} ms ({steps} phases, {n} plugins, SQLite ledger); target < 5 ms: "
-          f"{'met' if per_phase < 0.005 else 'MISSED'}")
+    print(
+        f"runner overhead: {per_phase * 1000:.2f} ms per plugin phase beyond the hook's own "
+        f"{hook * 1000:.2f} ms ({steps} phases, {n} plugins, SQLite ledger); target < 5 ms: "
+        f"{'met' if per_phase < 0.005 else 'MISSED'}"
+    )
 
 
 def main() -> None:

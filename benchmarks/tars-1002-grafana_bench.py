@@ -30,16 +30,34 @@ def main() -> int:
     ap.add_argument("--regions", type=int, default=5)
     ap.add_argument("--hours", type=float, default=24.0, help="history backfilled and dashboard time range")
     ap.add_argument("--resolution", type=int, default=30, help="seconds between backfilled samples")
-    ap.add_argument("--step", type=int, default=60, help="rule evaluation interval of the backfill, and the "
-                    "query_range step unless --query-step")
+    ap.add_argument(
+        "--step",
+        type=int,
+        default=60,
+        help="rule evaluation interval of the backfill, and the query_range step unless --query-step",
+    )
     ap.add_argument("--range-hours", type=float, help="dashboard time range (default: all of --hours)")
     ap.add_argument("--query-step", type=int, help="query_range step for the dashboard range")
-    ap.add_argument("--seed-calls", type=int, default=0,
-                    help="also time the seed's example panel over all of --hours this many times")
-    ap.add_argument("--select", action="append", default=[], metavar="VAR=V1,V2",
-                    help="dashboard variable selection instead of All, e.g. agent=agent-000,agent-001")
-    ap.add_argument("--panel", action="append", default=[], metavar="TITLE",
-                    help="time only these panels (the whole-dashboard load then means these panels)")
+    ap.add_argument(
+        "--seed-calls",
+        type=int,
+        default=0,
+        help="also time the seed's example panel over all of --hours this many times",
+    )
+    ap.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="VAR=V1,V2",
+        help="dashboard variable selection instead of All, e.g. agent=agent-000,agent-001",
+    )
+    ap.add_argument(
+        "--panel",
+        action="append",
+        default=[],
+        metavar="TITLE",
+        help="time only these panels (the whole-dashboard load then means these panels)",
+    )
     ap.add_argument("--calls", type=int, default=20, help="timed query_range calls per panel query")
     ap.add_argument("--loads", type=int, default=5, help="whole-dashboard loads, raw and patched")
     ap.add_argument("--workdir", type=Path, help="keep the TSDB here instead of a temp dir")
@@ -57,18 +75,30 @@ def main() -> int:
                 setattr(ns, k, None if v == "None" else float(v))
         t0 = saved.get("started", t0)
     else:
-        report = bench.run(agents=ns.agents, regions=ns.regions, hours=ns.hours, resolution=ns.resolution,
-                           step=ns.step, range_hours=ns.range_hours, query_step=ns.query_step,
-                           seed_calls=ns.seed_calls, calls=ns.calls, loads=ns.loads, workdir=ns.workdir,
-                           selected={k: v.split(",") for k, v in (x.split("=", 1) for x in ns.select)},
-                           panels_only=ns.panel,
-                           log=lambda s: print(s, flush=True))
+        report = bench.run(
+            agents=ns.agents,
+            regions=ns.regions,
+            hours=ns.hours,
+            resolution=ns.resolution,
+            step=ns.step,
+            range_hours=ns.range_hours,
+            query_step=ns.query_step,
+            seed_calls=ns.seed_calls,
+            calls=ns.calls,
+            loads=ns.loads,
+            workdir=ns.workdir,
+            selected={k: v.split(",") for k, v in (x.split("=", 1) for x in ns.select)},
+            panels_only=ns.panel,
+            log=lambda s: print(s, flush=True),
+        )
     metrics = bench.summary_metrics(report)
     header = [
-        "# TARS-1002 benchmark: dashboard queries raw vs recorded", "",
+        "# TARS-1002 benchmark: dashboard queries raw vs recorded",
+        "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} on {platform.node()} "
         f"({platform.machine()}, {__import__('os').cpu_count()} CPUs shared with other jobs), prometheus "
-        f"from the Debian package; setup (backfill) {report.setup_s:.0f} s.", "",
+        f"from the Debian package; setup (backfill) {report.setup_s:.0f} s.",
+        "",
         f"Command: `python benchmarks/tars-1002-grafana_bench.py --agents {ns.agents} --regions {ns.regions} "
         f"--hours {ns.hours:g} --resolution {ns.resolution} --step {ns.step} "
         + (f"--range-hours {ns.range_hours:g} " if ns.range_hours else "")
@@ -77,18 +107,29 @@ def main() -> int:
         + "".join(f"--select {x} " for x in ns.select)
         + "".join(f"--panel '{x}' " for x in ns.panel)
         + f"--calls {ns.calls} --loads {ns.loads}`",
-        "", "| figure | raw (v1.0.0) | recorded (v1.0.1) | unit | target | met |", "|---|---|---|---|---|---|",
+        "",
+        "| figure | raw (v1.0.0) | recorded (v1.0.1) | unit | target | met |",
+        "|---|---|---|---|---|---|",
     ]
     for m in metrics:
-        header.append(f"| {m.name} | {'' if m.before is None else m.before} | {m.after} | {m.unit} | {m.target} | "
-                      f"{'' if m.met is None else ('yes' if m.met else 'no')} |")
+        header.append(
+            f"| {m.name} | {'' if m.before is None else m.before} | {m.after} | {m.unit} | {m.target} | "
+            f"{'' if m.met is None else ('yes' if m.met else 'no')} |"
+        )
     text = "\n".join([*header, "", bench.markdown(report), ""])
     ns.out.with_suffix(".md").write_text(text, encoding="utf-8")
-    ns.out.with_suffix(".json").write_text(json.dumps({"started": t0,
-                                                       "args": {k: str(v) for k, v in vars(ns).items()},
-                                                       "metrics": [m.__dict__ if hasattr(m, "__dict__") else
-                                                                   __import__("attrs").asdict(m) for m in metrics],
-                                                       "report": report.to_json()}, indent=2), encoding="utf-8")
+    ns.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "started": t0,
+                "args": {k: str(v) for k, v in vars(ns).items()},
+                "metrics": [m.__dict__ if hasattr(m, "__dict__") else __import__("attrs").asdict(m) for m in metrics],
+                "report": report.to_json(),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     print(text)
     return 0
 

@@ -40,14 +40,17 @@ def main() -> int:
     data = json.loads(args.config.read_text()) if args.config else {}
     config = cattrs.structure({**data, "seed": args.seed}, PPOConfig)
     iterations = math.ceil(args.steps / config.batch_size)
-    print(f"{iterations} iterations x {config.batch_size} steps ({config.env_id}, seed {config.seed}) per trainer",
-          file=sys.stderr)
+    print(
+        f"{iterations} iterations x {config.batch_size} steps ({config.env_id}, seed {config.seed}) per trainer",
+        file=sys.stderr,
+    )
     verdicts = {}
     wall = {}
     for impl in ("legacy", "fixed"):
         started = time.monotonic()
-        verdicts[impl] = soak_subprocess(args.out / impl, impl=impl, config=config, iterations=iterations,
-                                         warmup=args.warmup, timeout_s=args.timeout)
+        verdicts[impl] = soak_subprocess(
+            args.out / impl, impl=impl, config=config, iterations=iterations, warmup=args.warmup, timeout_s=args.timeout
+        )
         wall[impl] = time.monotonic() - started
         print(f"  {impl}: done in {wall[impl]:.0f} s", file=sys.stderr)
     runs = {k: (read_samples(args.out / k / "samples.csv"), v) for k, v in verdicts.items()}
@@ -79,8 +82,13 @@ def main() -> int:
     print()
     for name, met in targets.items():
         print(f"{'met ' if met else 'MISSED'}  {name}")
-    summary = {"config": cattrs.unstructure(config), "iterations": iterations, "wall_seconds": wall,
-               "verdicts": {k: attrs.asdict(v) for k, v in verdicts.items()}, "targets": targets}
+    summary = {
+        "config": cattrs.unstructure(config),
+        "iterations": iterations,
+        "wall_seconds": wall,
+        "verdicts": {k: attrs.asdict(v) for k, v in verdicts.items()},
+        "targets": targets,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nsummary: {args.out / 'summary.json'}; chart: {args.out / 'rss-compare.png'}")
     return 0 if all(targets.values()) else 1

@@ -116,9 +116,7 @@ class PluginHost:
             if not isinstance(info, PluginInfo):
                 raise TypeError(f"tars_plugin_info returned {type(info).__name__}, not PluginInfo")
             if info.name != name:
-                raise ValueError(
-                    f"tars_plugin_info says its name is {info.name!r}, entry point says {name!r}"
-                )
+                raise ValueError(f"tars_plugin_info says its name is {info.name!r}, entry point says {name!r}")
         except Exception:
             self.pm.unregister(obj)
             raise
@@ -155,9 +153,7 @@ class PluginHost:
         known = ", ".join(sorted(self.plugins)) or "none installed"
         raise UsageError(f"unknown plugin {t!r}: installed plugins are {known} (see tars-run list)")
 
-    def select(
-        self, spec: str | Sequence[str] = "all", *, with_requirements: bool = True
-    ) -> list[LoadedPlugin]:
+    def select(self, spec: str | Sequence[str] = "all", *, with_requirements: bool = True) -> list[LoadedPlugin]:
         """The plugins named by ``--plugins`` (plus their requirements for apply), in dependency order.
 
         ``all`` refuses to run when an installed plugin failed to load: a release that silently skips

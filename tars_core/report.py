@@ -145,9 +145,7 @@ def _junit(doc: dict[str, Any]) -> str:
             case = ET.SubElement(suite, "testcase", classname=p["name"], name=phase)
             if r["outcome"] in ("failed", "interrupted"):
                 failures += 1
-                ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = (
-                    r.get("error") or ""
-                )
+                ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = r.get("error") or ""
             elif r["outcome"] in ("skipped", "dry-run"):
                 skipped += 1
                 ET.SubElement(case, "skipped", message=r.get("detail") or r["outcome"])

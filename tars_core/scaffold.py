@@ -143,14 +143,10 @@ def test_registers(tars_register):
 
 def new_plugin(name: str, dest: Path) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9-]*[a-z0-9]", name):
-        raise UsageError(
-            f"plugin name {name!r} must be lowercase letters, digits and dashes, e.g. acme-cache-fix"
-        )
+        raise UsageError(f"plugin name {name!r} must be lowercase letters, digits and dashes, e.g. acme-cache-fix")
     pkg = name.replace("-", "_")
     if keyword.iskeyword(pkg):
-        raise UsageError(
-            f"plugin name {name!r} makes the package name {pkg!r}, a Python keyword; pick another"
-        )
+        raise UsageError(f"plugin name {name!r} makes the package name {pkg!r}, a Python keyword; pick another")
     if dest.exists() and any(dest.iterdir()):
         raise UsageError(f"{dest} exists and is not empty; choose another --dir")
     title = f"{name} hotfix"

@@ -87,9 +87,7 @@ def project(tmp_path: Path) -> Project:
 @pytest.fixture
 def three(project: Project) -> Project:
     """Three fixes a <- b <- c (c requires b requires a) in one third-party distribution."""
-    project.dist(
-        "acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]}, fix_ids={"fix-a": "ACME-1"}
-    )
+    project.dist("acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]}, fix_ids={"fix-a": "ACME-1"})
     return project
 
 

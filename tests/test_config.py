@@ -58,9 +58,7 @@ plugins:
 
 def test_plugin_type_error_names_path_and_type(tmp_path: Path) -> None:
     cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {lock_timeout: soon}\n"))
-    with pytest.raises(
-        ConfigError, match=r"plugins\.tars-x\.lock_timeout: invalid value for type, expected float"
-    ):
+    with pytest.raises(ConfigError, match=r"plugins\.tars-x\.lock_timeout: invalid value for type, expected float"):
         plugin_config(INFO, cfg)
 
 

@@ -51,9 +51,7 @@ class Timing:
         return result
 
 
-def test_each_plugin_is_called_alone_and_wrappers_still_wrap(
-    tars_host: PluginHost, tars_register: Any
-) -> None:
+def test_each_plugin_is_called_alone_and_wrappers_still_wrap(tars_host: PluginHost, tars_register: Any) -> None:
     log: list[str] = []
     tars_register(Fix("fix-one", log=log), "fix-one")
     tars_register(Fix("fix-two", log=log), "fix-two")

@@ -108,9 +108,7 @@ def test_third_plugin_fails_verify_rolls_back_in_reverse_order(three: Project) -
     junit = (report / "junit.xml").read_text()
     assert 'classname="fix-c" name="verify"><failure' in junit
     data = json.loads((report / "report.json").read_text())
-    assert {p["name"]: p["state"] for p in data["plugins"]} == dict.fromkeys(
-        ["fix-a", "fix-b", "fix-c"], "rolled_back"
-    )
+    assert {p["name"]: p["state"] for p in data["plugins"]} == dict.fromkeys(["fix-a", "fix-b", "fix-c"], "rolled_back")
     assert "fix-a notes" in (report / "report.md").read_text()
 
 
@@ -183,11 +181,7 @@ def test_broken_plugin_is_reported_and_can_be_disabled(project: Project) -> None
     code, doc = project.json("list", select=False)
     assert code == 0
     broken = next(r for r in doc["plugins"] if r["name"] == "fix-broken")  # type: ignore[union-attr]
-    assert (
-        broken["status"] == "broken"
-        and broken["distribution"] == "acme-broken"
-        and broken["version"] == "2.3.4"
-    )
+    assert broken["status"] == "broken" and broken["distribution"] == "acme-broken" and broken["version"] == "2.3.4"
     res = project.run("--plugins", "fix-broken", "apply", select=False)
     assert res.returncode == 2
     line = one_clear_line(res.stderr)
@@ -213,9 +207,7 @@ def test_malformed_yaml_is_bad_input(three: Project) -> None:
         ({"fix-a": {"colour": "blue"}}, "colour"),
     ],
 )
-def test_wrong_config_names_the_path(
-    three: Project, section: dict[str, dict[str, object]], expected: str
-) -> None:
+def test_wrong_config_names_the_path(three: Project, section: dict[str, dict[str, object]], expected: str) -> None:
     three.config(section)
     res = three.run("apply")
     assert res.returncode == 2
@@ -254,9 +246,7 @@ def test_secrets_never_reach_logs_reports_or_ledger(three: Project) -> None:
     texts = [res.stdout, res.stderr, res2.stdout, res2.stderr]
     texts += [p.read_text() for p in (three.work / ".tars" / "reports").rglob("*") if p.is_file()]
     db = sqlite3.connect(three.work / ".tars" / "state.db")
-    texts += [
-        repr(db.execute(f"SELECT * FROM {t}").fetchall()) for t in ("tars_phases", "tars_runs", "tars_state")
-    ]
+    texts += [repr(db.execute(f"SELECT * FROM {t}").fetchall()) for t in ("tars_phases", "tars_runs", "tars_state")]
     assert "applied with password ***" in res.stderr
     for text in texts:
         assert secret not in text and dsn_pw not in text
@@ -326,11 +316,7 @@ def test_sigkill_mid_phase_is_resolved_by_the_next_run(three: Project, sleep_key
     res = three.run("--format", "json", "apply", env=three.env(SLEEP="0"))
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert (
-        len(doc["recovered"]) == 1
-        and doc["recovered"][0].startswith("fix-b")
-        and expect in doc["recovered"][0]
-    )
+    assert len(doc["recovered"]) == 1 and doc["recovered"][0].startswith("fix-b") and expect in doc["recovered"][0]
     assert "recovered: fix-b" in res.stderr
     assert three.applied() == {"fix-a", "fix-b", "fix-c"}
     db = sqlite3.connect(three.work / ".tars" / "state.db")

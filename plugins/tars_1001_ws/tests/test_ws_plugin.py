@@ -163,8 +163,14 @@ def test_cli_against_a_dead_hub_port_exits_2_with_one_line(flags_key, tmp_path, 
     )
     exe = shutil.which("tars-run")
     argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run([*argv, "--plugins", "tars-1001-ws", "--config", str(config), command], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    res = subprocess.run(
+        [*argv, "--plugins", "tars-1001-ws", "--config", str(config), command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
+    )
     assert res.returncode == 2, res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr

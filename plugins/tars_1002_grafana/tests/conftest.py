@@ -24,8 +24,11 @@ if shutil.which("prometheus") is None or shutil.which("promtool") is None:  # pr
 def exporter() -> Iterator[str]:
     """``python -m tars_1002_grafana.exporter`` as the sandbox runs it (small topology)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tars_1002_grafana.exporter", "--port", str(port),
-                             "--agents", "4", "--regions", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tars_1002_grafana.exporter", "--port", str(port), "--agents", "4", "--regions", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/metrics"
 
     def up() -> bool:
@@ -51,8 +54,11 @@ class Env:
     def targets(self) -> Any:
         from tars_core import Targets
 
-        return Targets(prometheus_url=self.server.url, prometheus_rules_dir=str(self.rules_dir),
-                       grafana_dashboards_dir=str(self.dash_dir))
+        return Targets(
+            prometheus_url=self.server.url,
+            prometheus_rules_dir=str(self.rules_dir),
+            grafana_dashboards_dir=str(self.dash_dir),
+        )
 
     def wait_scraped(self) -> None:
         """rate() needs two samples: wait for a few scrapes before rules that must have data are loaded."""
@@ -60,8 +66,11 @@ class Env:
         assert ok, "Prometheus did not scrape the exporter"
 
     def snapshot(self) -> dict[str, bytes]:
-        return {str(p.relative_to(self.rules_dir.parent)): p.read_bytes()
-                for d in (self.rules_dir, self.dash_dir) for p in sorted(d.iterdir())}
+        return {
+            str(p.relative_to(self.rules_dir.parent)): p.read_bytes()
+            for d in (self.rules_dir, self.dash_dir)
+            for p in sorted(d.iterdir())
+        }
 
 
 @pytest.fixture
@@ -72,8 +81,7 @@ def env(tmp_path: Path, exporter: str) -> Iterator[Env]:
     dash_dir.mkdir()
     for name, text in plugin.dashboard_files().items():
         (dash_dir / name).write_text(text, encoding="utf-8")
-    server = PrometheusServer(tmp_path / "prom", rules_dir=rules_dir, scrape_targets=[exporter],
-                              scrape_interval="1s")
+    server = PrometheusServer(tmp_path / "prom", rules_dir=rules_dir, scrape_targets=[exporter], scrape_interval="1s")
     server.start()
     try:
         yield Env(server, rules_dir, dash_dir, tmp_path / "state")

@@ -53,11 +53,28 @@ def test_tars_run_applies_verifies_and_rolls_back(env: Any, tmp_path: Path) -> N
     """The real CLI: rule file written and healthy with data, dashboards patched, then rolled back."""
     env.wait_scraped()
     cfg = tmp_path / "tars.yaml"
-    cfg.write_text(yaml.safe_dump({"targets": {
-        "prometheus_url": env.server.url, "prometheus_rules_dir": str(env.rules_dir),
-        "grafana_dashboards_dir": str(env.dash_dir)}}))
-    base = ["tars-run", "--plugins", "TARS-1002", "--config", str(cfg), "--state",
-            f"sqlite:///{tmp_path / 'ledger.db'}", "--format", "json"]
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "targets": {
+                    "prometheus_url": env.server.url,
+                    "prometheus_rules_dir": str(env.rules_dir),
+                    "grafana_dashboards_dir": str(env.dash_dir),
+                }
+            }
+        )
+    )
+    base = [
+        "tars-run",
+        "--plugins",
+        "TARS-1002",
+        "--config",
+        str(cfg),
+        "--state",
+        f"sqlite:///{tmp_path / 'ledger.db'}",
+        "--format",
+        "json",
+    ]
 
     def run(*cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, *cmd], capture_output=True, text=True, cwd=tmp_path, timeout=600)
@@ -116,8 +133,11 @@ def test_prometheus_unreachable_is_one_clear_line_without_the_password(tmp_path:
     rules.mkdir()
     dash.mkdir()
     (dash / "a.json").write_text((SHIPPED / "v1.0.0" / "tars-overview.json").read_text())
-    targets = Targets(prometheus_url=f"http://admin:s3cret@127.0.0.1:{free_port()}",
-                      prometheus_rules_dir=str(rules), grafana_dashboards_dir=str(dash))
+    targets = Targets(
+        prometheus_url=f"http://admin:s3cret@127.0.0.1:{free_port()}",
+        prometheus_rules_dir=str(rules),
+        grafana_dashboards_dir=str(dash),
+    )
     ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
     for hook in (plugin.tars_apply, plugin.tars_verify):
         with pytest.raises(TargetError) as exc:
@@ -125,8 +145,10 @@ def test_prometheus_unreachable_is_one_clear_line_without_the_password(tmp_path:
         msg = str(exc.value)
         assert "is unreachable" in msg and "targets.prometheus_url" in msg and "\n" not in msg
         assert "s3cret" not in msg and "admin" not in msg
-    assert list(rules.iterdir()) == [] and (dash / "a.json").read_text() == (SHIPPED / "v1.0.0" /
-                                                                            "tars-overview.json").read_text()
+    assert (
+        list(rules.iterdir()) == []
+        and (dash / "a.json").read_text() == (SHIPPED / "v1.0.0" / "tars-overview.json").read_text()
+    )
     assert not call(plugin.tars_rollback, ctx).changed  # the failed apply changed nothing
 
 
@@ -134,10 +156,13 @@ def test_a_missing_or_wrong_folder_is_bad_input(tmp_path: Path) -> None:
     rules, dash = tmp_path / "rules", tmp_path / "dash.json"
     rules.mkdir()
     dash.write_text("{}")
-    for r, d, key, what in ((tmp_path / "nope", tmp_path, "prometheus_rules_dir", "missing"),
-                            (rules, dash, "grafana_dashboards_dir", "not a folder")):
-        targets = Targets(prometheus_url=f"http://127.0.0.1:{free_port()}", prometheus_rules_dir=str(r),
-                          grafana_dashboards_dir=str(d))
+    for r, d, key, what in (
+        (tmp_path / "nope", tmp_path, "prometheus_rules_dir", "missing"),
+        (rules, dash, "grafana_dashboards_dir", "not a folder"),
+    ):
+        targets = Targets(
+            prometheus_url=f"http://127.0.0.1:{free_port()}", prometheus_rules_dir=str(r), grafana_dashboards_dir=str(d)
+        )
         ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
         for hook in (plugin.tars_apply, plugin.tars_verify):
             with pytest.raises(TargetError, match=rf"targets\.{key} .* is {what}: fix the path"):
@@ -153,19 +178,42 @@ def test_cli_against_a_dead_port_exits_2_with_one_line(tmp_path: Path, command: 
     dash.mkdir()
     port = free_port()
     cfg = tmp_path / "tars.yaml"
-    cfg.write_text(yaml.safe_dump({"targets": {
-        "prometheus_url": f"http://admin:s3cret@127.0.0.1:{port}", "prometheus_rules_dir": str(rules),
-        "grafana_dashboards_dir": str(dash)}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "targets": {
+                    "prometheus_url": f"http://admin:s3cret@127.0.0.1:{port}",
+                    "prometheus_rules_dir": str(rules),
+                    "grafana_dashboards_dir": str(dash),
+                }
+            }
+        )
+    )
     exe = shutil.which("tars-run")
     argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run([*argv, "--plugins", "tars-1002-grafana", "--config", str(cfg), "--state",
-                          f"sqlite:///{tmp_path / 'ledger.db'}", command], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    res = subprocess.run(
+        [
+            *argv,
+            "--plugins",
+            "tars-1002-grafana",
+            "--config",
+            str(cfg),
+            "--state",
+            f"sqlite:///{tmp_path / 'ledger.db'}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
+    )
     assert res.returncode == 2, res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
-    reasons = [line for line in res.stderr.splitlines()
-               if f"Prometheus at http://127.0.0.1:{port} is unreachable" in line]
+    reasons = [
+        line for line in res.stderr.splitlines() if f"Prometheus at http://127.0.0.1:{port} is unreachable" in line
+    ]
     assert reasons, res.stderr
     assert all("Connection refused" in line for line in reasons)
 
@@ -179,8 +227,7 @@ def test_reload_refused_restores_the_previous_rule_file(tmp_path: Path, exporter
     (rules / RULE_FILE_NAME).write_text(old)
     (dash / "a.json").write_text((SHIPPED / "v1.0.0" / "tars-overview.json").read_text())
     with PrometheusServer(tmp_path / "prom", rules_dir=rules, lifecycle=False) as server:
-        targets = Targets(prometheus_url=server.url, prometheus_rules_dir=str(rules),
-                          grafana_dashboards_dir=str(dash))
+        targets = Targets(prometheus_url=server.url, prometheus_rules_dir=str(rules), grafana_dashboards_dir=str(dash))
         ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
         with pytest.raises(FixError, match=r"web\.enable-lifecycle"):
             call(plugin.tars_apply, ctx)
@@ -195,8 +242,7 @@ def test_rules_dir_not_in_rule_files_fails_fast_and_rollback_cleans_up(tmp_path:
     dash.mkdir()
     (dash / "a.json").write_text((SHIPPED / "v1.0.0" / "tars-overview.json").read_text())
     with PrometheusServer(tmp_path / "prom", rules_dir=tmp_path / "elsewhere") as server:
-        targets = Targets(prometheus_url=server.url, prometheus_rules_dir=str(rules),
-                          grafana_dashboards_dir=str(dash))
+        targets = Targets(prometheus_url=server.url, prometheus_rules_dir=str(rules), grafana_dashboards_dir=str(dash))
         ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "state")
         with pytest.raises(FixError, match=r"add '.*/rules/\*\.yml' to rule_files"):
             call(plugin.tars_apply, ctx)
@@ -206,8 +252,9 @@ def test_rules_dir_not_in_rule_files_fails_fast_and_rollback_cleans_up(tmp_path:
 
 
 def test_missing_target_key_is_named(tmp_path: Path) -> None:
-    ctx = make_context(plugin, targets=Targets(prometheus_url="http://127.0.0.1:1"), config={},
-                       state_dir=tmp_path / "s")
+    ctx = make_context(
+        plugin, targets=Targets(prometheus_url="http://127.0.0.1:1"), config={}, state_dir=tmp_path / "s"
+    )
     with pytest.raises(FixError, match=r"targets\.prometheus_rules_dir is not set"):
         call(plugin.tars_apply, ctx)
 
@@ -225,7 +272,9 @@ def test_rollback_without_apply_changes_nothing(env: Any) -> None:
 
 
 def test_plugin_module_imports_cheaply() -> None:
-    code = ("import sys, tars_1002_grafana.plugin; heavy = [m for m in sys.modules if m.split('.')[0] in "
-            "('promql_parser', 'httpx', 'yaml', 'prometheus_client')]; print(heavy)")
+    code = (
+        "import sys, tars_1002_grafana.plugin; heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('promql_parser', 'httpx', 'yaml', 'prometheus_client')]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -25,43 +25,56 @@ def rw(expr: str, **kw: Any) -> tuple[str | None, str]:
 
 
 def test_seed_example_becomes_the_recorded_series() -> None:
-    new, reason = rw("histogram_quantile(0.95,\n  sum(rate(tars_evaluation_duration_seconds_bucket[5m])) "
-                     "by (agent_id, region, le)\n)")
+    new, reason = rw(
+        "histogram_quantile(0.95,\n  sum(rate(tars_evaluation_duration_seconds_bucket[5m])) "
+        "by (agent_id, region, le)\n)"
+    )
     assert new == P95
     assert P95 in reason
 
 
-@pytest.mark.parametrize("expr", [
-    "histogram_quantile(0.95, sum by (agent_id, region, le) (rate(tars_evaluation_duration_seconds_bucket[5m])))",
-    "histogram_quantile(0.95,sum(rate(tars_evaluation_duration_seconds_bucket[5m]))by(le,region,agent_id))",
-    "histogram_quantile( 0.950 , sum  by(region,le,agent_id)( rate( tars_evaluation_duration_seconds_bucket [300s] ) )"
-    " )",
-    "histogram_quantile(0.95, (sum(rate(tars_evaluation_duration_seconds_bucket{}[5m])) by (agent_id, region, le)))",
-    "histogram_quantile(95e-2, sum(rate({__name__=\"tars_evaluation_duration_seconds_bucket\"}[5m]))"
-    " by (agent_id,region,le))",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "histogram_quantile(0.95, sum by (agent_id, region, le) (rate(tars_evaluation_duration_seconds_bucket[5m])))",
+        "histogram_quantile(0.95,sum(rate(tars_evaluation_duration_seconds_bucket[5m]))by(le,region,agent_id))",
+        "histogram_quantile( 0.950 , sum  by(region,le,agent_id)( rate( tars_evaluation_duration_seconds_bucket [300s] ) )"
+        " )",
+        "histogram_quantile(0.95, (sum(rate(tars_evaluation_duration_seconds_bucket{}[5m])) by (agent_id, region, le)))",
+        'histogram_quantile(95e-2, sum(rate({__name__="tars_evaluation_duration_seconds_bucket"}[5m]))'
+        " by (agent_id,region,le))",
+    ],
+)
 def test_whitespace_label_order_by_placement_and_spelling_do_not_matter(expr: str) -> None:
     assert rw(expr)[0] == P95
 
 
 def test_label_filters_are_kept_on_labels_the_rule_keeps_in_any_order() -> None:
-    a = rw('histogram_quantile(0.95, sum(rate(tars_evaluation_duration_seconds_bucket{region="eu-west-1",'
-           'agent_id=~"agent-0.*"}[5m])) by (agent_id, region, le))')[0]
-    b = rw('histogram_quantile(0.95, sum by (le, agent_id, region) (rate(tars_evaluation_duration_seconds_bucket'
-           '{agent_id=~"agent-0.*", region="eu-west-1"}[5m])))')[0]
+    a = rw(
+        'histogram_quantile(0.95, sum(rate(tars_evaluation_duration_seconds_bucket{region="eu-west-1",'
+        'agent_id=~"agent-0.*"}[5m])) by (agent_id, region, le))'
+    )[0]
+    b = rw(
+        "histogram_quantile(0.95, sum by (le, agent_id, region) (rate(tars_evaluation_duration_seconds_bucket"
+        '{agent_id=~"agent-0.*", region="eu-west-1"}[5m])))'
+    )[0]
     assert a == b == f'{P95}{{agent_id=~"agent-0.*",region="eu-west-1"}}'
 
 
 def test_a_filter_on_a_label_the_rule_aggregates_away_is_left_with_the_reason() -> None:
-    new, reason = rw('histogram_quantile(0.95, sum by (agent_id, region, le) '
-                     '(rate(tars_evaluation_duration_seconds_bucket{job="tars-eval-api"}[5m])))')
+    new, reason = rw(
+        "histogram_quantile(0.95, sum by (agent_id, region, le) "
+        '(rate(tars_evaluation_duration_seconds_bucket{job="tars-eval-api"}[5m])))'
+    )
     assert new is None
     assert "label job is aggregated away" in reason and P95 in reason
 
 
 def test_filters_must_be_the_same_on_every_selector_of_a_ratio() -> None:
-    new, _ = rw('sum by (agent_id, region) (rate(tars_evaluations_total{status="success",region="a"}[5m])) '
-                     '/ sum by (agent_id, region) (rate(tars_evaluations_total[5m]))')
+    new, _ = rw(
+        'sum by (agent_id, region) (rate(tars_evaluations_total{status="success",region="a"}[5m])) '
+        "/ sum by (agent_id, region) (rate(tars_evaluations_total[5m]))"
+    )
     # the numerator alone is filtered: a different computation; sub-expressions may still be recorded
     assert new is None or "ratio" not in new
     assert new is None or new.startswith("sum by (agent_id, region)") or "rate5m" in new
@@ -73,8 +86,12 @@ def test_without_is_not_by() -> None:
 
 
 def test_a_different_window_or_quantile_is_a_different_computation() -> None:
-    assert rw("histogram_quantile(0.9, sum by (agent_id, region, le) "
-              "(rate(tars_evaluation_duration_seconds_bucket[5m])))")[0] is None
+    assert (
+        rw(
+            "histogram_quantile(0.9, sum by (agent_id, region, le) (rate(tars_evaluation_duration_seconds_bucket[5m])))"
+        )[0]
+        is None
+    )
     assert rw("sum by (region) (rate(tars_evaluations_total[10m]))")[0] is None
 
 
@@ -84,8 +101,10 @@ def test_reaggregation_of_a_finer_sum() -> None:
 
 
 def test_share_rule_does_not_take_a_filter_through_its_global_denominator() -> None:
-    q = ('sum by (region) (rate(tars_evaluations_total{region="eu-west-1"}[5m])) / on() group_left '
-         'sum(rate(tars_evaluations_total{region="eu-west-1"}[5m]))')
+    q = (
+        'sum by (region) (rate(tars_evaluations_total{region="eu-west-1"}[5m])) / on() group_left '
+        'sum(rate(tars_evaluations_total{region="eu-west-1"}[5m]))'
+    )
     new, _ = rw(q)
     assert new is None or "share_rate5m" not in new
     plain, _ = rw(q.replace('{region="eu-west-1"}', ""))
@@ -102,8 +121,9 @@ def test_variables_in_label_values_are_kept_verbatim() -> None:
 def test_macros_in_ranges_match_nothing_by_default_and_say_why() -> None:
     new, reason = rw("sum by (region) (rate(tars_evaluations_total[$__rate_interval]))")
     assert new is None and "$__rate_interval" in reason and "--macro-window" in reason
-    new, _ = rw("sum by (region) (rate(tars_evaluations_total[$__rate_interval]))",
-                macro_windows={"$__rate_interval": "5m"})
+    new, _ = rw(
+        "sum by (region) (rate(tars_evaluations_total[$__rate_interval]))", macro_windows={"$__rate_interval": "5m"}
+    )
     assert new == "region:tars_evaluations:rate5m"
 
 
@@ -114,13 +134,14 @@ def test_macros_and_variables_elsewhere_survive_a_rewrite() -> None:
     assert new == "histogram_quantile($quantile, sum by (le)(region_le:tars_evaluation_duration_seconds_bucket:rate5m))"
     new, _ = rw("sum by (region) (rate(tars_evaluations_total[5m])) > bool ${threshold}")
     assert new == "region:tars_evaluations:rate5m > bool ${threshold}"
-    new, _ = rw("sum by (region) (rate(tars_evaluations_total[5m])) / sum by (region) "
-                "(rate(tars_evaluations_total[$__range]))")
+    new, _ = rw(
+        "sum by (region) (rate(tars_evaluations_total[5m])) / sum by (region) (rate(tars_evaluations_total[$__range]))"
+    )
     assert new == "region:tars_evaluations:rate5m / sum by (region)(rate(tars_evaluations_total[$__range]))"
 
 
 def test_recorded_queries_and_unparseable_ones_are_left_alone() -> None:
-    assert rw(f"{P95}{{region=\"x\"}}") == (None, "already uses recorded series")
+    assert rw(f'{P95}{{region="x"}}') == (None, "already uses recorded series")
     from tars_1002_grafana.patcher import QueryError
 
     with pytest.raises(QueryError, match="does not parse"):
@@ -134,6 +155,7 @@ def test_rules_from_another_file_are_matched_too() -> None:
 
 # -- dashboards ----------------------------------------------------------------------------------------
 
+
 def _target(expr: str, ref: str = "A", **kw: Any) -> dict[str, Any]:
     return {"refId": ref, "expr": expr, **kw}
 
@@ -145,22 +167,44 @@ GLOBAL_RATE = "sum(rate(tars_evaluations_total[5m]))"
 def test_nested_collapsed_rows_legacy_rows_library_panels_and_other_datasources() -> None:
     dash = {
         "schemaVersion": 37,
-        "templating": {"list": [{"name": "ds", "type": "datasource", "query": "prometheus"},
-                                {"name": "logs", "type": "datasource", "query": "loki"}]},
+        "templating": {
+            "list": [
+                {"name": "ds", "type": "datasource", "query": "prometheus"},
+                {"name": "logs", "type": "datasource", "query": "loki"},
+            ]
+        },
         "panels": [
-            {"type": "timeseries", "title": "top", "datasource": {"type": "prometheus", "uid": "p"},
-             "targets": [_target(EVAL_RATE)]},
-            {"type": "row", "title": "collapsed", "collapsed": True, "panels": [
-                {"type": "stat", "title": "inner", "datasource": "$ds", "targets": [_target(GLOBAL_RATE)]},
-                {"type": "logs", "title": "loki", "datasource": {"uid": "${logs}"},
-                 "targets": [_target('sum(rate({app="x"}[5m]))')]},
-            ]},
+            {
+                "type": "timeseries",
+                "title": "top",
+                "datasource": {"type": "prometheus", "uid": "p"},
+                "targets": [_target(EVAL_RATE)],
+            },
+            {
+                "type": "row",
+                "title": "collapsed",
+                "collapsed": True,
+                "panels": [
+                    {"type": "stat", "title": "inner", "datasource": "$ds", "targets": [_target(GLOBAL_RATE)]},
+                    {
+                        "type": "logs",
+                        "title": "loki",
+                        "datasource": {"uid": "${logs}"},
+                        "targets": [_target('sum(rate({app="x"}[5m]))')],
+                    },
+                ],
+            },
             {"title": "lib", "libraryPanel": {"uid": "u1", "name": "shared"}},
         ],
-        "rows": [{"title": "legacy", "panels": [
-            {"type": "graph", "title": "old", "datasource": "Prometheus", "targets": [_target(EVAL_RATE, "B")]},
-            {"type": "graph", "title": "es", "datasource": "Elasticsearch", "targets": [_target(EVAL_RATE)]},
-        ]}],
+        "rows": [
+            {
+                "title": "legacy",
+                "panels": [
+                    {"type": "graph", "title": "old", "datasource": "Prometheus", "targets": [_target(EVAL_RATE, "B")]},
+                    {"type": "graph", "title": "es", "datasource": "Elasticsearch", "targets": [_target(EVAL_RATE)]},
+                ],
+            }
+        ],
     }
     before = copy.deepcopy(dash)
     patched, changes = patch_dashboard(dash)
@@ -200,8 +244,12 @@ def test_every_panel_of_the_shipped_overview_is_accounted_for() -> None:
     dash = json.loads((root / "tars-overview.json").read_text())
     _, changes = patch_dashboard(dash)
     skipped = {c.panel: c.reason for c in changes if c.action == "skipped"}
-    assert set(skipped) == {"Evaluations per second (live)", "Requests by status code", "Build info",
-                            "Recent evaluation errors (logs)"}
+    assert set(skipped) == {
+        "Evaluations per second (live)",
+        "Requests by status code",
+        "Build info",
+        "Recent evaluation errors (logs)",
+    }
     text = format_changes(changes)
     assert "- " in text and "+   agent_id_region:tars_evaluation_duration_seconds:p95_rate5m" in text
     assert text.rstrip().endswith("4 left as they are")
@@ -212,16 +260,25 @@ def test_cli_prints_the_diff_writes_the_output_and_refuses_bad_input(tmp_path: P
     inp = tmp_path / "in.json"
     inp.write_text(src.read_text())
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, "-m", "tars_1002_grafana.patcher", str(inp), "-o", str(out),
-                           "--json-diff"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tars_1002_grafana.patcher", str(inp), "-o", str(out), "--json-diff"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "5 queries rewritten, 2 left as they are" in proc.stdout
     expected = '"expr": "instance:node_cpu_utilisation:ratio_rate5m{instance=~\\"$instance\\"}",'
     assert "+              " + expected in proc.stdout
     assert json.loads(out.read_text())["rows"][0]["panels"][0]["targets"][0]["expr"].startswith("instance:")
-    proc = subprocess.run([sys.executable, "-m", "tars_1002_grafana.patcher", str(out), "--in-place"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tars_1002_grafana.patcher", str(out), "--in-place"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "0 queries rewritten" in proc.stdout
     (tmp_path / "bad.json").write_text("{not json")
-    bad = subprocess.run([sys.executable, "-m", "tars_1002_grafana.patcher", str(tmp_path / "bad.json")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tars_1002_grafana.patcher", str(tmp_path / "bad.json")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -22,9 +22,15 @@ from tars_1002_grafana.rules import (
 )
 
 SEED_GROUPS = {
-    "tars_evaluation_aggregations": "15s", "tars_agent_aggregations": "30s", "tars_queue_aggregations": "10s",
-    "tars_resource_aggregations": "30s", "tars_api_aggregations": "15s", "tars_database_aggregations": "30s",
-    "tars_redis_aggregations": "15s", "tars_multiregion_aggregations": "30s", "tars_slo_compliance": "60s",
+    "tars_evaluation_aggregations": "15s",
+    "tars_agent_aggregations": "30s",
+    "tars_queue_aggregations": "10s",
+    "tars_resource_aggregations": "30s",
+    "tars_api_aggregations": "15s",
+    "tars_database_aggregations": "30s",
+    "tars_redis_aggregations": "15s",
+    "tars_multiregion_aggregations": "30s",
+    "tars_slo_compliance": "60s",
 }
 # level:metric:operations — level may be empty (global aggregate), operations lower-case with digits
 NAME_RE = re.compile(r"^[a-z_]*:[A-Za-z0-9_]+:[a-z0-9_]+$")
@@ -75,7 +81,8 @@ def test_checked_in_rule_file_and_unit_tests_are_what_the_table_generates(tmp_pa
     shipped = files("tars_1002_grafana") / "data" / "rules"
     write_unit_tests(tmp_path)
     assert (shipped / RULE_FILE_NAME).read_text() == (tmp_path / RULE_FILE_NAME).read_text(), (
-        "data/rules is stale: run python -m tars_1002_grafana.rules src/tars_1002_grafana/data/rules")
+        "data/rules is stale: run python -m tars_1002_grafana.rules src/tars_1002_grafana/data/rules"
+    )
     test_name = "tars-1002-recording-rules.test.yml"
     assert (shipped / test_name).read_text() == (tmp_path / test_name).read_text()
 
@@ -86,8 +93,9 @@ def test_promtool_check_rules_passes() -> None:
 
 
 def test_promtool_check_rules_refuses_a_malformed_file() -> None:
-    bad = render_rule_file().replace("sum by (region) (rate(tars_evaluations_total[5m]))",
-                                     "sum by (region) (rate(tars_evaluations_total[5m])", 1)
+    bad = render_rule_file().replace(
+        "sum by (region) (rate(tars_evaluations_total[5m]))", "sum by (region) (rate(tars_evaluations_total[5m])", 1
+    )
     with pytest.raises(PromtoolError, match=r"parse error|unclosed|unexpected"):
         check_rules_text(bad)
 
@@ -112,7 +120,9 @@ def test_unit_tests_catch_a_rule_that_computes_something_else(tmp_path: Path) ->
     tests = unit_test_data([r for r in rules if r.group == "tars_evaluation_aggregations"], RULE_FILE_NAME)
     text = render_rule_file(rules).replace(
         "expr: sum by (agent_id, region) (rate(tars_evaluations_total[5m]))",
-        "expr: avg by (agent_id, region) (rate(tars_evaluations_total[5m]))", 1)
+        "expr: avg by (agent_id, region) (rate(tars_evaluations_total[5m]))",
+        1,
+    )
     assert "avg by (agent_id, region)" in text
     (tmp_path / RULE_FILE_NAME).write_text(text)
     (tmp_path / "t.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
@@ -125,7 +135,8 @@ def test_rules_cli_writes_and_tests(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "tars_1002_grafana.rules", str(tmp_path)], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tars_1002_grafana.rules", str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert f"({len(build_rules())} rules)" in proc.stdout
     assert (tmp_path / RULE_FILE_NAME).exists()

@@ -38,26 +38,35 @@ def test_exporter_serves_every_catalogue_family_with_growing_counters(exporter: 
     b = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in second["tars_evaluations"].samples}
     assert a.keys() == b.keys() and all(b[k] >= a[k] for k in a) and any(b[k] > a[k] for k in a)
     hist = first["tars_evaluation_duration_seconds"].samples
-    one = [s.value for s in hist if s.name.endswith("_bucket") and s.labels["agent_id"] == "agent-000"
-           and s.labels["region"] == "us-east-1"]
+    one = [
+        s.value
+        for s in hist
+        if s.name.endswith("_bucket") and s.labels["agent_id"] == "agent-000" and s.labels["region"] == "us-east-1"
+    ]
     assert len(one) == 12 and one == sorted(one)  # 12 cumulative buckets
 
 
 def test_sandbox_contributes_a_running_exporter_and_seeds_dashboards_idempotently(tmp_path: Path) -> None:
     import sys
 
-    targets = Targets(prometheus_url="http://127.0.0.1:1", prometheus_rules_dir=str(tmp_path / "rules"),
-                      grafana_dashboards_dir=str(tmp_path / "dash"))
+    targets = Targets(
+        prometheus_url="http://127.0.0.1:1",
+        prometheus_rules_dir=str(tmp_path / "rules"),
+        grafana_dashboards_dir=str(tmp_path / "dash"),
+    )
     contrib = plugin.tars_sandbox(SandboxSite(dir=tmp_path, targets=targets, python=sys.executable))
     (svc,) = contrib.services
     assert svc.argv[:3] == [sys.executable, "-m", "tars_1002_grafana.exporter"]
     assert contrib.scrape_targets == [f"127.0.0.1:{svc.port}"]
     proc = subprocess.Popen(list(svc.argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+
         def ready() -> bool:
             try:
-                return httpx.get(f"http://{contrib.scrape_targets[0]}{svc.ready.split(':', 1)[1]}",
-                                 timeout=1).status_code == 200
+                return (
+                    httpx.get(f"http://{contrib.scrape_targets[0]}{svc.ready.split(':', 1)[1]}", timeout=1).status_code
+                    == 200
+                )
             except httpx.HTTPError:
                 return False
 
@@ -78,25 +87,49 @@ def test_sandbox_contributes_a_running_exporter_and_seeds_dashboards_idempotentl
 
 def test_report_section_lists_groups_and_benchmark(tmp_path: Path) -> None:
     info = plugin.tars_plugin_info()
-    bench = BenchmarkResult(metrics=[Metric("whole dashboard load", 2300.0, 310.0, "ms", "< 1000 ms", True)],
-                            detail="table")
-    release = Release(name="v1.0.1", plugins=[info], states={info.name: "applied"}, phases=[],
-                      benchmarks={info.name: bench}, targets={}, report_dir=tmp_path)
+    bench = BenchmarkResult(
+        metrics=[Metric("whole dashboard load", 2300.0, 310.0, "ms", "< 1000 ms", True)], detail="table"
+    )
+    release = Release(
+        name="v1.0.1",
+        plugins=[info],
+        states={info.name: "applied"},
+        phases=[],
+        benchmarks={info.name: bench},
+        targets={},
+        report_dir=tmp_path,
+    )
     section = plugin.tars_report(release)
     assert section is not None
     assert "| tars_slo_compliance | 60s | 12 |" in section.markdown
     assert "| whole dashboard load | 2300 | 310 | ms | < 1000 ms | yes |" in section.markdown
     assert section.data["rules"] == 71
-    other = Release(name="v1.0.1", plugins=[PluginInfo(name="x", title="x")], states={}, phases=[],
-                    benchmarks={}, targets={}, report_dir=tmp_path)
+    other = Release(
+        name="v1.0.1",
+        plugins=[PluginInfo(name="x", title="x")],
+        states={},
+        phases=[],
+        benchmarks={},
+        targets={},
+        report_dir=tmp_path,
+    )
     assert plugin.tars_report(other) is None
 
 
 def test_benchmark_hook_small_run_on_a_real_backfilled_prometheus(tmp_path: Path) -> None:
     """Shape and sanity only (tests never assert timing): every rewritten panel returns recorded series."""
-    ctx = make_context(plugin, targets=Targets(), state_dir=tmp_path, config={
-        "benchmark_agents": 4, "benchmark_regions": 2, "benchmark_hours": 2.5, "benchmark_calls": 2,
-        "benchmark_resolution_s": 30})
+    ctx = make_context(
+        plugin,
+        targets=Targets(),
+        state_dir=tmp_path,
+        config={
+            "benchmark_agents": 4,
+            "benchmark_regions": 2,
+            "benchmark_hours": 2.5,
+            "benchmark_calls": 2,
+            "benchmark_resolution_s": 30,
+        },
+    )
 
     async def go() -> BenchmarkResult:
         return await plugin.tars_benchmark(ctx)
@@ -110,4 +143,5 @@ def test_benchmark_hook_small_run_on_a_real_backfilled_prometheus(tmp_path: Path
     rewritten = [p for p in report["panels"] if "recorded" in p]
     assert len(rewritten) >= 40
     assert all(p["rec_series"] > 0 and p["raw_series"] > 0 for p in rewritten), [
-        p["panel"] for p in rewritten if not p["rec_series"]]
+        p["panel"] for p in rewritten if not p["rec_series"]
+    ]

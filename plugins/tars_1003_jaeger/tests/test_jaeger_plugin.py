@@ -168,13 +168,22 @@ def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, com
     config.write_text(f"targets:\n  redis: redis://:s3cret@127.0.0.1:{port}/0\nplugins:\n  tars-1003-jaeger: {{}}\n")
     exe = shutil.which("tars-run")
     argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run([*argv, "--plugins", "tars-1003-jaeger", "--config", str(config), command], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    res = subprocess.run(
+        [*argv, "--plugins", "tars-1003-jaeger", "--config", str(config), command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
+    )
     assert res.returncode == 2, res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
-    reasons = [line for line in res.stderr.splitlines() if f"cannot reach targets.redis redis://:***@127.0.0.1:{port}/0"
-               in line]
+    reasons = [
+        line
+        for line in res.stderr.splitlines()
+        if f"cannot reach targets.redis redis://:***@127.0.0.1:{port}/0" in line
+    ]
     assert reasons, res.stderr
 
 

@@ -20,7 +20,6 @@ os.environ.setdefault("TARS_TF_INTER_THREADS", "1")
 os.environ.setdefault("TARS_TF_INTRA_THREADS", "1")
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -50,4 +49,3 @@ def services() -> Iterator[Services]:
     svc = Services()
     yield svc
     svc.stop_all()
-

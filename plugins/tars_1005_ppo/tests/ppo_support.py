@@ -45,8 +45,13 @@ class Services:
         self.procs.clear()
 
 
-def wait_reported(client: redis.Redis, prefix: str, trainer_ids: list[str], timeout: float = 90.0,
-                  procs: dict[str, subprocess.Popen[bytes]] | None = None) -> None:
+def wait_reported(
+    client: redis.Redis,
+    prefix: str,
+    trainer_ids: list[str],
+    timeout: float = 90.0,
+    procs: dict[str, subprocess.Popen[bytes]] | None = None,
+) -> None:
     """Until each trainer has reported at least one iteration to Redis."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -31,16 +31,25 @@ from tars_core.testing import check_conformance, make_context
 
 pytestmark = pytest.mark.anyio
 
-FAST = {"canary_fraction": 0.5, "canary_observe_s": 2.0, "switch_timeout_s": 60.0, "verify_iterations": 24,
-        "verify_warmup": 0.25, "min_trainers": 2, "trainer": SMALL}
+FAST = {
+    "canary_fraction": 0.5,
+    "canary_observe_s": 2.0,
+    "switch_timeout_s": 60.0,
+    "verify_iterations": 24,
+    "verify_warmup": 0.25,
+    "min_trainers": 2,
+    "trainer": SMALL,
+}
 
 
 def test_entry_point_is_registered_and_imports_without_tensorflow() -> None:
     names = {ep.name: ep.value for ep in entry_points(group="tars.plugins")}
     assert names.get("tars-1005-ppo") == "tars_1005_ppo.plugin"
-    code = ("import sys, tars_1005_ppo.plugin as p; p.tars_plugin_info(); "
-            "heavy = [m for m in ('tensorflow', 'gymnasium', 'keras', 'matplotlib', 'scipy') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, tars_1005_ppo.plugin as p; p.tars_plugin_info(); "
+        "heavy = [m for m in ('tensorflow', 'gymnasium', 'keras', 'matplotlib', 'scipy') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -66,8 +75,9 @@ def test_bad_config_names_its_path(section: dict[str, Any], path: str, tmp_path:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str, run_prefix: str,
-          services: Services) -> Iterator[dict[str, Any]]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, run_prefix: str, services: Services
+) -> Iterator[dict[str, Any]]:
     """Two trainer services started with the argv the sandbox contribution gives, under test-owned keys."""
     ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
     targets = Targets(redis=redis_url, flags_key=f"{ns}:flags")
@@ -86,8 +96,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str, run_prefix: 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         wait_reported(client, prefix, ids, procs=dict(services.procs))
-        yield {"targets": targets, "prefix": prefix, "ids": ids, "client": client, "site": site_dir,
-               "contribution": contribution}
+        yield {
+            "targets": targets,
+            "prefix": prefix,
+            "ids": ids,
+            "client": client,
+            "site": site_dir,
+            "contribution": contribution,
+        }
     finally:
         client.close()
 
@@ -138,7 +154,7 @@ async def test_conformance_with_canary(fleet: dict[str, Any], tmp_path: Path) ->
     assert {s["implementation"] for s in statuses.values()} == {"legacy"}
     assert all(s["switches"] == "2" for s in statuses.values())
     assert client.hget(fleet["targets"].flags_key, "tars-1005-ppo-fixed") is None  # absent before, absent after
-    log = (tmp_path / "state" / "verify-soak" / "verdict.json")
+    log = tmp_path / "state" / "verify-soak" / "verdict.json"
     assert json.loads(log.read_text())["ok"]
 
 
@@ -156,8 +172,9 @@ async def test_canary_switches_its_fraction_first(fleet: dict[str, Any], tmp_pat
         await plugin.tars_rollback(ctx)
 
 
-async def test_apply_fails_when_a_trainer_does_not_switch(fleet: dict[str, Any], tmp_path: Path,
-                                                          services: Services) -> None:
+async def test_apply_fails_when_a_trainer_does_not_switch(
+    fleet: dict[str, Any], tmp_path: Path, services: Services
+) -> None:
     """A trainer that stops responding (SIGSTOP) still looks live; apply must judge reports, not the flag."""
     import signal
 
@@ -177,8 +194,12 @@ async def test_apply_fails_when_a_trainer_does_not_switch(fleet: dict[str, Any],
 
 async def test_apply_without_trainers_is_a_clear_error(redis_url: str, run_prefix: str, tmp_path: Path) -> None:
     ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
-    ctx = make_context(plugin, targets=Targets(redis=redis_url, flags_key=f"{ns}:flags"),
-                       config={"status_prefix": f"{ns}:ppo"}, state_dir=tmp_path)
+    ctx = make_context(
+        plugin,
+        targets=Targets(redis=redis_url, flags_key=f"{ns}:flags"),
+        config={"status_prefix": f"{ns}:ppo"},
+        state_dir=tmp_path,
+    )
     with pytest.raises(FixError, match=r"0 live PPO trainer\(s\) report .* start the trainer services"):
         await plugin.tars_apply(ctx)
     result = await plugin.tars_rollback(ctx)
@@ -210,8 +231,14 @@ def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, com
     config.write_text(f"targets:\n  redis: redis://:s3cret@127.0.0.1:{port}/0\nplugins:\n  tars-1005-ppo: {{}}\n")
     exe = shutil.which("tars-run")
     argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run([*argv, "--plugins", "tars-1005-ppo", "--config", str(config), command], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "TARS_TRACE_PLUGINS": ""})
+    res = subprocess.run(
+        [*argv, "--plugins", "tars-1005-ppo", "--config", str(config), command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
+    )
     assert res.returncode == 2, res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
@@ -225,8 +252,9 @@ async def test_missing_redis_target_names_the_key(tmp_path: Path) -> None:
         await plugin.tars_apply(ctx)
 
 
-async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(redis_url: str, run_prefix: str,
-                                                                   tmp_path: Path) -> None:
+async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(
+    redis_url: str, run_prefix: str, tmp_path: Path
+) -> None:
     ns = f"{run_prefix}:{uuid.uuid4().hex[:8]}"
     flags = f"{ns}:flags"
     ctx = make_context(plugin, targets=Targets(redis=redis_url, flags_key=flags), state_dir=tmp_path)
@@ -244,12 +272,25 @@ async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(redis_url: 
 
 def test_report_section_lists_phases_and_figures(tmp_path: Path) -> None:
     release = Release(
-        name="v1.0.1", plugins=[plugin.tars_plugin_info()], states={"tars-1005-ppo": "applied"},
-        phases=[PhaseRecord(run_id="r1", plugin="tars-1005-ppo", phase="apply", outcome="ok",
-                            started_at="2026-11-27T22:00:00Z", detail="2 trainer(s) switched")],
-        benchmarks={"tars-1005-ppo": BenchmarkResult(metrics=[Metric("peak_rss", 1100.0, 640.0, "MB", "< 1024",
-                                                                     True)])},
-        targets={}, report_dir=tmp_path)
+        name="v1.0.1",
+        plugins=[plugin.tars_plugin_info()],
+        states={"tars-1005-ppo": "applied"},
+        phases=[
+            PhaseRecord(
+                run_id="r1",
+                plugin="tars-1005-ppo",
+                phase="apply",
+                outcome="ok",
+                started_at="2026-11-27T22:00:00Z",
+                detail="2 trainer(s) switched",
+            )
+        ],
+        benchmarks={
+            "tars-1005-ppo": BenchmarkResult(metrics=[Metric("peak_rss", 1100.0, 640.0, "MB", "< 1024", True)])
+        },
+        targets={},
+        report_dir=tmp_path,
+    )
     section = plugin.tars_report(release)
     assert section is not None and "**applied**" in section.markdown
     assert "| peak_rss | 1100.0 | 640.0 | MB | < 1024 | yes |" in section.markdown
@@ -261,7 +302,20 @@ def test_report_section_lists_phases_and_figures(tmp_path: Path) -> None:
 def test_trainer_service_refuses_a_bad_config(tmp_path: Path, redis_url: str) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"num_envs": 0}))
-    run = subprocess.run([sys.executable, "-m", "tars_1005_ppo.trainer_service", "--redis", redis_url,
-                          "--trainer-id", "x", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tars_1005_ppo.trainer_service",
+            "--redis",
+            redis_url,
+            "--trainer-id",
+            "x",
+            "--config",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "num_envs must be > 0" in run.stderr
-

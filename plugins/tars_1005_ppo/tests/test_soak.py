@@ -24,10 +24,21 @@ MB = 2**20
 
 def series(rss: list[float], tracing: list[int] | None = None, segments: list[int] | None = None) -> list[Sample]:
     n = len(rss)
-    return [Sample(segment=(segments or [0] * n)[i], iteration=i + 1, elapsed_s=float(i), global_step=256 * (i + 1),
-                   rss_bytes=int(r), tracing_count=(tracing or [3] * n)[i], buffer_bytes=1000,
-                   retained_items=10, mean_return=20.0 + i, train_seconds=0.1 * (i + 1))
-            for i, r in enumerate(rss)]
+    return [
+        Sample(
+            segment=(segments or [0] * n)[i],
+            iteration=i + 1,
+            elapsed_s=float(i),
+            global_step=256 * (i + 1),
+            rss_bytes=int(r),
+            tracing_count=(tracing or [3] * n)[i],
+            buffer_bytes=1000,
+            retained_items=10,
+            mean_return=20.0 + i,
+            train_seconds=0.1 * (i + 1),
+        )
+        for i, r in enumerate(rss)
+    ]
 
 
 def test_judge_passes_flat_memory_after_warmup() -> None:
@@ -70,8 +81,12 @@ def test_judge_refuses_too_few_samples() -> None:
 
 
 def soak(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tars_1005_ppo.soak", "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tars_1005_ppo.soak", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_fixed_soak_passes_and_writes_csv_and_png(tmp_path: Path, small_config_file: Path) -> None:
@@ -86,8 +101,9 @@ def test_fixed_soak_passes_and_writes_csv_and_png(tmp_path: Path, small_config_f
 
 
 def test_leaky_reproduction_fails_the_same_judge(tmp_path: Path, small_config_file: Path) -> None:
-    run = soak(tmp_path, "--impl", "legacy", "--iterations", "25", "--config", str(small_config_file),
-               "--warmup", "0.2")
+    run = soak(
+        tmp_path, "--impl", "legacy", "--iterations", "25", "--config", str(small_config_file), "--warmup", "0.2"
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     verdict = load_verdict(tmp_path / "verdict.json")
     assert not verdict.ok and verdict.leak_detected
@@ -96,9 +112,24 @@ def test_leaky_reproduction_fails_the_same_judge(tmp_path: Path, small_config_fi
 
 
 def test_sigterm_stops_cleanly_and_resume_continues(tmp_path: Path, small_config_file: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tars_1005_ppo.soak", "--out", str(tmp_path), "--duration", "10m",
-                             "--config", str(small_config_file), "--checkpoint-every", "1000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tars_1005_ppo.soak",
+            "--out",
+            str(tmp_path),
+            "--duration",
+            "10m",
+            "--config",
+            str(small_config_file),
+            "--checkpoint-every",
+            "1000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     csv_path = tmp_path / "samples.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not csv_path.exists() or len(csv_path.read_text().splitlines()) < 8):
@@ -136,22 +167,26 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_benchmark_hook_measures_both_trainers(tmp_path: Path) -> None:
-    ctx = make_context(plugin, targets=Targets(),
-                       config={"benchmark_iterations": 20, "trainer": SMALL}, state_dir=tmp_path)
+    ctx = make_context(
+        plugin, targets=Targets(), config={"benchmark_iterations": 20, "trainer": SMALL}, state_dir=tmp_path
+    )
     result = await plugin.tars_benchmark(ctx)
     metrics = {m.name: m for m in result.metrics}
-    assert set(metrics) == {"rss_slope_per_iteration", "peak_rss", "tracings_after_warmup", "steps_per_second",
-                            "cartpole_mean_return"}
+    assert set(metrics) == {
+        "rss_slope_per_iteration",
+        "peak_rss",
+        "tracings_after_warmup",
+        "steps_per_second",
+        "cartpole_mean_return",
+    }
     slope = metrics["rss_slope_per_iteration"]
     assert slope.before > slope.after and slope.unit == "KB/iteration"
     assert metrics["tracings_after_warmup"].after == 0 and metrics["tracings_after_warmup"].before > 0
     assert (tmp_path / "benchmark" / "rss-compare.png").exists()
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("48h", 172800), ("1h30m", 5400),
-                                               ("12", 12)])
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("48h", 172800), ("1h30m", 5400), ("12", 12)])
 def test_durations(text: str, seconds: float) -> None:
     from tars_1005_ppo.config import parse_duration
 
     assert parse_duration(text) == seconds
-

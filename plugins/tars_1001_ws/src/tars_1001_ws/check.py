@@ -88,8 +88,9 @@ async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
             reason = "connection refused (is the hub running there?)"
         raise HubUnreachable(f"cannot reach the hub at {_safe(ws_url)}: {reason}") from None
     except ValueError as exc:  # it answered, but not with the info document: something else listens there
-        raise HubError(f"{_safe(ws_url)} answered {INFO_PATH} with no JSON document ({exc}): it is not a "
-                       "TARS-1001 hub") from None
+        raise HubError(
+            f"{_safe(ws_url)} answered {INFO_PATH} with no JSON document ({exc}): it is not a TARS-1001 hub"
+        ) from None
 
 
 async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:

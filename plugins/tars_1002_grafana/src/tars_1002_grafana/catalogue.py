@@ -67,66 +67,179 @@ class Family:
 _AGENT = ("agent_id", "agent_type", "region")
 
 FAMILIES: tuple[Family, ...] = (
-    Family("tars_evaluations_total", "counter", (*_AGENT, "status"),
-           "Evaluations finished, by outcome (success, error, timeout).", "tars"),
-    Family("tars_evaluation_duration_seconds", "histogram", _AGENT,
-           "Wall time of one evaluation run, from dequeue to result.", "tars", EVAL_BUCKETS),
+    Family(
+        "tars_evaluations_total",
+        "counter",
+        (*_AGENT, "status"),
+        "Evaluations finished, by outcome (success, error, timeout).",
+        "tars",
+    ),
+    Family(
+        "tars_evaluation_duration_seconds",
+        "histogram",
+        _AGENT,
+        "Wall time of one evaluation run, from dequeue to result.",
+        "tars",
+        EVAL_BUCKETS,
+    ),
     Family("tars_agent_reward", "gauge", _AGENT, "Mean episode reward of the agent's last batch.", "tars"),
     Family("tars_agent_episodes_total", "counter", _AGENT, "Training episodes completed.", "tars"),
     Family("tars_agent_training_steps_total", "counter", _AGENT, "PPO optimisation steps taken.", "tars"),
-    Family("tars_agent_loss", "gauge", (*_AGENT, "loss_type"),
-           "Last training loss by component (policy, value, entropy).", "tars"),
-    Family("tars_queue_depth", "gauge", ("queue", "region"),
-           "Entries waiting in the Redis Streams work queue (XLEN minus acknowledged).", "tars"),
-    Family("tars_queue_wait_seconds", "histogram", ("queue", "region"),
-           "Time an entry waited between XADD and XREADGROUP.", "tars", QUEUE_BUCKETS),
-    Family("tars_queue_messages_processed_total", "counter", ("queue", "region", "status"),
-           "Queue entries processed, by outcome (ok, failed).", "tars"),
-    Family("tars_http_requests_total", "counter", ("service", "endpoint", "method", "code", "region"),
-           "HTTP requests served, by status code.", "tars"),
-    Family("tars_http_request_duration_seconds", "histogram", ("service", "endpoint", "method", "region"),
-           "HTTP request latency measured in the ASGI middleware.", "tars", HTTP_BUCKETS),
-    Family("tars_db_query_duration_seconds", "histogram", ("operation", "table", "region"),
-           "PostgreSQL query latency seen by the application (asyncpg).", "tars", DB_BUCKETS),
-    Family("tars_replication_lag_seconds", "gauge", ("source_region", "target_region"),
-           "Age of the newest replicated evaluation result in the target region.", "tars"),
-    Family("pg_stat_activity_count", "gauge", ("instance", "datname", "state"),
-           "Backends per database and state (postgres_exporter, pg_stat_activity).", "postgres_exporter"),
-    Family("pg_stat_database_xact_commit", "counter", ("instance", "datname"),
-           "Transactions committed (postgres_exporter, pg_stat_database).", "postgres_exporter"),
-    Family("pg_stat_database_xact_rollback", "counter", ("instance", "datname"),
-           "Transactions rolled back (postgres_exporter, pg_stat_database).", "postgres_exporter"),
-    Family("pg_stat_database_blks_hit", "counter", ("instance", "datname"),
-           "Buffer cache hits (postgres_exporter, pg_stat_database).", "postgres_exporter"),
-    Family("pg_stat_database_blks_read", "counter", ("instance", "datname"),
-           "Blocks read from disk (postgres_exporter, pg_stat_database).", "postgres_exporter"),
-    Family("redis_commands_processed_total", "counter", ("instance",),
-           "Commands processed by the server (redis_exporter, INFO stats).", "redis_exporter"),
-    Family("redis_keyspace_hits_total", "counter", ("instance",),
-           "Successful key lookups (redis_exporter).", "redis_exporter"),
-    Family("redis_keyspace_misses_total", "counter", ("instance",),
-           "Failed key lookups (redis_exporter).", "redis_exporter"),
-    Family("redis_memory_used_bytes", "gauge", ("instance",), "used_memory (redis_exporter).",
-           "redis_exporter"),
+    Family(
+        "tars_agent_loss",
+        "gauge",
+        (*_AGENT, "loss_type"),
+        "Last training loss by component (policy, value, entropy).",
+        "tars",
+    ),
+    Family(
+        "tars_queue_depth",
+        "gauge",
+        ("queue", "region"),
+        "Entries waiting in the Redis Streams work queue (XLEN minus acknowledged).",
+        "tars",
+    ),
+    Family(
+        "tars_queue_wait_seconds",
+        "histogram",
+        ("queue", "region"),
+        "Time an entry waited between XADD and XREADGROUP.",
+        "tars",
+        QUEUE_BUCKETS,
+    ),
+    Family(
+        "tars_queue_messages_processed_total",
+        "counter",
+        ("queue", "region", "status"),
+        "Queue entries processed, by outcome (ok, failed).",
+        "tars",
+    ),
+    Family(
+        "tars_http_requests_total",
+        "counter",
+        ("service", "endpoint", "method", "code", "region"),
+        "HTTP requests served, by status code.",
+        "tars",
+    ),
+    Family(
+        "tars_http_request_duration_seconds",
+        "histogram",
+        ("service", "endpoint", "method", "region"),
+        "HTTP request latency measured in the ASGI middleware.",
+        "tars",
+        HTTP_BUCKETS,
+    ),
+    Family(
+        "tars_db_query_duration_seconds",
+        "histogram",
+        ("operation", "table", "region"),
+        "PostgreSQL query latency seen by the application (asyncpg).",
+        "tars",
+        DB_BUCKETS,
+    ),
+    Family(
+        "tars_replication_lag_seconds",
+        "gauge",
+        ("source_region", "target_region"),
+        "Age of the newest replicated evaluation result in the target region.",
+        "tars",
+    ),
+    Family(
+        "pg_stat_activity_count",
+        "gauge",
+        ("instance", "datname", "state"),
+        "Backends per database and state (postgres_exporter, pg_stat_activity).",
+        "postgres_exporter",
+    ),
+    Family(
+        "pg_stat_database_xact_commit",
+        "counter",
+        ("instance", "datname"),
+        "Transactions committed (postgres_exporter, pg_stat_database).",
+        "postgres_exporter",
+    ),
+    Family(
+        "pg_stat_database_xact_rollback",
+        "counter",
+        ("instance", "datname"),
+        "Transactions rolled back (postgres_exporter, pg_stat_database).",
+        "postgres_exporter",
+    ),
+    Family(
+        "pg_stat_database_blks_hit",
+        "counter",
+        ("instance", "datname"),
+        "Buffer cache hits (postgres_exporter, pg_stat_database).",
+        "postgres_exporter",
+    ),
+    Family(
+        "pg_stat_database_blks_read",
+        "counter",
+        ("instance", "datname"),
+        "Blocks read from disk (postgres_exporter, pg_stat_database).",
+        "postgres_exporter",
+    ),
+    Family(
+        "redis_commands_processed_total",
+        "counter",
+        ("instance",),
+        "Commands processed by the server (redis_exporter, INFO stats).",
+        "redis_exporter",
+    ),
+    Family(
+        "redis_keyspace_hits_total",
+        "counter",
+        ("instance",),
+        "Successful key lookups (redis_exporter).",
+        "redis_exporter",
+    ),
+    Family(
+        "redis_keyspace_misses_total",
+        "counter",
+        ("instance",),
+        "Failed key lookups (redis_exporter).",
+        "redis_exporter",
+    ),
+    Family("redis_memory_used_bytes", "gauge", ("instance",), "used_memory (redis_exporter).", "redis_exporter"),
     Family("redis_memory_max_bytes", "gauge", ("instance",), "maxmemory (redis_exporter).", "redis_exporter"),
-    Family("redis_connected_clients", "gauge", ("instance",), "Client connections (redis_exporter).",
-           "redis_exporter"),
-    Family("node_cpu_seconds_total", "counter", ("instance", "cpu", "mode"),
-           "CPU time per core and mode (node_exporter).", "node_exporter"),
-    Family("node_memory_MemAvailable_bytes", "gauge", ("instance",), "MemAvailable (node_exporter).",
-           "node_exporter"),
-    Family("node_memory_MemTotal_bytes", "gauge", ("instance",), "MemTotal (node_exporter).",
-           "node_exporter"),
-    Family("node_network_receive_bytes_total", "counter", ("instance", "device"),
-           "Bytes received per interface (node_exporter).", "node_exporter"),
-    Family("node_network_transmit_bytes_total", "counter", ("instance", "device"),
-           "Bytes sent per interface (node_exporter).", "node_exporter"),
+    Family("redis_connected_clients", "gauge", ("instance",), "Client connections (redis_exporter).", "redis_exporter"),
+    Family(
+        "node_cpu_seconds_total",
+        "counter",
+        ("instance", "cpu", "mode"),
+        "CPU time per core and mode (node_exporter).",
+        "node_exporter",
+    ),
+    Family("node_memory_MemAvailable_bytes", "gauge", ("instance",), "MemAvailable (node_exporter).", "node_exporter"),
+    Family("node_memory_MemTotal_bytes", "gauge", ("instance",), "MemTotal (node_exporter).", "node_exporter"),
+    Family(
+        "node_network_receive_bytes_total",
+        "counter",
+        ("instance", "device"),
+        "Bytes received per interface (node_exporter).",
+        "node_exporter",
+    ),
+    Family(
+        "node_network_transmit_bytes_total",
+        "counter",
+        ("instance", "device"),
+        "Bytes sent per interface (node_exporter).",
+        "node_exporter",
+    ),
 )
 
 FAMILY_BY_SERIES: dict[str, Family] = {s: f for f in FAMILIES for s in f.series_names}
 
-REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1", "ap-northeast-1",
-           "sa-east-1", "ca-central-1")
+REGIONS = (
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
+    "sa-east-1",
+    "ca-central-1",
+)
 AGENT_TYPES = ("ppo", "dqn", "a2c", "sac")
 #: (service, endpoint, method, share of traffic, median latency in seconds)
 ENDPOINTS = (
@@ -140,8 +253,13 @@ ENDPOINTS = (
 )
 CODES = (("200", 0.955), ("404", 0.025), ("400", 0.012), ("500", 0.005), ("503", 0.003))
 QUEUES = ("evaluation", "training", "results")
-DB_QUERIES = (("select", "evaluations"), ("select", "agents"), ("insert", "evaluations"),
-              ("update", "agents"), ("select", "episodes"))
+DB_QUERIES = (
+    ("select", "evaluations"),
+    ("select", "agents"),
+    ("insert", "evaluations"),
+    ("update", "agents"),
+    ("select", "episodes"),
+)
 
 #: Two values per label (three where a rule selects a rare one) for the promtool unit-test inputs:
 #: they must include every value a rule's matcher selects so that each rule has data to compare.
@@ -213,8 +331,11 @@ class _Rate:
         )
 
     def at(self, t: float) -> float:
-        return self.r0 * (1 + self.a1 * math.sin(2 * math.pi * t / _DAY + self.p1)
-                          + self.a2 * math.sin(2 * math.pi * t / _HOUR + self.p2))
+        return self.r0 * (
+            1
+            + self.a1 * math.sin(2 * math.pi * t / _DAY + self.p1)
+            + self.a2 * math.sin(2 * math.pi * t / _HOUR + self.p2)
+        )
 
 
 def _lognormal_cdf(x: float, median: float, sigma: float) -> float:
@@ -234,8 +355,8 @@ class _HistParams:
     def sample(self, t: float) -> Hist:
         cf, cs = self.fast.integral(t), self.slow.integral(t)
         buckets = tuple(
-            (le, float(math.floor(cf * ff + cs * fs))) for le, ff, fs in zip(self.les, self.fast_frac,
-                                                                            self.slow_frac, strict=True)
+            (le, float(math.floor(cf * ff + cs * fs)))
+            for le, ff, fs in zip(self.les, self.fast_frac, self.slow_frac, strict=True)
         )
         count = buckets[-1][1]
         return Hist(buckets, cf * self.fast_mean + cs * self.slow_mean, count)
@@ -276,8 +397,13 @@ class Simulator:
 
     # -- construction -------------------------------------------------------------------------------
     def _rate(self, rng: random.Random, r0: float) -> _Rate:
-        return _Rate(r0 * rng.uniform(0.7, 1.3), rng.uniform(0.3, 0.5), rng.uniform(0, 2 * math.pi),
-                     rng.uniform(0.05, 0.2), rng.uniform(0, 2 * math.pi))
+        return _Rate(
+            r0 * rng.uniform(0.7, 1.3),
+            rng.uniform(0.3, 0.5),
+            rng.uniform(0, 2 * math.pi),
+            rng.uniform(0.05, 0.2),
+            rng.uniform(0, 2 * math.pi),
+        )
 
     def _hist(self, rng: random.Random, fam: Family, r0: float, median: float) -> _HistParams:
         m_fast = median * rng.uniform(0.8, 1.25)
@@ -288,8 +414,9 @@ class Simulator:
         fast = self._rate(rng, r0)
         slow_rate = self._rate(rng, r0 * rng.uniform(0.03, 0.12))
         slow = attrs.evolve(slow_rate, a1=0.8, a2=0.15)  # the slow share peaks at its own time of day
-        return _HistParams(fast, slow, ff, fs, m_fast * math.exp(0.5**2 / 2), m_slow * math.exp(0.6**2 / 2),
-                           fam.bucket_labels)
+        return _HistParams(
+            fast, slow, ff, fs, m_fast * math.exp(0.5**2 / 2), m_slow * math.exp(0.6**2 / 2), fam.bucket_labels
+        )
 
     def _add(self, name: str, labels: dict[str, str], params: object) -> None:
         fam = next(f for f in FAMILIES if f.name == name)
@@ -309,47 +436,70 @@ class Simulator:
                 per_sec = rng.uniform(0.02, 0.2)
                 for status, share in (("success", 0.985), ("error", 0.01), ("timeout", 0.005)):
                     self._add("tars_evaluations_total", {**lab, "status": status}, self._rate(rng, per_sec * share))
-                self._add("tars_evaluation_duration_seconds", lab,
-                          self._hist(rng, fams["tars_evaluation_duration_seconds"], per_sec, speed))
+                self._add(
+                    "tars_evaluation_duration_seconds",
+                    lab,
+                    self._hist(rng, fams["tars_evaluation_duration_seconds"], per_sec, speed),
+                )
                 self._add("tars_agent_reward", lab, _Gauge(200 * skill, 0.15, rng.uniform(0, 6), 0.05))
                 self._add("tars_agent_episodes_total", lab, self._rate(rng, per_sec * 4))
                 self._add("tars_agent_training_steps_total", lab, self._rate(rng, per_sec * 40))
                 for lt, base in (("policy", 0.05), ("value", 0.4), ("entropy", 0.01)):
-                    self._add("tars_agent_loss", {**lab, "loss_type": lt},
-                              _Gauge(base, 0.3, rng.uniform(0, 6), 0.1, period=_HOUR))
+                    self._add(
+                        "tars_agent_loss",
+                        {**lab, "loss_type": lt},
+                        _Gauge(base, 0.3, rng.uniform(0, 6), 0.1, period=_HOUR),
+                    )
         n_combos = max(topo.agents * topo.regions, 1)
         for region in regions:
             for q, depth in zip(QUEUES, (40.0, 8.0, 15.0), strict=True):
                 lab = {"queue": q, "region": region}
-                self._add("tars_queue_depth", lab, _Gauge(depth * n_combos / 100, 0.6, rng.uniform(0, 6), 0.2,
-                                                          integer=True))
-                self._add("tars_queue_wait_seconds", lab,
-                          self._hist(rng, fams["tars_queue_wait_seconds"], n_combos / 50, 0.3))
+                self._add(
+                    "tars_queue_depth", lab, _Gauge(depth * n_combos / 100, 0.6, rng.uniform(0, 6), 0.2, integer=True)
+                )
+                self._add(
+                    "tars_queue_wait_seconds", lab, self._hist(rng, fams["tars_queue_wait_seconds"], n_combos / 50, 0.3)
+                )
                 for status, share in (("ok", 0.997), ("failed", 0.003)):
-                    self._add("tars_queue_messages_processed_total", {**lab, "status": status},
-                              self._rate(rng, n_combos / 50 * share))
+                    self._add(
+                        "tars_queue_messages_processed_total",
+                        {**lab, "status": status},
+                        self._rate(rng, n_combos / 50 * share),
+                    )
             for service, endpoint, method, share, median in ENDPOINTS:
                 lab = {"service": service, "endpoint": endpoint, "method": method, "region": region}
                 rps = 40.0 * share
                 for code, cshare in CODES:
                     self._add("tars_http_requests_total", {**lab, "code": code}, self._rate(rng, rps * cshare))
-                self._add("tars_http_request_duration_seconds", lab,
-                          self._hist(rng, fams["tars_http_request_duration_seconds"], rps, median))
+                self._add(
+                    "tars_http_request_duration_seconds",
+                    lab,
+                    self._hist(rng, fams["tars_http_request_duration_seconds"], rps, median),
+                )
             for op, table in DB_QUERIES:
-                self._add("tars_db_query_duration_seconds", {"operation": op, "table": table, "region": region},
-                          self._hist(rng, fams["tars_db_query_duration_seconds"], 25.0, 0.004))
+                self._add(
+                    "tars_db_query_duration_seconds",
+                    {"operation": op, "table": table, "region": region},
+                    self._hist(rng, fams["tars_db_query_duration_seconds"], 25.0, 0.004),
+                )
             for target in regions:
                 if target != region:
-                    self._add("tars_replication_lag_seconds", {"source_region": region, "target_region": target},
-                              _Gauge(rng.uniform(0.2, 2.0), 0.5, rng.uniform(0, 6), 0.3))
+                    self._add(
+                        "tars_replication_lag_seconds",
+                        {"source_region": region, "target_region": target},
+                        _Gauge(rng.uniform(0.2, 2.0), 0.5, rng.uniform(0, 6), 0.3),
+                    )
         hosts = topo.hosts if self.with_instance else 1
         for h in range(hosts):
             for db in ("tars", "postgres"):
                 inst = {"instance": f"db-{h}:9187", "datname": db}
                 load = 1.0 if db == "tars" else 0.02
                 for state, n in (("active", 12.0), ("idle", 30.0), ("idle in transaction", 2.0)):
-                    self._add("pg_stat_activity_count", {**inst, "state": state},
-                              _Gauge(n * load + 1, 0.4, rng.uniform(0, 6), 0.2, integer=True))
+                    self._add(
+                        "pg_stat_activity_count",
+                        {**inst, "state": state},
+                        _Gauge(n * load + 1, 0.4, rng.uniform(0, 6), 0.2, integer=True),
+                    )
                 self._add("pg_stat_database_xact_commit", inst, self._rate(rng, 300 * load))
                 self._add("pg_stat_database_xact_rollback", inst, self._rate(rng, 2 * load))
                 self._add("pg_stat_database_blks_hit", inst, self._rate(rng, 9000 * load))
@@ -364,16 +514,20 @@ class Simulator:
             ninst = f"node-{h}:9100"
             for cpu in range(topo.cpus):
                 for mode, share in (("idle", 0.55), ("user", 0.3), ("system", 0.1), ("iowait", 0.05)):
-                    self._add("node_cpu_seconds_total", {"instance": ninst, "cpu": str(cpu), "mode": mode},
-                              self._rate(rng, share))
+                    self._add(
+                        "node_cpu_seconds_total",
+                        {"instance": ninst, "cpu": str(cpu), "mode": mode},
+                        self._rate(rng, share),
+                    )
             self._add("node_memory_MemTotal_bytes", {"instance": ninst}, _Gauge(32e9, 0.0, 0.0, 0.0))
-            self._add("node_memory_MemAvailable_bytes", {"instance": ninst},
-                      _Gauge(14e9, 0.25, rng.uniform(0, 6), 0.02))
+            self._add(
+                "node_memory_MemAvailable_bytes", {"instance": ninst}, _Gauge(14e9, 0.25, rng.uniform(0, 6), 0.02)
+            )
             for dev, bps in (("eth0", 4e6), ("lo", 2e5)):
-                self._add("node_network_receive_bytes_total", {"instance": ninst, "device": dev},
-                          self._rate(rng, bps))
-                self._add("node_network_transmit_bytes_total", {"instance": ninst, "device": dev},
-                          self._rate(rng, bps * 0.7))
+                self._add("node_network_receive_bytes_total", {"instance": ninst, "device": dev}, self._rate(rng, bps))
+                self._add(
+                    "node_network_transmit_bytes_total", {"instance": ninst, "device": dev}, self._rate(rng, bps * 0.7)
+                )
 
     # -- sampling -----------------------------------------------------------------------------------
     def samples(self, family: Family, t: float) -> Iterator[tuple[tuple[tuple[str, str], ...], object]]:
@@ -390,16 +544,27 @@ class Simulator:
                 yield pairs, params.sample(t)
 
     def series_count(self) -> int:
-        return sum(len(s) * (len(f.buckets) + 3 if f.type == "histogram" else 1)
-                   for f in FAMILIES for s in [self.series[f.name]])
+        return sum(
+            len(s) * (len(f.buckets) + 3 if f.type == "histogram" else 1)
+            for f in FAMILIES
+            for s in [self.series[f.name]]
+        )
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def write_openmetrics(sim: Simulator, path: str | os.PathLike[str], *, start: float, end: float, step: float,
-                      t0: float, extra_labels: dict[str, str] | None = None) -> int:
+def write_openmetrics(
+    sim: Simulator,
+    path: str | os.PathLike[str],
+    *,
+    start: float,
+    end: float,
+    step: float,
+    t0: float,
+    extra_labels: dict[str, str] | None = None,
+) -> int:
     """Write samples from ``start`` to ``end`` (unix seconds, inclusive) every ``step`` as OpenMetrics.
 
     ``t0`` is the unix time the simulation counts from (counters are 0 there). Families are written one

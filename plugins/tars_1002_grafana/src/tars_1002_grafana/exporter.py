@@ -66,8 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--regions", type=int, default=3)
-    ap.add_argument("--warm-start", type=float, default=3600.0,
-                    help="seconds of simulated history before the first scrape (counters start non-zero)")
+    ap.add_argument(
+        "--warm-start",
+        type=float,
+        default=3600.0,
+        help="seconds of simulated history before the first scrape (counters start non-zero)",
+    )
     ns = ap.parse_args(argv)
     from prometheus_client import start_http_server
 

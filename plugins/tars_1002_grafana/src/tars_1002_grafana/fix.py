@@ -53,8 +53,10 @@ class Plan:
 
     def summary(self) -> str:
         rewritten = sum(1 for cs in self.changes.values() for c in cs if c.action == "rewritten")
-        return (f"rule file {self.rules_path} {'to write' if self.rules_changed else 'up to date'}; "
-                f"{len(self.dashboards)} dashboard(s) to patch ({rewritten} queries)")
+        return (
+            f"rule file {self.rules_path} {'to write' if self.rules_changed else 'up to date'}; "
+            f"{len(self.dashboards)} dashboard(s) to patch ({rewritten} queries)"
+        )
 
 
 def _dashboard_files(directory: Path) -> list[Path]:
@@ -78,8 +80,10 @@ def _target_dir(targets: Any, key: str) -> Path:
     """A folder the config names: missing or not a folder is bad input (exit 2), not a failed fix."""
     path = Path(targets.require(key))
     if not path.is_dir():
-        raise TargetError(f"targets.{key} {path} is {'not a folder' if path.exists() else 'missing'}: "
-                          "fix the path in the config (or create the folder)")
+        raise TargetError(
+            f"targets.{key} {path} is {'not a folder' if path.exists() else 'missing'}: "
+            "fix the path in the config (or create the folder)"
+        )
     return path
 
 
@@ -222,8 +226,10 @@ def apply(ctx: Any) -> ApplyResult:
         bad = {k: v for k, v in health.items() if v != "ok"}
         if bad:
             if all(v == "missing" for v in bad.values()):
-                raise FixError(f"Prometheus did not load {plan.rules_path}: add '{plan.rules_path.parent}/*.yml' "
-                               "to rule_files in its configuration")
+                raise FixError(
+                    f"Prometheus did not load {plan.rules_path}: add '{plan.rules_path.parent}/*.yml' "
+                    "to rule_files in its configuration"
+                )
             name, state = next(iter(bad.items()))
             raise FixError(f"{len(bad)} recording rules are not healthy after reload (e.g. {name}: {state})")
         for path, text in plan.dashboards.items():
@@ -236,8 +242,9 @@ def _backup(state_dir: Path, plan: Plan) -> None:
     """Keep the pre-fix state once: a later apply (new version) must not overwrite the original backup."""
     bdir = state_dir / BACKUP
     manifest_path = bdir / MANIFEST
-    manifest: dict[str, Any] = (json.loads(manifest_path.read_text()) if manifest_path.exists()
-                                else {"rules": None, "dashboards": {}})
+    manifest: dict[str, Any] = (
+        json.loads(manifest_path.read_text()) if manifest_path.exists() else {"rules": None, "dashboards": {}}
+    )
     bdir.mkdir(parents=True, exist_ok=True)
     if manifest["rules"] is None:
         existed = plan.rules_path.exists()
@@ -269,8 +276,9 @@ def rollback(ctx: Any) -> ApplyResult:
         return ApplyResult(changed=False, detail="not applied")
     manifest = json.loads(manifest_path.read_text())
     if ctx.dry_run:
-        ctx.log.info("dry run: would restore %s and %d dashboard(s)", manifest["rules"]["path"],
-                     len(manifest["dashboards"]))
+        ctx.log.info(
+            "dry run: would restore %s and %d dashboard(s)", manifest["rules"]["path"], len(manifest["dashboards"])
+        )
         return ApplyResult(changed=False, detail="dry run")
     rules_info = manifest["rules"]
     rules_path = Path(rules_info["path"])
@@ -297,16 +305,24 @@ _VAR_IN_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\
 
 def instantiate(expr: str, dashboard: dict[str, Any]) -> str:
     """A panel query as Grafana would send it with every variable at "All" and default macro values."""
+
     def matcher(m: re.Match[str]) -> str:
         label, op = m.group(1), m.group(2)
         return f'{label}!~""' if op in ("=", "=~") else f'{label}=~".*"'
 
     expr = _VAR_IN_MATCHER.sub(matcher, expr)
-    for macro, value in (("$__rate_interval", "1m"), ("${__rate_interval}", "1m"), ("$__interval", "30s"),
-                         ("${__interval}", "30s"), ("$__range", "1h")):
+    for macro, value in (
+        ("$__rate_interval", "1m"),
+        ("${__rate_interval}", "1m"),
+        ("$__interval", "30s"),
+        ("${__interval}", "30s"),
+        ("$__range", "1h"),
+    ):
         expr = expr.replace(macro, value)
-    current = {str(v.get("name")): (v.get("current") or {}).get("value")
-               for v in (dashboard.get("templating") or {}).get("list") or []}
+    current = {
+        str(v.get("name")): (v.get("current") or {}).get("value")
+        for v in (dashboard.get("templating") or {}).get("list") or []
+    }
     for name, val in current.items():
         if isinstance(val, str) and val and not val.startswith("$"):
             expr = expr.replace(f"${{{name}}}", val).replace(f"${name}", val)
@@ -323,8 +339,11 @@ def verify(ctx: Any) -> VerifyResult:
     except FixError as exc:
         return VerifyResult(ok=False, detail=str(exc), checks={"plan": str(exc)})
     checks["rule file"] = "missing or different" if plan.rules_changed else f"{plan.rules_path} current"
-    checks["dashboards"] = (f"{len(plan.dashboards)} not patched: " + ", ".join(p.name for p in plan.dashboards)
-                            if plan.dashboards else f"{len(plan.changes)} patched")
+    checks["dashboards"] = (
+        f"{len(plan.dashboards)} not patched: " + ", ".join(p.name for p in plan.dashboards)
+        if plan.dashboards
+        else f"{len(plan.changes)} patched"
+    )
     try:
         prom = connect(ctx.targets)
     except TargetError:
@@ -335,15 +354,17 @@ def verify(ctx: Any) -> VerifyResult:
     with prom:
         health = rule_health(prom, rules)
         bad = {k: v for k, v in health.items() if v != "ok"}
-        checks["rules healthy"] = (f"{len(rules) - len(bad)}/{len(rules)}" +
-                                   (f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""))
+        checks["rules healthy"] = f"{len(rules) - len(bad)}/{len(rules)}" + (
+            f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""
+        )
         no_data: list[str] = []
         if not bad and ctx.config.verify_data:
             # Healthy rules loaded seconds ago (a fresh apply, a new sandbox) have not been evaluated over
             # enough scrapes yet: give them up to data_timeout_s before calling the fix broken.
             no_data = wait_until_data(prom, rules, ctx.config.data_timeout_s)
             checks["rules with data"] = f"{len(rules) - len(no_data)}/{len(rules)}" + (
-                f"; none for {', '.join(no_data[:3])}" if no_data else "")
+                f"; none for {', '.join(no_data[:3])}" if no_data else ""
+            )
         empty_panels: list[str] = []
         if not bad and ctx.config.verify_data and not plan.dashboards:
             for path in plan.changes:
@@ -361,8 +382,9 @@ def verify(ctx: Any) -> VerifyResult:
                                 empty_panels.append(f"{path.name}:{panel.get('title')}[{t.get('refId')}]")
             checks["patched panels with data"] = "all" if not empty_panels else ", ".join(empty_panels[:5])
     ok = not plan.rules_changed and not plan.dashboards and not bad and not no_data and not empty_panels
-    return VerifyResult(ok=ok, detail="TARS-1002 rules and dashboards in place" if ok else "not (fully) applied",
-                        checks=checks)
+    return VerifyResult(
+        ok=ok, detail="TARS-1002 rules and dashboards in place" if ok else "not (fully) applied", checks=checks
+    )
 
 
 def wait_until_data(prom: Prometheus, rules: list[Rule], timeout: float) -> list[str]:

@@ -65,6 +65,7 @@ class Change:
 
 # -- placeholders --------------------------------------------------------------------------------------
 
+
 @attrs.define
 class _Placeholders:
     macro_windows: Mapping[str, str]
@@ -85,14 +86,14 @@ class _Placeholders:
         secs = _PLACEHOLDER_BASE + len(self.seconds)
         self.seconds[secs] = macro
         printed = str(pp.parse(f"x[{secs}s]"))
-        self.durations[printed[printed.index("[") + 1: -1]] = macro
+        self.durations[printed[printed.index("[") + 1 : -1]] = macro
         return f"{secs}s"
 
     def substitute(self, expr: str) -> str:
         """Replace macros and variables outside string literals; quoted label values keep theirs."""
         out, pos = [], 0
         for m in _STRING_RE.finditer(expr):
-            out.append(self._code(expr[pos:m.start()]))
+            out.append(self._code(expr[pos : m.start()]))
             out.append(m.group(0))
             pos = m.end()
         out.append(self._code(expr[pos:]))
@@ -114,7 +115,7 @@ class _Placeholders:
         """Put macros and variables back into a printed expression, and drop the printer's bare ``{}``."""
         out, pos = [], 0
         for m in _STRING_RE.finditer(printed):
-            out.append(self._restore_code(printed[pos:m.start()]))
+            out.append(self._restore_code(printed[pos : m.start()]))
             out.append(m.group(0))
             pos = m.end()
         out.append(self._restore_code(printed[pos:]))
@@ -148,6 +149,7 @@ def parse_query(expr: str, macro_windows: Mapping[str, str] | None = None) -> tu
 
 
 # -- canonical form ------------------------------------------------------------------------------------
+
 
 def _selector(vs: Any) -> tuple[str, frozenset[tuple[str, str, str]]]:
     """(metric name, other matchers): ``{__name__="x", a="b"}`` and ``x{a="b"}`` are the same selector."""
@@ -188,8 +190,7 @@ def canon(node: Any) -> Any:
     if isinstance(node, pp.AggregateExpr):
         mod = node.modifier
         labels = (str(mod.type).split(".")[-1], frozenset(mod.labels)) if mod else None
-        return ("agg", str(node.op), labels, canon(node.param) if node.param is not None else None,
-                canon(node.expr))
+        return ("agg", str(node.op), labels, canon(node.param) if node.param is not None else None, canon(node.expr))
     if isinstance(node, pp.Call):
         return ("call", node.func.name, tuple(canon(a) for a in node.args))
     if isinstance(node, pp.BinaryExpr):
@@ -199,8 +200,12 @@ def canon(node: Any) -> Any:
             matching = bmod.matching
             card = str(bmod.card).split(".")[-1]
             group = frozenset(getattr(bmod, "group_labels", None) or ())
-            m = (card, (str(matching.type).split(".")[-1], frozenset(matching.labels)) if matching else None,
-                 group, bool(bmod.return_bool))
+            m = (
+                card,
+                (str(matching.type).split(".")[-1], frozenset(matching.labels)) if matching else None,
+                group,
+                bool(bmod.return_bool),
+            )
             if m == ("OneToOne", None, frozenset(), False):
                 m = None
         return ("bin", str(node.op), m, canon(node.lhs), canon(node.rhs))
@@ -211,8 +216,14 @@ def canon(node: Any) -> Any:
     if isinstance(node, pp.UnaryExpr):
         return ("neg", canon(node.expr))
     if isinstance(node, pp.SubqueryExpr):
-        return ("sq", canon(node.expr), _secs(node.range), _secs(node.step), _secs(node.offset),
-                str(node.at) if node.at else None)
+        return (
+            "sq",
+            canon(node.expr),
+            _secs(node.range),
+            _secs(node.step),
+            _secs(node.offset),
+            str(node.at) if node.at else None,
+        )
     return ("other", str(node))
 
 
@@ -392,8 +403,9 @@ def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def rewrite_query(expr: str, index: RuleIndex, macro_windows: Mapping[str, str] | None = None
-                  ) -> tuple[str | None, str, tuple[str, ...]]:
+def rewrite_query(
+    expr: str, index: RuleIndex, macro_windows: Mapping[str, str] | None = None
+) -> tuple[str | None, str, tuple[str, ...]]:
     """(new query or None, reason, rules used) for one PromQL query, largest matching sub-expression first."""
     ast, ph = parse_query(expr, macro_windows)
     used: list[str] = []
@@ -421,8 +433,14 @@ def rewrite_query(expr: str, index: RuleIndex, macro_windows: Mapping[str, str] 
             return None, reasons[0], ()
         if ph.seconds:
             macros = ", ".join(sorted(set(ph.seconds.values())))
-            return None, (f"its window {macros} follows the dashboard's time range and no rule records it "
-                          f"(opt in with --macro-window '{next(iter(ph.seconds.values()))}=5m')"), ()
+            return (
+                None,
+                (
+                    f"its window {macros} follows the dashboard's time range and no rule records it "
+                    f"(opt in with --macro-window '{next(iter(ph.seconds.values()))}=5m')"
+                ),
+                (),
+            )
         return None, "no recording rule computes this expression", ()
     return ph.restore(str(out)), "same computation as " + ", ".join(dict.fromkeys(used)), tuple(used)
 
@@ -440,6 +458,7 @@ def _selector_names(ast: Any) -> set[str]:
 
 # -- dashboards ----------------------------------------------------------------------------------------
 
+
 def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every panel: top level, nested in (collapsed) rows, and in the legacy ``rows[].panels[]`` schema."""
 
@@ -453,8 +472,19 @@ def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from walk(row.get("panels") or [])
 
 
-_OTHER_DATASOURCES = ("loki", "tempo", "jaeger", "elasticsearch", "influx", "mysql", "postgres", "graphite",
-                      "cloudwatch", "testdata", "grafana")
+_OTHER_DATASOURCES = (
+    "loki",
+    "tempo",
+    "jaeger",
+    "elasticsearch",
+    "influx",
+    "mysql",
+    "postgres",
+    "graphite",
+    "cloudwatch",
+    "testdata",
+    "grafana",
+)
 
 
 def _is_prometheus(panel: dict[str, Any], target: dict[str, Any], ds_vars: Mapping[str, str]) -> bool:
@@ -482,12 +512,19 @@ def _is_prometheus(panel: dict[str, Any], target: dict[str, Any], ds_vars: Mappi
 
 
 def _datasource_vars(dashboard: dict[str, Any]) -> dict[str, str]:
-    return {str(v.get("name")): str(v.get("query") or "") for v in (dashboard.get("templating") or {}).get("list")
-            or [] if v.get("type") == "datasource"}
+    return {
+        str(v.get("name")): str(v.get("query") or "")
+        for v in (dashboard.get("templating") or {}).get("list") or []
+        if v.get("type") == "datasource"
+    }
 
 
-def patch_dashboard(dashboard_json: dict[str, Any] | str, rules: Sequence[Rule] | RuleIndex | None = None, *,
-                    macro_windows: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[Change]]:
+def patch_dashboard(
+    dashboard_json: dict[str, Any] | str,
+    rules: Sequence[Rule] | RuleIndex | None = None,
+    *,
+    macro_windows: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], list[Change]]:
     """Return a patched copy of a Grafana dashboard and what happened to every panel target.
 
     ``rules`` defaults to the TARS-1002 rules. ``macro_windows`` (e.g. ``{"$__rate_interval": "5m"}``)
@@ -503,9 +540,15 @@ def patch_dashboard(dashboard_json: dict[str, Any] | str, rules: Sequence[Rule] 
         title = str(panel.get("title") or f"panel {panel.get('id')}")
         if panel.get("libraryPanel"):
             lib = panel["libraryPanel"]
-            changes.append(Change(title, "-", "skipped",
-                                  f"library panel {lib.get('name') or lib.get('uid')}: its queries live in the "
-                                  "panel library, not in this dashboard; patch the library panel itself"))
+            changes.append(
+                Change(
+                    title,
+                    "-",
+                    "skipped",
+                    f"library panel {lib.get('name') or lib.get('uid')}: its queries live in the "
+                    "panel library, not in this dashboard; patch the library panel itself",
+                )
+            )
             continue
         for target in panel.get("targets") or []:
             ref = str(target.get("refId", "?"))
@@ -551,8 +594,7 @@ def format_changes(changes: Sequence[Change], *, color: bool = False) -> str:
 
 
 def unified_diff(before: str, after: str, name: str) -> str:
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
-                                        f"a/{name}", f"b/{name}"))
+    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -567,14 +609,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tars_1002_grafana.rules import load_rule_file
 
-    ap = argparse.ArgumentParser(prog="tars-1002-patch-dashboard",
-                                 description="Rewrite Grafana panel queries onto TARS-1002 recording rules.")
+    ap = argparse.ArgumentParser(
+        prog="tars-1002-patch-dashboard", description="Rewrite Grafana panel queries onto TARS-1002 recording rules."
+    )
     ap.add_argument("dashboard", type=Path)
     ap.add_argument("-o", "--output", type=Path, help="write the patched dashboard here")
     ap.add_argument("--in-place", action="store_true", help="overwrite the input dashboard")
     ap.add_argument("--rules", type=Path, help="a Prometheus rule file (default: the built-in TARS-1002 rules)")
-    ap.add_argument("--macro-window", action="append", default=[], metavar="MACRO=DURATION",
-                    help="treat a Grafana macro as a fixed window, e.g. '$__rate_interval=5m'")
+    ap.add_argument(
+        "--macro-window",
+        action="append",
+        default=[],
+        metavar="MACRO=DURATION",
+        help="treat a Grafana macro as a fixed window, e.g. '$__rate_interval=5m'",
+    )
     ap.add_argument("--json-diff", action="store_true", help="also print a unified diff of the JSON")
     ns = ap.parse_args(argv)
     try:

@@ -115,8 +115,12 @@ def tars_report(release: Release) -> ReportSection | None:
     from tars_1002_grafana.rules import GROUPS, build_rules
 
     rules = build_rules()
-    lines = [f"State: **{release.states.get(NAME, 'unknown')}**. {len(rules)} recording rules in "
-             f"{len(GROUPS)} groups:", "", "| group | interval | rules |", "|---|---|---|"]
+    lines = [
+        f"State: **{release.states.get(NAME, 'unknown')}**. {len(rules)} recording rules in {len(GROUPS)} groups:",
+        "",
+        "| group | interval | rules |",
+        "|---|---|---|",
+    ]
     for name, interval, _ in GROUPS:
         lines.append(f"| {name} | {interval} | {sum(1 for r in rules if r.group == name)} |")
     data: dict[str, Any] = {"rules": len(rules), "groups": len(GROUPS)}
@@ -125,8 +129,10 @@ def tars_report(release: Release) -> ReportSection | None:
         lines += ["", "| metric | before | after | unit | target | met |", "|---|---|---|---|---|---|"]
         for m in result.metrics:
             before = "" if m.before is None else f"{m.before:g}"
-            lines.append(f"| {m.name} | {before} | {m.after:g} | {m.unit} | {m.target} | "
-                         f"{'' if m.met is None else ('yes' if m.met else 'no')} |")
+            lines.append(
+                f"| {m.name} | {before} | {m.after:g} | {m.unit} | {m.target} | "
+                f"{'' if m.met is None else ('yes' if m.met else 'no')} |"
+            )
         if result.detail:
             lines += ["", result.detail]
         data["benchmark"] = {m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in result.metrics}
@@ -136,8 +142,7 @@ def tars_report(release: Release) -> ReportSection | None:
 @hookimpl
 def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     port = site.free_port()
-    argv = [site.python, "-m", "tars_1002_grafana.exporter", "--port", str(port),
-            "--agents", "20", "--regions", "3"]
+    argv = [site.python, "-m", "tars_1002_grafana.exporter", "--port", str(port), "--agents", "20", "--regions", "3"]
     return SandboxContribution(
         services=[ServiceSpec(name="exporter", argv=argv, port=port, ready="http:/metrics")],
         scrape_targets=[f"127.0.0.1:{port}"],

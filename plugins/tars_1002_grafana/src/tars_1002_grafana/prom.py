@@ -66,8 +66,9 @@ class Prometheus:
         try:
             return self.client.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise PrometheusUnreachable(f"Prometheus at {redact(self.url)} is unreachable ({type(exc).__name__}: "
-                                  f"{exc})") from None
+            raise PrometheusUnreachable(
+                f"Prometheus at {redact(self.url)} is unreachable ({type(exc).__name__}: {exc})"
+            ) from None
 
     def ready(self) -> None:
         """Raise :class:`PrometheusError` unless ``/-/ready`` answers 200."""
@@ -79,8 +80,10 @@ class Prometheus:
         """``POST /-/reload``; Prometheus answers 500 with the error when a rule file does not load."""
         resp = self._request("POST", "/-/reload")
         if resp.status_code == 403 or (resp.status_code == 405):
-            raise PrometheusError(f"Prometheus at {redact(self.url)} refuses /-/reload: start it with "
-                                  "--web.enable-lifecycle, or set reload_method: sighup")
+            raise PrometheusError(
+                f"Prometheus at {redact(self.url)} refuses /-/reload: start it with "
+                "--web.enable-lifecycle, or set reload_method: sighup"
+            )
         if resp.status_code != 200:
             raise PrometheusError(f"Prometheus at {redact(self.url)} failed to reload: {resp.text.strip()}")
 
@@ -126,10 +129,20 @@ class PrometheusServer:
     ``/-/reload`` works. ``scrape_targets`` are scraped every ``scrape_interval``.
     """
 
-    def __init__(self, workdir: Path, *, rules_dir: Path | None = None, scrape_targets: Sequence[str] = (),
-                 scrape_interval: str = "5s", tsdb: Path | None = None, extra_args: Sequence[str] = (),
-                 lookback: str | None = None, retention: str = "30d", lifecycle: bool = True,
-                 process_name: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        rules_dir: Path | None = None,
+        scrape_targets: Sequence[str] = (),
+        scrape_interval: str = "5s",
+        tsdb: Path | None = None,
+        extra_args: Sequence[str] = (),
+        lookback: str | None = None,
+        retention: str = "30d",
+        lifecycle: bool = True,
+        process_name: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.rules_dir = rules_dir or workdir / "rules"
         self.tsdb = tsdb or workdir / "tsdb"
@@ -175,9 +188,15 @@ class PrometheusServer:
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         self.tsdb.mkdir(parents=True, exist_ok=True)
         cfg = self.write_config()
-        argv = [exe, f"--config.file={cfg}", f"--storage.tsdb.path={self.tsdb}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn", *self.extra_args]
+        argv = [
+            exe,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={self.tsdb}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--storage.tsdb.retention.time={self.retention}",
+            "--log.level=warn",
+            *self.extra_args,
+        ]
         if self.lifecycle:
             argv.append("--web.enable-lifecycle")
         self._log = open(self.log_path, "ab")

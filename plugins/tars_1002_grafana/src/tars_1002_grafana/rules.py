@@ -84,8 +84,13 @@ class Rate:
     def expand(self, group: str) -> Iterable[Rule]:
         metric = self.name or _base(self.counters[0].name)
         for w in self.windows:
-            yield Rule(f"{_level(self.by)}:{metric}:rate{w}", _sum_rates(self.counters, self.by, w), group,
-                       self.by, tuple(map(str, self.counters)))
+            yield Rule(
+                f"{_level(self.by)}:{metric}:rate{w}",
+                _sum_rates(self.counters, self.by, w),
+                group,
+                self.by,
+                tuple(map(str, self.counters)),
+            )
 
 
 @attrs.frozen
@@ -99,10 +104,17 @@ class Quantile:
 
     def expand(self, group: str) -> Iterable[Rule]:
         for q in self.quantiles:
-            expr = (f"histogram_quantile({q}, sum by ({', '.join((*self.by, 'le'))}) "
-                    f"(rate({self.histogram}_bucket[{self.window}])))")
-            yield Rule(f"{_level(self.by)}:{self.histogram}:p{round(q * 100)}_rate{self.window}", expr, group,
-                       self.by, (f"{self.histogram}_bucket",))
+            expr = (
+                f"histogram_quantile({q}, sum by ({', '.join((*self.by, 'le'))}) "
+                f"(rate({self.histogram}_bucket[{self.window}])))"
+            )
+            yield Rule(
+                f"{_level(self.by)}:{self.histogram}:p{round(q * 100)}_rate{self.window}",
+                expr,
+                group,
+                self.by,
+                (f"{self.histogram}_bucket",),
+            )
 
 
 @attrs.frozen
@@ -129,9 +141,13 @@ class BucketRate:
 
     def expand(self, group: str) -> Iterable[Rule]:
         keeps = (*self.by, "le")
-        yield Rule(f"{_level(keeps)}:{self.histogram}_bucket:rate{self.window}",
-                   f"{_by(keeps)}(rate({self.histogram}_bucket[{self.window}]))", group, keeps,
-                   (f"{self.histogram}_bucket",))
+        yield Rule(
+            f"{_level(keeps)}:{self.histogram}_bucket:rate{self.window}",
+            f"{_by(keeps)}(rate({self.histogram}_bucket[{self.window}]))",
+            group,
+            keeps,
+            (f"{self.histogram}_bucket",),
+        )
 
 
 @attrs.frozen
@@ -147,8 +163,13 @@ class Ratio:
     def expand(self, group: str) -> Iterable[Rule]:
         for w in self.windows:
             expr = f"{_sum_rates(self.num, self.by, w)} / {_sum_rates(self.den, self.by, w)}"
-            yield Rule(f"{_level(self.by)}:{self.name}:ratio_rate{w}", expr, group, self.by,
-                       tuple(map(str, (*self.num, *self.den))))
+            yield Rule(
+                f"{_level(self.by)}:{self.name}:ratio_rate{w}",
+                expr,
+                group,
+                self.by,
+                tuple(map(str, (*self.num, *self.den))),
+            )
 
 
 @attrs.frozen
@@ -162,8 +183,13 @@ class Share:
     def expand(self, group: str) -> Iterable[Rule]:
         part = f"{_by(self.by)}(rate({self.counter}[{self.window}]))"
         total = f"sum(rate({self.counter}[{self.window}]))"
-        yield Rule(f"{_level(self.by)}:{_base(self.counter.name)}:share_rate{self.window}",
-                   f"{part} / on () group_left () {total}", group, self.by, (str(self.counter),))
+        yield Rule(
+            f"{_level(self.by)}:{_base(self.counter.name)}:share_rate{self.window}",
+            f"{part} / on () group_left () {total}",
+            group,
+            self.by,
+            (str(self.counter),),
+        )
 
 
 @attrs.frozen
@@ -178,8 +204,7 @@ class GaugeAgg:
     def expand(self, group: str) -> Iterable[Rule]:
         inner = f"{self.op}_over_time({self.gauge}[{self.window}])" if self.window else self.gauge
         expr = f"{self.op} by ({', '.join(self.by)}) ({inner})" if self.by else f"{self.op}({inner})"
-        yield Rule(f"{_level(self.by)}:{self.gauge}:{self.op}{self.window or ''}", expr, group, self.by,
-                   (self.gauge,))
+        yield Rule(f"{_level(self.by)}:{self.gauge}:{self.op}{self.window or ''}", expr, group, self.by, (self.gauge,))
 
 
 @attrs.frozen
@@ -192,8 +217,9 @@ class GaugeMean:
 
     def expand(self, group: str) -> Iterable[Rule]:
         for w in self.windows:
-            expr = (f"{_by(self.by)}(sum_over_time({self.gauge}[{w}])) / "
-                    f"{_by(self.by)}(count_over_time({self.gauge}[{w}]))")
+            expr = (
+                f"{_by(self.by)}(sum_over_time({self.gauge}[{w}])) / {_by(self.by)}(count_over_time({self.gauge}[{w}]))"
+            )
             yield Rule(f"{_level(self.by)}:{self.gauge}:avg{w}", expr, group, self.by, (self.gauge,))
 
 
@@ -209,8 +235,13 @@ class GaugeRatio:
 
     def expand(self, group: str) -> Iterable[Rule]:
         ratio = f"{_by(self.by)}({self.num}) / {_by(self.by)}({self.den})"
-        yield Rule(f"{_level(self.by)}:{self.name}:ratio", f"1 - ({ratio})" if self.complement else ratio,
-                   group, self.by, (self.num, self.den))
+        yield Rule(
+            f"{_level(self.by)}:{self.name}:ratio",
+            f"1 - ({ratio})" if self.complement else ratio,
+            group,
+            self.by,
+            (self.num, self.den),
+        )
 
 
 Recipe = Rate | Quantile | Mean | BucketRate | Ratio | Share | GaugeAgg | GaugeMean | GaugeRatio
@@ -221,85 +252,166 @@ HTTP_LAT, EVAL_LAT = "tars_http_request_duration_seconds", "tars_evaluation_dura
 
 #: The seed's nine groups with their evaluation intervals, and every rule in them.
 GROUPS: tuple[tuple[str, str, tuple[Recipe, ...]], ...] = (
-    ("tars_evaluation_aggregations", "15s", (
-        Rate((Sel(EVAL),), AR, ("1m", "5m")),
-        Rate((Sel(EVAL),), ("region",)),
-        Quantile(EVAL_LAT, AR, (0.5, 0.95, 0.99)),
-        Quantile(EVAL_LAT, ("region",), (0.95,)),
-        Mean(EVAL_LAT, AR),
-        BucketRate(EVAL_LAT, ("region",)),
-        Ratio("tars_evaluations_success", (Sel(EVAL, 'status="success"'),), (Sel(EVAL),), AR),
-        Ratio("tars_evaluations_error", (Sel(EVAL, 'status=~"error|timeout"'),), (Sel(EVAL),), AR),
-    )),
-    ("tars_agent_aggregations", "30s", (
-        GaugeMean("tars_agent_reward", ("agent_id", "agent_type", "region"), ("1h", "5m")),
-        GaugeMean("tars_agent_reward", ("agent_type",), ("5m",)),
-        Rate((Sel("tars_agent_episodes_total"),), AR),
-        Rate((Sel("tars_agent_episodes_total"),), ("agent_type",)),
-        Rate((Sel("tars_agent_training_steps_total"),), AR),
-        GaugeMean("tars_agent_loss", ("agent_id", "region", "loss_type"), ("5m",)),
-    )),
-    ("tars_queue_aggregations", "10s", (
-        GaugeAgg("tars_queue_depth", ("queue", "region")),
-        GaugeMean("tars_queue_depth", ("queue", "region"), ("5m",)),
-        GaugeAgg("tars_queue_depth", ("queue", "region"), "max", "5m"),
-        Quantile("tars_queue_wait_seconds", ("queue", "region"), (0.5, 0.95)),
-        Rate((Sel("tars_queue_messages_processed_total"),), ("queue", "region"), ("1m", "5m")),
-        Ratio("tars_queue_messages_failed", (Sel("tars_queue_messages_processed_total", 'status="failed"'),),
-              (Sel("tars_queue_messages_processed_total"),), ("queue", "region")),
-    )),
-    ("tars_resource_aggregations", "30s", (
-        Ratio("node_cpu_utilisation", (Sel("node_cpu_seconds_total", 'mode!="idle"'),),
-              (Sel("node_cpu_seconds_total"),), ("instance",)),
-        Ratio("node_cpu_utilisation", (Sel("node_cpu_seconds_total", 'mode!="idle"'),),
-              (Sel("node_cpu_seconds_total"),), ()),
-        GaugeRatio("node_memory_utilisation", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
-                   ("instance",), complement=True),
-        GaugeRatio("node_memory_utilisation", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
-                   (), complement=True),
-        Rate((Sel("node_network_receive_bytes_total", 'device!="lo"'),), ("instance",)),
-        Rate((Sel("node_network_transmit_bytes_total", 'device!="lo"'),), ("instance",)),
-    )),
-    ("tars_api_aggregations", "15s", (
-        Rate((Sel(HTTP),), ("service", "endpoint", "method"), ("1m", "5m")),
-        Rate((Sel(HTTP),), ("service",)),
-        Quantile(HTTP_LAT, ("service", "endpoint"), (0.5, 0.95, 0.99)),
-        Quantile(HTTP_LAT, ("service",), (0.95,)),
-        Ratio("tars_http_requests_5xx", (Sel(HTTP, 'code=~"5.."'),), (Sel(HTTP),), ("service", "endpoint")),
-        Ratio("tars_http_requests_4xx", (Sel(HTTP, 'code=~"4.."'),), (Sel(HTTP),), ("service", "endpoint")),
-        Ratio("tars_http_requests_5xx", (Sel(HTTP, 'code=~"5.."'),), (Sel(HTTP),), ("service",)),
-    )),
-    ("tars_database_aggregations", "30s", (
-        Quantile("tars_db_query_duration_seconds", ("operation", "table"), (0.95, 0.99)),
-        GaugeAgg("pg_stat_activity_count", ("datname", "state")),
-        Rate((Sel("pg_stat_database_xact_commit"), Sel("pg_stat_database_xact_rollback")), ("datname",),
-             name="pg_stat_database_xact"),
-        Rate((Sel("pg_stat_database_xact_rollback"),), ("datname",)),
-        Ratio("pg_stat_database_blks_hit", (Sel("pg_stat_database_blks_hit"),),
-              (Sel("pg_stat_database_blks_hit"), Sel("pg_stat_database_blks_read")), ("datname",)),
-    )),
-    ("tars_redis_aggregations", "15s", (
-        Rate((Sel("redis_commands_processed_total"),), ("instance",), ("1m", "5m")),
-        Ratio("redis_keyspace_hits", (Sel("redis_keyspace_hits_total"),),
-              (Sel("redis_keyspace_hits_total"), Sel("redis_keyspace_misses_total")), ("instance",)),
-        GaugeRatio("redis_memory_utilisation", "redis_memory_used_bytes", "redis_memory_max_bytes", ("instance",)),
-        GaugeAgg("redis_connected_clients", ("instance",)),
-    )),
-    ("tars_multiregion_aggregations", "30s", (
-        Rate((Sel(EVAL),), ()),
-        Quantile(EVAL_LAT, (), (0.95,)),
-        Ratio("tars_evaluations_success", (Sel(EVAL, 'status="success"'),), (Sel(EVAL),), ("region",)),
-        Share(Sel(EVAL), ("region",)),
-        GaugeAgg("tars_replication_lag_seconds", ("source_region", "target_region"), "max"),
-        GaugeAgg("tars_replication_lag_seconds", ("source_region", "target_region"), "max", "5m"),
-    )),
-    ("tars_slo_compliance", "60s", (
-        Ratio("tars_http_request_duration_seconds_le150ms", (Sel(f"{HTTP_LAT}_bucket", 'le="0.15"'),),
-              (Sel(f"{HTTP_LAT}_count"),), (), ("5m", "30m", "1h", "6h")),
-        Ratio("tars_http_requests_non5xx", (Sel(HTTP, 'code!~"5.."'),), (Sel(HTTP),), (), ("5m", "30m", "1h", "6h")),
-        Ratio("tars_evaluations_success", (Sel(EVAL, 'status="success"'),), (Sel(EVAL),), (),
-              ("5m", "30m", "1h", "6h")),
-    )),
+    (
+        "tars_evaluation_aggregations",
+        "15s",
+        (
+            Rate((Sel(EVAL),), AR, ("1m", "5m")),
+            Rate((Sel(EVAL),), ("region",)),
+            Quantile(EVAL_LAT, AR, (0.5, 0.95, 0.99)),
+            Quantile(EVAL_LAT, ("region",), (0.95,)),
+            Mean(EVAL_LAT, AR),
+            BucketRate(EVAL_LAT, ("region",)),
+            Ratio("tars_evaluations_success", (Sel(EVAL, 'status="success"'),), (Sel(EVAL),), AR),
+            Ratio("tars_evaluations_error", (Sel(EVAL, 'status=~"error|timeout"'),), (Sel(EVAL),), AR),
+        ),
+    ),
+    (
+        "tars_agent_aggregations",
+        "30s",
+        (
+            GaugeMean("tars_agent_reward", ("agent_id", "agent_type", "region"), ("1h", "5m")),
+            GaugeMean("tars_agent_reward", ("agent_type",), ("5m",)),
+            Rate((Sel("tars_agent_episodes_total"),), AR),
+            Rate((Sel("tars_agent_episodes_total"),), ("agent_type",)),
+            Rate((Sel("tars_agent_training_steps_total"),), AR),
+            GaugeMean("tars_agent_loss", ("agent_id", "region", "loss_type"), ("5m",)),
+        ),
+    ),
+    (
+        "tars_queue_aggregations",
+        "10s",
+        (
+            GaugeAgg("tars_queue_depth", ("queue", "region")),
+            GaugeMean("tars_queue_depth", ("queue", "region"), ("5m",)),
+            GaugeAgg("tars_queue_depth", ("queue", "region"), "max", "5m"),
+            Quantile("tars_queue_wait_seconds", ("queue", "region"), (0.5, 0.95)),
+            Rate((Sel("tars_queue_messages_processed_total"),), ("queue", "region"), ("1m", "5m")),
+            Ratio(
+                "tars_queue_messages_failed",
+                (Sel("tars_queue_messages_processed_total", 'status="failed"'),),
+                (Sel("tars_queue_messages_processed_total"),),
+                ("queue", "region"),
+            ),
+        ),
+    ),
+    (
+        "tars_resource_aggregations",
+        "30s",
+        (
+            Ratio(
+                "node_cpu_utilisation",
+                (Sel("node_cpu_seconds_total", 'mode!="idle"'),),
+                (Sel("node_cpu_seconds_total"),),
+                ("instance",),
+            ),
+            Ratio(
+                "node_cpu_utilisation",
+                (Sel("node_cpu_seconds_total", 'mode!="idle"'),),
+                (Sel("node_cpu_seconds_total"),),
+                (),
+            ),
+            GaugeRatio(
+                "node_memory_utilisation",
+                "node_memory_MemAvailable_bytes",
+                "node_memory_MemTotal_bytes",
+                ("instance",),
+                complement=True,
+            ),
+            GaugeRatio(
+                "node_memory_utilisation",
+                "node_memory_MemAvailable_bytes",
+                "node_memory_MemTotal_bytes",
+                (),
+                complement=True,
+            ),
+            Rate((Sel("node_network_receive_bytes_total", 'device!="lo"'),), ("instance",)),
+            Rate((Sel("node_network_transmit_bytes_total", 'device!="lo"'),), ("instance",)),
+        ),
+    ),
+    (
+        "tars_api_aggregations",
+        "15s",
+        (
+            Rate((Sel(HTTP),), ("service", "endpoint", "method"), ("1m", "5m")),
+            Rate((Sel(HTTP),), ("service",)),
+            Quantile(HTTP_LAT, ("service", "endpoint"), (0.5, 0.95, 0.99)),
+            Quantile(HTTP_LAT, ("service",), (0.95,)),
+            Ratio("tars_http_requests_5xx", (Sel(HTTP, 'code=~"5.."'),), (Sel(HTTP),), ("service", "endpoint")),
+            Ratio("tars_http_requests_4xx", (Sel(HTTP, 'code=~"4.."'),), (Sel(HTTP),), ("service", "endpoint")),
+            Ratio("tars_http_requests_5xx", (Sel(HTTP, 'code=~"5.."'),), (Sel(HTTP),), ("service",)),
+        ),
+    ),
+    (
+        "tars_database_aggregations",
+        "30s",
+        (
+            Quantile("tars_db_query_duration_seconds", ("operation", "table"), (0.95, 0.99)),
+            GaugeAgg("pg_stat_activity_count", ("datname", "state")),
+            Rate(
+                (Sel("pg_stat_database_xact_commit"), Sel("pg_stat_database_xact_rollback")),
+                ("datname",),
+                name="pg_stat_database_xact",
+            ),
+            Rate((Sel("pg_stat_database_xact_rollback"),), ("datname",)),
+            Ratio(
+                "pg_stat_database_blks_hit",
+                (Sel("pg_stat_database_blks_hit"),),
+                (Sel("pg_stat_database_blks_hit"), Sel("pg_stat_database_blks_read")),
+                ("datname",),
+            ),
+        ),
+    ),
+    (
+        "tars_redis_aggregations",
+        "15s",
+        (
+            Rate((Sel("redis_commands_processed_total"),), ("instance",), ("1m", "5m")),
+            Ratio(
+                "redis_keyspace_hits",
+                (Sel("redis_keyspace_hits_total"),),
+                (Sel("redis_keyspace_hits_total"), Sel("redis_keyspace_misses_total")),
+                ("instance",),
+            ),
+            GaugeRatio("redis_memory_utilisation", "redis_memory_used_bytes", "redis_memory_max_bytes", ("instance",)),
+            GaugeAgg("redis_connected_clients", ("instance",)),
+        ),
+    ),
+    (
+        "tars_multiregion_aggregations",
+        "30s",
+        (
+            Rate((Sel(EVAL),), ()),
+            Quantile(EVAL_LAT, (), (0.95,)),
+            Ratio("tars_evaluations_success", (Sel(EVAL, 'status="success"'),), (Sel(EVAL),), ("region",)),
+            Share(Sel(EVAL), ("region",)),
+            GaugeAgg("tars_replication_lag_seconds", ("source_region", "target_region"), "max"),
+            GaugeAgg("tars_replication_lag_seconds", ("source_region", "target_region"), "max", "5m"),
+        ),
+    ),
+    (
+        "tars_slo_compliance",
+        "60s",
+        (
+            Ratio(
+                "tars_http_request_duration_seconds_le150ms",
+                (Sel(f"{HTTP_LAT}_bucket", 'le="0.15"'),),
+                (Sel(f"{HTTP_LAT}_count"),),
+                (),
+                ("5m", "30m", "1h", "6h"),
+            ),
+            Ratio(
+                "tars_http_requests_non5xx", (Sel(HTTP, 'code!~"5.."'),), (Sel(HTTP),), (), ("5m", "30m", "1h", "6h")
+            ),
+            Ratio(
+                "tars_evaluations_success",
+                (Sel(EVAL, 'status="success"'),),
+                (Sel(EVAL),),
+                (),
+                ("5m", "30m", "1h", "6h"),
+            ),
+        ),
+    ),
 )
 
 
@@ -319,23 +431,30 @@ def group_intervals() -> dict[str, str]:
     return {name: interval for name, interval, _ in GROUPS}
 
 
-def rule_file_data(rules: Sequence[Rule] | None = None,
-                   intervals: Mapping[str, str] | None = None) -> dict[str, object]:
+def rule_file_data(
+    rules: Sequence[Rule] | None = None, intervals: Mapping[str, str] | None = None
+) -> dict[str, object]:
     rules = build_rules() if rules is None else rules
     intervals = dict(intervals or group_intervals())
     for r in rules:
         intervals.setdefault(r.group, "30s")
-    return {"groups": [
-        {"name": g, "interval": intervals[g],
-         "rules": [{"record": r.record, "expr": r.expr}
-                   for r in rules if r.group == g]}
-        for g in intervals
-    ]}
+    return {
+        "groups": [
+            {
+                "name": g,
+                "interval": intervals[g],
+                "rules": [{"record": r.record, "expr": r.expr} for r in rules if r.group == g],
+            }
+            for g in intervals
+        ]
+    }
 
 
 def render_rule_file(rules: Sequence[Rule] | None = None, intervals: Mapping[str, str] | None = None) -> str:
-    header = ("# Generated by tars_1002_grafana.rules from its GROUPS table; edit the table, not this file.\n"
-              "# TARS-1002: recording rules for the T.A.R.S. Grafana dashboards.\n")
+    header = (
+        "# Generated by tars_1002_grafana.rules from its GROUPS table; edit the table, not this file.\n"
+        "# TARS-1002: recording rules for the T.A.R.S. Grafana dashboards.\n"
+    )
     return header + yaml.safe_dump(rule_file_data(rules, intervals), sort_keys=False, width=120)
 
 
@@ -351,6 +470,7 @@ def load_rule_file(text: str) -> list[Rule]:
 
 
 # -- promtool ------------------------------------------------------------------------------------------
+
 
 def _input_series_for(selector_names: Iterable[str], step: str) -> list[dict[str, str]]:
     """Synthetic input (``'a+bxc'`` notation) for every raw series a rule reads, built from the catalogue.
@@ -379,8 +499,12 @@ def _input_series_for(selector_names: Iterable[str], step: str) -> list[dict[str
             else:
                 # a larger "max" gauge so utilisation ratios stay below one, and a wobble for *_over_time
                 base = 1000 * slope if fam.name.endswith(("_max_bytes", "MemTotal_bytes")) else 10 * slope
-                out.append({"series": f"{fam.name}{{{lab}}}",
-                            "values": " ".join(str(base + (k % 3)) for k in range(int(step) + 1))})
+                out.append(
+                    {
+                        "series": f"{fam.name}{{{lab}}}",
+                        "values": " ".join(str(base + (k % 3)) for k in range(int(step) + 1)),
+                    }
+                )
     return out
 
 
@@ -388,8 +512,10 @@ def _expected_label_sets(rule: Rule) -> list[str]:
     if not rule.keeps:
         return ["{}"]
     values = [TEST_VALUES[k] if k != "le" else _le_values(rule) for k in rule.keeps]
-    return ["{" + ",".join(f'{k}="{v}"' for k, v in zip(rule.keeps, combo, strict=True)) + "}"
-            for combo in itertools.product(*values)]
+    return [
+        "{" + ",".join(f'{k}="{v}"' for k, v in zip(rule.keeps, combo, strict=True)) + "}"
+        for combo in itertools.product(*values)
+    ]
 
 
 def _le_values(rule: Rule) -> tuple[str, ...]:
@@ -416,16 +542,21 @@ def unit_test_data(rules: Sequence[Rule], rule_file: str) -> dict[str, object]:
         for rule in members:
             if not _label_values_present(rule):
                 raise ValueError(f"{rule.record}: a kept label has no TEST_VALUES entry")
-        tests.append({
-            "name": group,
-            "interval": "15s",
-            "input_series": _input_series_for([s for r in members for s in r.reads], "60"),
-            "promql_expr_test": [{
-                "expr": f"({rule.expr}) - {rule.record}",
-                "eval_time": "10m",
-                "exp_samples": [{"labels": ls, "value": 0} for ls in _expected_label_sets(rule)],
-            } for rule in members],
-        })
+        tests.append(
+            {
+                "name": group,
+                "interval": "15s",
+                "input_series": _input_series_for([s for r in members for s in r.reads], "60"),
+                "promql_expr_test": [
+                    {
+                        "expr": f"({rule.expr}) - {rule.record}",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": ls, "value": 0} for ls in _expected_label_sets(rule)],
+                    }
+                    for rule in members
+                ],
+            }
+        )
     return {"rule_files": [rule_file], "evaluation_interval": "5s", "tests": tests}
 
 
@@ -461,8 +592,9 @@ def write_unit_tests(directory: Path, rules: Sequence[Rule] | None = None) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     (directory / RULE_FILE_NAME).write_text(render_rule_file(rules), encoding="utf-8")
     test_path = directory / "tars-1002-recording-rules.test.yml"
-    test_path.write_text(yaml.safe_dump(unit_test_data(rules, RULE_FILE_NAME), sort_keys=False, width=200),
-                         encoding="utf-8")
+    test_path.write_text(
+        yaml.safe_dump(unit_test_data(rules, RULE_FILE_NAME), sort_keys=False, width=200), encoding="utf-8"
+    )
     return test_path
 
 

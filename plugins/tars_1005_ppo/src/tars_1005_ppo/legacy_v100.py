@@ -56,8 +56,16 @@ class LeakyPPOTrainer(_TrainerBase):
         self._lr = self.config.learning_rate
         self._clip = self.config.clip_range
 
-    def _train_step_impl(self, obs: tf.Tensor, actions: tf.Tensor, old_logp: tf.Tensor, adv: tf.Tensor,
-                         returns: tf.Tensor, lr: float, clip: float) -> tf.Tensor:
+    def _train_step_impl(
+        self,
+        obs: tf.Tensor,
+        actions: tf.Tensor,
+        old_logp: tf.Tensor,
+        adv: tf.Tensor,
+        returns: tf.Tensor,
+        lr: float,
+        clip: float,
+    ) -> tf.Tensor:
         cfg = self.config
         self.optimizer.learning_rate.assign(lr)
         adv = (adv - tf.reduce_mean(adv)) / (tf.math.reduce_std(adv) + 1e-8)
@@ -138,8 +146,9 @@ class LeakyPPOTrainer(_TrainerBase):
         self.old_actors.append(old_actor)
         flat_obs = tf.reshape(tf.stack(self.states[-n:]), (-1, self.obs_dim))
         flat_actions = tf.reshape(tf.stack(self.actions[-n:]), (-1,))
-        old_logp = np.take_along_axis(_log_softmax(old_actor(flat_obs).numpy().astype(np.float64)),
-                                      flat_actions.numpy()[:, None], axis=-1)[:, 0].astype(np.float32)
+        old_logp = np.take_along_axis(
+            _log_softmax(old_actor(flat_obs).numpy().astype(np.float64)), flat_actions.numpy()[:, None], axis=-1
+        )[:, 0].astype(np.float32)
         flat_adv = advantages.reshape(-1)
         flat_ret = returns.reshape(-1)
 
@@ -148,22 +157,38 @@ class LeakyPPOTrainer(_TrainerBase):
         for _ in range(cfg.n_epochs):
             order = self.rng.permutation(batch)
             for start in range(0, batch - mb + 1, mb):
-                idx = order[start:start + mb]
-                results.append(self._train_step(
-                    tf.gather(flat_obs, idx), tf.gather(flat_actions, idx), old_logp[idx], flat_adv[idx],
-                    flat_ret[idx], lr, clip))
+                idx = order[start : start + mb]
+                results.append(
+                    self._train_step(
+                        tf.gather(flat_obs, idx),
+                        tf.gather(flat_actions, idx),
+                        old_logp[idx],
+                        flat_adv[idx],
+                        flat_ret[idx],
+                        lr,
+                        clip,
+                    )
+                )
         mean = tf.reduce_mean(tf.stack(results), axis=0)
         self.history.append({"loss": mean[0], "entropy": mean[3], "all": tf.stack(results)})  # leak 5
         totals = mean.numpy()
         self.iteration += 1
         seconds = time.perf_counter() - started
         return IterationStats(
-            iteration=self.iteration, global_step=self.global_step, seconds=seconds,
+            iteration=self.iteration,
+            global_step=self.global_step,
+            seconds=seconds,
             steps_per_s=cfg.batch_size / seconds if seconds > 0 else float("nan"),
-            mean_return=self.mean_return, episodes=self.episodes,
-            loss=float(totals[0]), policy_loss=float(totals[1]), value_loss=float(totals[2]),
-            entropy=float(totals[3]), approx_kl=float(totals[4]), clip_fraction=float(totals[5]),
-            tracing_count=self.tracing_count())
+            mean_return=self.mean_return,
+            episodes=self.episodes,
+            loss=float(totals[0]),
+            policy_loss=float(totals[1]),
+            value_loss=float(totals[2]),
+            entropy=float(totals[3]),
+            approx_kl=float(totals[4]),
+            clip_fraction=float(totals[5]),
+            tracing_count=self.tracing_count(),
+        )
 
     def _checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(actor=self.actor, critic=self.critic, optimizer=self.optimizer)

@@ -55,7 +55,7 @@ def tars_plugin_info() -> PluginInfo:
         fix_id="TARS-1005",
         config=PPOFixConfig,
         description="Switches PPO trainers to the fixed TensorFlow trainer behind the flag "
-                    f"{FLAG_NAME!r}; verify soaks it and judges RSS slope, peak and tracing count.",
+        f"{FLAG_NAME!r}; verify soaks it and judges RSS slope, peak and tracing count.",
         risk="changes runtime behaviour of training: canary fraction first, rollback turns the flag off",
     )
 
@@ -77,8 +77,9 @@ async def _connect(ctx: Context) -> Any:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise TargetError(f"cannot reach targets.redis at {_where(url)} ({type(exc).__name__}): start Redis "
-                       "or fix targets.redis") from None
+        raise TargetError(
+            f"cannot reach targets.redis at {_where(url)} ({type(exc).__name__}): start Redis or fix targets.redis"
+        ) from None
     return client
 
 
@@ -135,8 +136,10 @@ async def _wait_switch(client: Any, ctx: Context, value: str | None, trainers: l
             return
         await asyncio.sleep(0.5)
     detail = "; ".join(f"{t}: {why}" for t, why in pending.items())
-    raise FixError(f"trainers did not switch to the flag value {value!r} within {cfg.switch_timeout_s:.0f} s "
-                   f"({detail}): check the trainer services' logs")
+    raise FixError(
+        f"trainers did not switch to the flag value {value!r} within {cfg.switch_timeout_s:.0f} s "
+        f"({detail}): check the trainer services' logs"
+    )
 
 
 async def _trainer_health(client: Any, cfg: PPOFixConfig, tids: list[str]) -> dict[str, str]:
@@ -179,8 +182,10 @@ def _state_path(ctx: Context) -> Path:
 async def tars_apply(ctx: Context) -> ApplyResult:
     cfg: PPOFixConfig = ctx.config
     if not _fixed_code_here():
-        raise FixError("the fixed trainer (tars_1005_ppo.trainer with tensorflow) is not importable: install "
-                       "tars-1005-ppo with its dependencies")
+        raise FixError(
+            "the fixed trainer (tars_1005_ppo.trainer with tensorflow) is not importable: install "
+            "tars-1005-ppo with its dependencies"
+        )
     unreached = Path(ctx.state_dir) / UNREACHED_FILE
     try:
         client = await _connect(ctx)
@@ -193,13 +198,17 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     try:
         live = await _live_trainers(client, cfg)
         if len(live) < cfg.min_trainers:
-            raise FixError(f"{len(live)} live PPO trainer(s) report under {cfg.status_prefix}:trainers, "
-                           f"need {cfg.min_trainers}: start the trainer services "
-                           "(python -m tars_1005_ppo.trainer_service) first")
+            raise FixError(
+                f"{len(live)} live PPO trainer(s) report under {cfg.status_prefix}:trainers, "
+                f"need {cfg.min_trainers}: start the trainer services "
+                "(python -m tars_1005_ppo.trainer_service) first"
+            )
         missing = [t for t, st in live.items() if st.get("fixed_available") != "1"]
         if missing:
-            raise FixError(f"trainers {', '.join(missing)} cannot import the fixed trainer: upgrade them to "
-                           "tars-1005-ppo before turning the flag on")
+            raise FixError(
+                f"trainers {', '.join(missing)} cannot import the fixed trainer: upgrade them to "
+                "tars-1005-ppo before turning the flag on"
+            )
         trainers = sorted(live)
         current = await _flag(client, ctx)
         all_fixed = all(st.get("implementation") == "fixed" for st in live.values())
@@ -208,10 +217,16 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             return ApplyResult(changed=False, detail=f"{len(live)} trainer(s) already run the fixed trainer")
         staged = 0 < cfg.canary_fraction < 1
         canary = [t for t in trainers if canary_bucket(t) < cfg.canary_fraction] if staged else []
-        plan = (f"set {ctx.targets.flags_key}[{cfg.flag}] " +
-                (f"to {cfg.canary_fraction:g} (canary: {', '.join(canary) or 'none'}), watch "
-                 f"{cfg.canary_observe_s:g} s, then " if staged else "") +
-                f"to 'on' for {len(trainers)} trainer(s) (now {current!r})")
+        plan = (
+            f"set {ctx.targets.flags_key}[{cfg.flag}] "
+            + (
+                f"to {cfg.canary_fraction:g} (canary: {', '.join(canary) or 'none'}), watch "
+                f"{cfg.canary_observe_s:g} s, then "
+                if staged
+                else ""
+            )
+            + f"to 'on' for {len(trainers)} trainer(s) (now {current!r})"
+        )
         if ctx.dry_run:
             ctx.log.info("dry run: would %s", plan)
             return ApplyResult(changed=False, detail=f"dry run: would {plan}")
@@ -222,8 +237,9 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         if staged:
             value = f"{cfg.canary_fraction:g}"
             if not canary:
-                ctx.log.warning("canary fraction %s selects none of %d trainer(s); switching all at once",
-                                value, len(trainers))
+                ctx.log.warning(
+                    "canary fraction %s selects none of %d trainer(s); switching all at once", value, len(trainers)
+                )
             else:
                 ctx.log.info("canary: %s -> fixed (flag %s=%s)", ", ".join(canary), cfg.flag, value)
                 await _set_flag(client, ctx, value)
@@ -237,8 +253,11 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         await _set_flag(client, ctx, "on")
         await _wait_switch(client, ctx, "on", trainers)
         ctx.log.info("flag %s on: %d trainer(s) run the fixed trainer", cfg.flag, len(trainers))
-        return ApplyResult(changed=True, detail=f"{len(trainers)} trainer(s) switched to the fixed trainer"
-                           + (f" after canary {', '.join(canary)}" if canary else ""))
+        return ApplyResult(
+            changed=True,
+            detail=f"{len(trainers)} trainer(s) switched to the fixed trainer"
+            + (f" after canary {', '.join(canary)}" if canary else ""),
+        )
     finally:
         await client.aclose()
 
@@ -252,8 +271,11 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     finally:
         await client.aclose()
     if value != "on":
-        return VerifyResult(ok=False, detail=f"not applied: flag {cfg.flag} is {value!r}",
-                            checks={"flag": f"FAIL: {value!r}, want 'on'"})
+        return VerifyResult(
+            ok=False,
+            detail=f"not applied: flag {cfg.flag} is {value!r}",
+            checks={"flag": f"FAIL: {value!r}, want 'on'"},
+        )
     checks: dict[str, str] = {"flag": "ok: on"}
 
     # The soak first: while it runs the live trainers accumulate the samples judged below.
@@ -261,34 +283,50 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 
     try:
         verdict = await asyncio.to_thread(
-            soak_subprocess, ctx.state_dir / "verify-soak", impl="fixed", config=cfg.trainer,
-            iterations=cfg.verify_iterations, warmup=str(cfg.verify_warmup), slope_budget_kb=cfg.slope_budget_kb,
-            peak_budget_mb=cfg.peak_budget_mb, timeout_s=cfg.soak_timeout_s)
+            soak_subprocess,
+            ctx.state_dir / "verify-soak",
+            impl="fixed",
+            config=cfg.trainer,
+            iterations=cfg.verify_iterations,
+            warmup=str(cfg.verify_warmup),
+            slope_budget_kb=cfg.slope_budget_kb,
+            peak_budget_mb=cfg.peak_budget_mb,
+            timeout_s=cfg.soak_timeout_s,
+        )
     except Exception as exc:
         checks["soak"] = f"FAIL: soak could not run: {exc}"
     else:
-        checks["soak"] = ("ok" if verdict.ok else "FAIL") + f" ({verdict.iterations} iterations): " + "; ".join(
-            f"{k} {v.split(': ', 1)[-1]}" for k, v in verdict.checks.items())
+        checks["soak"] = (
+            ("ok" if verdict.ok else "FAIL")
+            + f" ({verdict.iterations} iterations): "
+            + "; ".join(f"{k} {v.split(': ', 1)[-1]}" for k, v in verdict.checks.items())
+        )
 
     client = await _connect(ctx)
     try:
         live = await _live_trainers(client, cfg)
         legacy = [t for t, st in live.items() if st.get("implementation") != "fixed"]
         enough = len(live) >= cfg.min_trainers
-        checks["trainers"] = (f"{'ok' if enough and not legacy else 'FAIL'}: {len(live) - len(legacy)}/{len(live)} "
-                              "live trainer(s) run the fixed trainer"
-                              + (f" (still legacy: {', '.join(legacy)})" if legacy else "")
-                              + ("" if enough else f"; need {cfg.min_trainers}"))
+        checks["trainers"] = (
+            f"{'ok' if enough and not legacy else 'FAIL'}: {len(live) - len(legacy)}/{len(live)} "
+            "live trainer(s) run the fixed trainer"
+            + (f" (still legacy: {', '.join(legacy)})" if legacy else "")
+            + ("" if enough else f"; need {cfg.min_trainers}")
+        )
         problems = await _trainer_health(client, cfg, [t for t in live if t not in legacy])
-        checks["trainer_memory"] = ("ok: tracing count constant and RSS under budget on every trainer"
-                                    if not problems
-                                    else "FAIL: " + "; ".join(f"{t}: {p}" for t, p in problems.items()))
+        checks["trainer_memory"] = (
+            "ok: tracing count constant and RSS under budget on every trainer"
+            if not problems
+            else "FAIL: " + "; ".join(f"{t}: {p}" for t, p in problems.items())
+        )
     finally:
         await client.aclose()
     failed = [k for k, v in checks.items() if not v.startswith("ok")]
-    return VerifyResult(ok=not failed,
-                        detail="fixed trainer running, memory flat" if not failed else f"failed: {', '.join(failed)}",
-                        checks=checks)
+    return VerifyResult(
+        ok=not failed,
+        detail="fixed trainer running, memory flat" if not failed else f"failed: {', '.join(failed)}",
+        checks=checks,
+    )
 
 
 @hookimpl
@@ -317,10 +355,16 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
         if trainers:
             await _wait_switch(client, ctx, restore, trainers)
         state_path.unlink(missing_ok=True)
-        ctx.log.info("flag %s %s: %d trainer(s) back on the v1.0.0 trainer", cfg.flag,
-                     "cleared" if restore is None else "off", len(trainers))
-        return ApplyResult(changed=True, detail=f"flag {'cleared' if restore is None else 'off'}; "
-                                                f"{len(trainers)} trainer(s) switched back")
+        ctx.log.info(
+            "flag %s %s: %d trainer(s) back on the v1.0.0 trainer",
+            cfg.flag,
+            "cleared" if restore is None else "off",
+            len(trainers),
+        )
+        return ApplyResult(
+            changed=True,
+            detail=f"flag {'cleared' if restore is None else 'off'}; {len(trainers)} trainer(s) switched back",
+        )
     finally:
         await client.aclose()
 
@@ -328,18 +372,40 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
 def _metrics(before: Any, after: Any) -> list[Metric]:
     kb = 1024.0
     return [
-        Metric("rss_slope_per_iteration", before.slope_bytes_per_iter / kb, after.slope_bytes_per_iter / kb,
-               "KB/iteration", target=f"fixed upper 95% bound < {after.slope_budget_bytes / kb:.0f} "
-               f"(fixed bound {after.slope_upper / kb:+.1f}, legacy bound [{before.slope_lower / kb:+.1f}, "
-               f"{before.slope_upper / kb:+.1f}])", met=bool(after.slope_upper < after.slope_budget_bytes)),
-        Metric("peak_rss", before.peak_rss_bytes / 2**20, after.peak_rss_bytes / 2**20, "MB",
-               target=f"< {after.peak_budget_bytes / 2**20:.0f}",
-               met=bool(after.peak_rss_bytes < after.peak_budget_bytes)),
-        Metric("tracings_after_warmup", float(before.tracing_counts[1] - before.tracing_counts[0]),
-               float(after.tracing_counts[1] - after.tracing_counts[0]), "retraces", target="0",
-               met=after.tracing_constant),
-        Metric("steps_per_second", before.steps_per_s, after.steps_per_s, "env steps/s",
-               target=">= before", met=bool(after.steps_per_s >= before.steps_per_s)),
+        Metric(
+            "rss_slope_per_iteration",
+            before.slope_bytes_per_iter / kb,
+            after.slope_bytes_per_iter / kb,
+            "KB/iteration",
+            target=f"fixed upper 95% bound < {after.slope_budget_bytes / kb:.0f} "
+            f"(fixed bound {after.slope_upper / kb:+.1f}, legacy bound [{before.slope_lower / kb:+.1f}, "
+            f"{before.slope_upper / kb:+.1f}])",
+            met=bool(after.slope_upper < after.slope_budget_bytes),
+        ),
+        Metric(
+            "peak_rss",
+            before.peak_rss_bytes / 2**20,
+            after.peak_rss_bytes / 2**20,
+            "MB",
+            target=f"< {after.peak_budget_bytes / 2**20:.0f}",
+            met=bool(after.peak_rss_bytes < after.peak_budget_bytes),
+        ),
+        Metric(
+            "tracings_after_warmup",
+            float(before.tracing_counts[1] - before.tracing_counts[0]),
+            float(after.tracing_counts[1] - after.tracing_counts[0]),
+            "retraces",
+            target="0",
+            met=after.tracing_constant,
+        ),
+        Metric(
+            "steps_per_second",
+            before.steps_per_s,
+            after.steps_per_s,
+            "env steps/s",
+            target=">= before",
+            met=bool(after.steps_per_s >= before.steps_per_s),
+        ),
         _return_metric(before, after),
     ]
 
@@ -357,8 +423,14 @@ def _return_metric(before: Any, after: Any) -> Metric:
     else:
         met = None
         target += f" (not judged: this run has {steps} steps; benchmarks/tars-1005-ppo_bench.py runs 100000)"
-    return Metric("cartpole_mean_return", before.mean_return, after.mean_return,
-                  f"return (last 100 episodes at {steps} steps)", target=target, met=met)
+    return Metric(
+        "cartpole_mean_return",
+        before.mean_return,
+        after.mean_return,
+        f"return (last 100 episodes at {steps} steps)",
+        target=target,
+        met=met,
+    )
 
 
 @hookimpl
@@ -372,15 +444,24 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
     for impl in ("legacy", "fixed"):
         ctx.log.info("benchmark: %s trainer, %d iterations", impl, cfg.benchmark_iterations)
         verdicts[impl] = await asyncio.to_thread(
-            soak_subprocess, out / impl, impl=impl, config=cfg.trainer, iterations=cfg.benchmark_iterations,
-            warmup="0.2", slope_budget_kb=cfg.slope_budget_kb, peak_budget_mb=cfg.peak_budget_mb,
-            timeout_s=cfg.soak_timeout_s)
-    plot_comparison({k: (read_samples(out / k / "samples.csv"), v) for k, v in verdicts.items()},
-                    out / "rss-compare.png")
+            soak_subprocess,
+            out / impl,
+            impl=impl,
+            config=cfg.trainer,
+            iterations=cfg.benchmark_iterations,
+            warmup="0.2",
+            slope_budget_kb=cfg.slope_budget_kb,
+            peak_budget_mb=cfg.peak_budget_mb,
+            timeout_s=cfg.soak_timeout_s,
+        )
+    plot_comparison(
+        {k: (read_samples(out / k / "samples.csv"), v) for k, v in verdicts.items()}, out / "rss-compare.png"
+    )
     return BenchmarkResult(
         metrics=_metrics(verdicts["legacy"], verdicts["fixed"]),
         detail=f"{cfg.benchmark_iterations} iterations x {cfg.trainer.batch_size} steps each; chart "
-               f"{out / 'rss-compare.png'}; full size: benchmarks/tars-1005-ppo_bench.py")
+        f"{out / 'rss-compare.png'}; full size: benchmarks/tars-1005-ppo_bench.py",
+    )
 
 
 @hookimpl
@@ -398,12 +479,15 @@ def tars_report(release: Release) -> ReportSection | None:
         lines += ["", "| metric | v1.0.0 | fixed | unit | target | met |", "|---|---|---|---|---|---|"]
         for m in bench.metrics:
             before = "" if m.before is None else f"{m.before:.1f}"
-            lines.append(f"| {m.name} | {before} | {m.after:.1f} | {m.unit} | {m.target} | "
-                         f"{'yes' if m.met else 'no' if m.met is not None else ''} |")
+            lines.append(
+                f"| {m.name} | {before} | {m.after:.1f} | {m.unit} | {m.target} | "
+                f"{'yes' if m.met else 'no' if m.met is not None else ''} |"
+            )
         if bench.detail:
             lines += ["", bench.detail]
-        data["benchmark"] = {m.name: {"before": m.before, "after": m.after, "unit": m.unit, "met": m.met}
-                             for m in bench.metrics}
+        data["benchmark"] = {
+            m.name: {"before": m.before, "after": m.after, "unit": m.unit, "met": m.met} for m in bench.metrics
+        }
     return ReportSection(title="TARS-1005: PPO memory leak", markdown="\n".join(lines), data=data)
 
 
@@ -418,19 +502,49 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     services = []
     for tid in SANDBOX_TRAINERS:
         port = site.free_port()
-        services.append(ServiceSpec(
-            name=f"ppo-{tid.rsplit('-', 1)[-1]}",
-            argv=[site.python, "-m", "tars_1005_ppo.trainer_service", "--redis", redis_url,
-                  "--flags-key", site.targets.flags_key, "--flag", FLAG_NAME, "--status-prefix", STATUS_PREFIX,
-                  "--trainer-id", tid, "--port", str(port), "--config", str(cfg_file), "--pause", "3",
-                  "--max-rss-mb", "1200"],
-            port=port, ready="tcp", env={"TF_CPP_MIN_LOG_LEVEL": "2", "TARS_TF_INTRA_THREADS": "1"}))
+        services.append(
+            ServiceSpec(
+                name=f"ppo-{tid.rsplit('-', 1)[-1]}",
+                argv=[
+                    site.python,
+                    "-m",
+                    "tars_1005_ppo.trainer_service",
+                    "--redis",
+                    redis_url,
+                    "--flags-key",
+                    site.targets.flags_key,
+                    "--flag",
+                    FLAG_NAME,
+                    "--status-prefix",
+                    STATUS_PREFIX,
+                    "--trainer-id",
+                    tid,
+                    "--port",
+                    str(port),
+                    "--config",
+                    str(cfg_file),
+                    "--pause",
+                    "3",
+                    "--max-rss-mb",
+                    "1200",
+                ],
+                port=port,
+                ready="tcp",
+                env={"TF_CPP_MIN_LOG_LEVEL": "2", "TARS_TF_INTRA_THREADS": "1"},
+            )
+        )
     return SandboxContribution(
         services=services,
         scrape_targets=[f"127.0.0.1:{s.port}" for s in services],
-        config={"flag": FLAG_NAME, "status_prefix": STATUS_PREFIX, "canary_fraction": 0.5,
-                "canary_observe_s": 10.0, "min_trainers": len(services), "verify_iterations": 40,
-                "benchmark_iterations": 60},
+        config={
+            "flag": FLAG_NAME,
+            "status_prefix": STATUS_PREFIX,
+            "canary_fraction": 0.5,
+            "canary_observe_s": 10.0,
+            "min_trainers": len(services),
+            "verify_iterations": 40,
+            "benchmark_iterations": 60,
+        },
     )
 
 

@@ -37,8 +37,18 @@ import numpy as np
 
 from tars_1005_ppo.config import PPOConfig, describe_config_error, parse_duration
 
-FIELDS = ("segment", "iteration", "elapsed_s", "global_step", "rss_bytes", "tracing_count", "buffer_bytes",
-          "retained_items", "mean_return", "train_seconds")
+FIELDS = (
+    "segment",
+    "iteration",
+    "elapsed_s",
+    "global_step",
+    "rss_bytes",
+    "tracing_count",
+    "buffer_bytes",
+    "retained_items",
+    "mean_return",
+    "train_seconds",
+)
 RETURN_TARGET = 195.0
 
 
@@ -96,7 +106,7 @@ def _warmup_mask(samples: Sequence[Sample], warmup: str) -> np.ndarray:
             cut = parse_duration(text)
             keep = [i for i in idx if samples[i].elapsed_s - first.elapsed_s >= cut]
         elif float(text) < 1:
-            keep = idx[int(np.ceil(len(idx) * float(text))):]
+            keep = idx[int(np.ceil(len(idx) * float(text))) :]
         else:
             keep = [i for i in idx if samples[i].iteration - first.iteration >= float(text)]
         judged[keep] = True
@@ -131,9 +141,17 @@ def fit_slope(segments: np.ndarray, x: np.ndarray, y: np.ndarray, confidence: fl
     return slope, slope - t * se, slope + t * se
 
 
-def judge(samples: Sequence[Sample], *, warmup: str = "0.2", slope_budget_bytes: float = 50 * 1024,
-          peak_budget_bytes: float = 1024**3, confidence: float = 0.95, implementation: str = "",
-          complete: bool = True, min_judged: int = 5) -> Verdict:
+def judge(
+    samples: Sequence[Sample],
+    *,
+    warmup: str = "0.2",
+    slope_budget_bytes: float = 50 * 1024,
+    peak_budget_bytes: float = 1024**3,
+    confidence: float = 0.95,
+    implementation: str = "",
+    complete: bool = True,
+    min_judged: int = 5,
+) -> Verdict:
     """Judge a soak: slope upper bound under budget, peak under budget, tracing count constant."""
     checks: dict[str, str] = {}
     if not samples:
@@ -141,24 +159,31 @@ def judge(samples: Sequence[Sample], *, warmup: str = "0.2", slope_budget_bytes:
     mask = _warmup_mask(samples, warmup)
     post = [s for s, m in zip(samples, mask, strict=True) if m]
     peak = max(s.rss_bytes for s in samples)
-    checks["peak"] = (f"{'ok' if peak < peak_budget_bytes else 'FAIL'}: peak RSS {peak / 2**20:.1f} MB "
-                      f"(budget {peak_budget_bytes / 2**20:.0f} MB)")
+    checks["peak"] = (
+        f"{'ok' if peak < peak_budget_bytes else 'FAIL'}: peak RSS {peak / 2**20:.1f} MB "
+        f"(budget {peak_budget_bytes / 2**20:.0f} MB)"
+    )
     slope = lower = upper = float("nan")
     enough = len(post) >= min_judged and len({s.iteration for s in post}) >= 3
     if enough:
         seg = np.array([s.segment for s in post])
-        slope, lower, upper = fit_slope(seg, np.array([s.iteration for s in post]),
-                                        np.array([s.rss_bytes for s in post]), confidence)
+        slope, lower, upper = fit_slope(
+            seg, np.array([s.iteration for s in post]), np.array([s.rss_bytes for s in post]), confidence
+        )
         enough = not np.isnan(upper)
     if enough:
         slope_ok = upper <= slope_budget_bytes
-        checks["slope"] = (f"{'ok' if slope_ok else 'FAIL'}: RSS slope {slope / 1024:+.1f} KB/iteration, "
-                           f"{confidence:.0%} interval [{lower / 1024:+.1f}, {upper / 1024:+.1f}] "
-                           f"(upper bound budget {slope_budget_bytes / 1024:.0f} KB/iteration)")
+        checks["slope"] = (
+            f"{'ok' if slope_ok else 'FAIL'}: RSS slope {slope / 1024:+.1f} KB/iteration, "
+            f"{confidence:.0%} interval [{lower / 1024:+.1f}, {upper / 1024:+.1f}] "
+            f"(upper bound budget {slope_budget_bytes / 1024:.0f} KB/iteration)"
+        )
     else:
         slope_ok = False
-        checks["slope"] = (f"FAIL: only {len(post)} samples after warm-up ({warmup}); need {min_judged} over "
-                           "at least 3 iterations: run longer or sample more often")
+        checks["slope"] = (
+            f"FAIL: only {len(post)} samples after warm-up ({warmup}); need {min_judged} over "
+            "at least 3 iterations: run longer or sample more often"
+        )
     traces = [s.tracing_count for s in post] or [s.tracing_count for s in samples]
     tracing_constant = min(traces) == max(traces)
     seen = f"constant at {traces[0]}" if tracing_constant else f"{min(traces)} -> {max(traces)}"
@@ -169,14 +194,28 @@ def judge(samples: Sequence[Sample], *, warmup: str = "0.2", slope_budget_bytes:
     hit = next((s.global_step for s in samples if s.mean_return >= RETURN_TARGET), None)
     return Verdict(
         ok=bool(enough and slope_ok and peak < peak_budget_bytes and tracing_constant),
-        implementation=implementation, checks=checks, slope_bytes_per_iter=slope, slope_lower=lower,
-        slope_upper=upper, confidence=confidence, leak_detected=bool(enough and lower > 0 and not slope_ok),
-        peak_rss_bytes=peak, tracing_constant=tracing_constant, tracing_counts=(min(traces), max(traces)),
-        samples_total=len(samples), samples_judged=len(post), iterations=last.iteration,
-        global_step=last.global_step, elapsed_s=last.elapsed_s,
-        steps_per_s=steps / train_s if train_s > 0 else float("nan"), mean_return=last.mean_return,
-        steps_to_return_target=hit, slope_budget_bytes=slope_budget_bytes,
-        peak_budget_bytes=peak_budget_bytes, complete=complete)
+        implementation=implementation,
+        checks=checks,
+        slope_bytes_per_iter=slope,
+        slope_lower=lower,
+        slope_upper=upper,
+        confidence=confidence,
+        leak_detected=bool(enough and lower > 0 and not slope_ok),
+        peak_rss_bytes=peak,
+        tracing_constant=tracing_constant,
+        tracing_counts=(min(traces), max(traces)),
+        samples_total=len(samples),
+        samples_judged=len(post),
+        iterations=last.iteration,
+        global_step=last.global_step,
+        elapsed_s=last.elapsed_s,
+        steps_per_s=steps / train_s if train_s > 0 else float("nan"),
+        mean_return=last.mean_return,
+        steps_to_return_target=hit,
+        slope_budget_bytes=slope_budget_bytes,
+        peak_budget_bytes=peak_budget_bytes,
+        complete=complete,
+    )
 
 
 def _segment_steps(samples: Sequence[Sample]) -> list[int]:
@@ -201,8 +240,10 @@ def read_samples(path: Path) -> list[Sample]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     ints = {a.name for a in attrs.fields(Sample) if a.type in ("int", int)}
-    return [Sample(**cast(dict[str, Any], {k: int(float(v)) if k in ints else float(v) for k, v in row.items()}))
-            for row in rows]
+    return [
+        Sample(**cast(dict[str, Any], {k: int(float(v)) if k in ints else float(v) for k, v in row.items()}))
+        for row in rows
+    ]
 
 
 def plot(samples: Sequence[Sample], verdict: Verdict, path: Path, warmup: str) -> None:
@@ -226,13 +267,19 @@ def plot(samples: Sequence[Sample], verdict: Verdict, path: Path, warmup: str) -
             it = np.array([s.iteration for s in samples])[m]
             fit = rss[m].mean() + verdict.slope_bytes_per_iter / 2**20 * (it - it.mean())
             ax.plot(t[m], fit, "-", color="tab:red")
-        ax.plot([], [], "-", color="tab:red",
-                label=f"fit {verdict.slope_bytes_per_iter / 1024:+.1f} KB/iter "
-                      f"(upper {verdict.slope_upper / 1024:+.1f})")
+        ax.plot(
+            [],
+            [],
+            "-",
+            color="tab:red",
+            label=f"fit {verdict.slope_bytes_per_iter / 1024:+.1f} KB/iter (upper {verdict.slope_upper / 1024:+.1f})",
+        )
     ax.axhline(verdict.peak_budget_bytes / 2**20, color="k", ls="--", lw=0.8, label="peak budget")
     ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"{verdict.implementation or 'trainer'}: {'PASS' if verdict.ok else 'FAIL'} after "
-                 f"{verdict.iterations} iterations, {verdict.global_step} steps")
+    ax.set_title(
+        f"{verdict.implementation or 'trainer'}: {'PASS' if verdict.ok else 'FAIL'} after "
+        f"{verdict.iterations} iterations, {verdict.global_step} steps"
+    )
     ax.legend(loc="upper left", fontsize=8)
     ax2.step(t, [s.tracing_count for s in samples], where="post", color="tab:green")
     ax2.set_ylabel("tracings")
@@ -252,10 +299,20 @@ def _make_trainer(impl: str, config: PPOConfig) -> Any:
     return PPOTrainer(config)
 
 
-def run(out: Path, *, impl: str = "fixed", config: PPOConfig | None = None, duration_s: float | None = None,
-        max_iterations: int | None = None, sample_every: int = 1, warmup: str = "0.2",
-        slope_budget_bytes: float = 50 * 1024, peak_budget_bytes: float = 1024**3,
-        checkpoint_every: int = 50, resume: bool = False) -> Verdict:
+def run(
+    out: Path,
+    *,
+    impl: str = "fixed",
+    config: PPOConfig | None = None,
+    duration_s: float | None = None,
+    max_iterations: int | None = None,
+    sample_every: int = 1,
+    warmup: str = "0.2",
+    slope_budget_bytes: float = 50 * 1024,
+    peak_budget_bytes: float = 1024**3,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+) -> Verdict:
     """Train, sample, checkpoint and judge; see the module docstring. Limits are totals across resumes."""
     import psutil
 
@@ -304,15 +361,25 @@ def run(out: Path, *, impl: str = "fixed", config: PPOConfig | None = None, dura
                 stats = trainer.train_iteration()
                 train_seconds += stats.seconds
                 if trainer.iteration % sample_every == 0:
-                    writer.writerow([state["segment"], trainer.iteration,
-                                     f"{base_elapsed + time.monotonic() - started:.3f}", trainer.global_step,
-                                     proc.memory_info().rss, trainer.tracing_count(), trainer.buffer_bytes(),
-                                     trainer.retained_items(), f"{trainer.mean_return:.3f}",
-                                     f"{train_seconds:.4f}"])
+                    writer.writerow(
+                        [
+                            state["segment"],
+                            trainer.iteration,
+                            f"{base_elapsed + time.monotonic() - started:.3f}",
+                            trainer.global_step,
+                            proc.memory_info().rss,
+                            trainer.tracing_count(),
+                            trainer.buffer_bytes(),
+                            trainer.retained_items(),
+                            f"{trainer.mean_return:.3f}",
+                            f"{train_seconds:.4f}",
+                        ]
+                    )
                     f.flush()
                 if checkpoint_every and trainer.iteration % checkpoint_every == 0:
-                    _checkpoint(trainer, ckpt, state, state_file, base_elapsed + time.monotonic() - started,
-                                train_seconds)
+                    _checkpoint(
+                        trainer, ckpt, state, state_file, base_elapsed + time.monotonic() - started, train_seconds
+                    )
         _checkpoint(trainer, ckpt, state, state_file, base_elapsed + time.monotonic() - started, train_seconds)
     finally:
         for s, handler in previous.items():
@@ -323,15 +390,22 @@ def run(out: Path, *, impl: str = "fixed", config: PPOConfig | None = None, dura
     complete = stop["signal"] is None
     if not samples:
         raise ValueError("the soak produced no samples: raise --duration/--iterations or lower --sample-every")
-    verdict = judge(samples, warmup=warmup, slope_budget_bytes=slope_budget_bytes,
-                    peak_budget_bytes=peak_budget_bytes, implementation=impl, complete=complete)
+    verdict = judge(
+        samples,
+        warmup=warmup,
+        slope_budget_bytes=slope_budget_bytes,
+        peak_budget_bytes=peak_budget_bytes,
+        implementation=impl,
+        complete=complete,
+    )
     (out / "verdict.json").write_text(json.dumps(attrs.asdict(verdict), indent=2))
     plot(samples, verdict, out / "rss.png", warmup)
     return verdict
 
 
-def _checkpoint(trainer: Any, ckpt: Path, state: dict[str, Any], state_file: Path, elapsed: float,
-                train_seconds: float) -> None:
+def _checkpoint(
+    trainer: Any, ckpt: Path, state: dict[str, Any], state_file: Path, elapsed: float, train_seconds: float
+) -> None:
     trainer.save(ckpt)
     state.update(elapsed_s=elapsed, train_seconds=train_seconds, iteration=trainer.iteration)
     tmp = state_file.with_suffix(".tmp")
@@ -339,19 +413,48 @@ def _checkpoint(trainer: Any, ckpt: Path, state: dict[str, Any], state_file: Pat
     tmp.replace(state_file)
 
 
-def soak_subprocess(out: Path, *, impl: str, config: PPOConfig, iterations: int, sample_every: int = 1,
-                    warmup: str = "0.2", slope_budget_kb: float = 50.0, peak_budget_mb: float = 1024.0,
-                    timeout_s: float = 900.0) -> Verdict:
+def soak_subprocess(
+    out: Path,
+    *,
+    impl: str,
+    config: PPOConfig,
+    iterations: int,
+    sample_every: int = 1,
+    warmup: str = "0.2",
+    slope_budget_kb: float = 50.0,
+    peak_budget_mb: float = 1024.0,
+    timeout_s: float = 900.0,
+) -> Verdict:
     """Run a soak in its own process, so its RSS is the trainer's alone, and return its verdict."""
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "trainer-config.json"
     cfg_file.write_text(json.dumps(cattrs.unstructure(config)))
-    argv = [sys.executable, "-m", "tars_1005_ppo.soak", "--impl", impl, "--iterations", str(iterations),
-            "--sample-every", str(sample_every), "--warmup", warmup, "--slope-budget-kb", str(slope_budget_kb),
-            "--peak-budget-mb", str(peak_budget_mb), "--config", str(cfg_file), "--out", str(out),
-            "--checkpoint-every", "0"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    argv = [
+        sys.executable,
+        "-m",
+        "tars_1005_ppo.soak",
+        "--impl",
+        impl,
+        "--iterations",
+        str(iterations),
+        "--sample-every",
+        str(sample_every),
+        "--warmup",
+        warmup,
+        "--slope-budget-kb",
+        str(slope_budget_kb),
+        "--peak-budget-mb",
+        str(peak_budget_mb),
+        "--config",
+        str(cfg_file),
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "0",
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
     verdict_file = out / "verdict.json"
     if proc.returncode not in (0, 1) or not verdict_file.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -374,9 +477,14 @@ def plot_comparison(runs: dict[str, tuple[list[Sample], Verdict]], path: Path) -
 
     fig, ax = plt.subplots(figsize=(9, 5))
     for name, (samples, verdict) in runs.items():
-        ax.plot([s.iteration for s in samples], [s.rss_bytes / 2**20 for s in samples], ".-", ms=3,
-                label=f"{name}: {verdict.slope_bytes_per_iter / 1024:+.1f} KB/iter, "
-                      f"peak {verdict.peak_rss_bytes / 2**20:.0f} MB")
+        ax.plot(
+            [s.iteration for s in samples],
+            [s.rss_bytes / 2**20 for s in samples],
+            ".-",
+            ms=3,
+            label=f"{name}: {verdict.slope_bytes_per_iter / 1024:+.1f} KB/iter, "
+            f"peak {verdict.peak_rss_bytes / 2**20:.0f} MB",
+        )
     budget = next(iter(runs.values()))[1].peak_budget_bytes
     ax.axhline(budget / 2**20, color="k", ls="--", lw=0.8, label="1 GB budget")
     ax.set_xlabel("iteration")
@@ -393,10 +501,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="iteration limit (total across resumes)")
     parser.add_argument("--sample-every", type=int, default=1, help="iterations between RSS samples")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--impl", choices=("fixed", "legacy"), default="fixed",
-                        help="fixed: PPOTrainer; legacy: the v1.0.0 leak reproduction")
-    parser.add_argument("--warmup", default="0.2",
-                        help="discarded start of each segment: fraction (0.2), iterations (50) or time (30m)")
+    parser.add_argument(
+        "--impl",
+        choices=("fixed", "legacy"),
+        default="fixed",
+        help="fixed: PPOTrainer; legacy: the v1.0.0 leak reproduction",
+    )
+    parser.add_argument(
+        "--warmup", default="0.2", help="discarded start of each segment: fraction (0.2), iterations (50) or time (30m)"
+    )
     parser.add_argument("--slope-budget-kb", type=float, default=50.0, help="max slope upper bound, KB/iter")
     parser.add_argument("--peak-budget-mb", type=float, default=1024.0, help="max peak RSS, MB")
     parser.add_argument("--config", type=Path, help="JSON file with PPOConfig fields")
@@ -417,17 +530,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = cattrs.structure(data, PPOConfig)
         if args.sample_every <= 0:
             raise ValueError("--sample-every must be > 0")
-        verdict = run(args.out, impl=args.impl, config=config, duration_s=duration,
-                      max_iterations=args.iterations, sample_every=args.sample_every, warmup=args.warmup,
-                      slope_budget_bytes=args.slope_budget_kb * 1024,
-                      peak_budget_bytes=args.peak_budget_mb * 2**20,
-                      checkpoint_every=args.checkpoint_every, resume=args.resume)
+        verdict = run(
+            args.out,
+            impl=args.impl,
+            config=config,
+            duration_s=duration,
+            max_iterations=args.iterations,
+            sample_every=args.sample_every,
+            warmup=args.warmup,
+            slope_budget_bytes=args.slope_budget_kb * 1024,
+            peak_budget_bytes=args.peak_budget_mb * 2**20,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
     except (ValueError, OSError, cattrs.BaseValidationError) as exc:
         print(f"soak: {describe_config_error(exc)}", file=sys.stderr)
         return 2
     state = "PASS" if verdict.ok else "FAIL"
-    print(f"{verdict.implementation} soak {state}{'' if verdict.complete else ' (stopped; --resume continues)'}"
-          f": {verdict.iterations} iterations, {verdict.global_step} steps, {verdict.elapsed_s:.0f} s")
+    print(
+        f"{verdict.implementation} soak {state}{'' if verdict.complete else ' (stopped; --resume continues)'}"
+        f": {verdict.iterations} iterations, {verdict.global_step} steps, {verdict.elapsed_s:.0f} s"
+    )
     for name, line in verdict.checks.items():
         print(f"  {name}: {line}")
     if not verdict.complete:

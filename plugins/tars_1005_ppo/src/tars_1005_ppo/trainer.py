@@ -79,8 +79,10 @@ def make_envs(config: PPOConfig) -> gym.vector.VectorEnv:
     obs_space = envs.single_observation_space
     if not isinstance(action_space, gym.spaces.Discrete):
         envs.close()
-        raise ConfigError(f"{config.env_id} has a {type(action_space).__name__} action space; PPOTrainer "
-                          "needs a discrete one (e.g. CartPole-v1, Acrobot-v1, LunarLander-v3)")
+        raise ConfigError(
+            f"{config.env_id} has a {type(action_space).__name__} action space; PPOTrainer "
+            "needs a discrete one (e.g. CartPole-v1, Acrobot-v1, LunarLander-v3)"
+        )
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         envs.close()
         raise ConfigError(f"{config.env_id} has observations {obs_space}; PPOTrainer needs a flat Box")
@@ -91,8 +93,11 @@ def build_mlp(inputs: int, outputs: int, hidden: tuple[int, ...], out_scale: flo
     """An orthogonally initialised tanh MLP (the PPO implementation details CleanRL documents)."""
     layers: list[Any] = [tf.keras.Input((inputs,))]
     for width in hidden:
-        layers.append(tf.keras.layers.Dense(
-            int(width), activation="tanh", kernel_initializer=tf.keras.initializers.Orthogonal(np.sqrt(2))))
+        layers.append(
+            tf.keras.layers.Dense(
+                int(width), activation="tanh", kernel_initializer=tf.keras.initializers.Orthogonal(np.sqrt(2))
+            )
+        )
     layers.append(tf.keras.layers.Dense(outputs, kernel_initializer=tf.keras.initializers.Orthogonal(out_scale)))
     return tf.keras.Sequential(layers, name=name)
 
@@ -120,8 +125,16 @@ class RolloutBuffer:
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.obs, self.actions, self.logprobs, self.rewards, self.ends, self.values,
-                self.advantages, self.returns)
+        return (
+            self.obs,
+            self.actions,
+            self.logprobs,
+            self.rewards,
+            self.ends,
+            self.values,
+            self.advantages,
+            self.returns,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -130,8 +143,15 @@ class RolloutBuffer:
     def reset(self) -> None:
         self.pos = 0
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, logprobs: np.ndarray, rewards: np.ndarray,
-            ends: np.ndarray, values: np.ndarray) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        logprobs: np.ndarray,
+        rewards: np.ndarray,
+        ends: np.ndarray,
+        values: np.ndarray,
+    ) -> None:
         if self.pos >= self.n_steps:
             raise IndexError("rollout buffer is full: reset() it before the next rollout")
         p = self.pos
@@ -356,7 +376,8 @@ class PPOTrainer(_TrainerBase):
         self._policy_step = tf.function(self._policy_step_impl, input_signature=[obs_spec])
         self._value_step = tf.function(self._value_step_impl, input_signature=[obs_spec])
         self._train_step = tf.function(
-            self._train_step_impl, input_signature=[obs_spec, tf.TensorSpec([None], tf.int32), vec, vec, vec])
+            self._train_step_impl, input_signature=[obs_spec, tf.TensorSpec([None], tf.int32), vec, vec, vec]
+        )
 
     # -- compiled steps (traced once each) -------------------------------------------------------
     def _policy_step_impl(self, obs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -365,8 +386,9 @@ class PPOTrainer(_TrainerBase):
     def _value_step_impl(self, obs: tf.Tensor) -> tf.Tensor:
         return tf.squeeze(self.critic(obs, training=False), -1)
 
-    def _train_step_impl(self, obs: tf.Tensor, actions: tf.Tensor, old_logp: tf.Tensor, adv: tf.Tensor,
-                         returns: tf.Tensor) -> tf.Tensor:
+    def _train_step_impl(
+        self, obs: tf.Tensor, actions: tf.Tensor, old_logp: tf.Tensor, adv: tf.Tensor, returns: tf.Tensor
+    ) -> tf.Tensor:
         cfg = self.config
         adv = (adv - tf.reduce_mean(adv)) / (tf.math.reduce_std(adv) + 1e-8)
         with tf.GradientTape() as tape:
@@ -389,8 +411,9 @@ class PPOTrainer(_TrainerBase):
 
     # -- public API ---------------------------------------------------------------------------------
     def tracing_count(self) -> int:
-        return sum(int(f.experimental_get_tracing_count())
-                   for f in (self._policy_step, self._value_step, self._train_step))
+        return sum(
+            int(f.experimental_get_tracing_count()) for f in (self._policy_step, self._value_step, self._train_step)
+        )
 
     def buffer_bytes(self) -> int:
         return self.buffer.nbytes
@@ -434,20 +457,29 @@ class PPOTrainer(_TrainerBase):
         for _ in range(cfg.n_epochs):
             order = self.rng.permutation(n)
             for start in range(0, n - mb + 1, mb):
-                idx = order[start:start + mb]
+                idx = order[start : start + mb]
                 totals += self._train_step(flat_obs[idx], *(a[idx] for a in flat)).numpy()
                 updates += 1
         totals /= max(updates, 1)
         self.iteration += 1
         seconds = time.perf_counter() - started
         return IterationStats(
-            iteration=self.iteration, global_step=self.global_step, seconds=seconds,
+            iteration=self.iteration,
+            global_step=self.global_step,
+            seconds=seconds,
             steps_per_s=cfg.batch_size / seconds if seconds > 0 else float("nan"),
-            mean_return=self.mean_return, episodes=self.episodes,
-            loss=float(totals[0]), policy_loss=float(totals[1]), value_loss=float(totals[2]),
-            entropy=float(totals[3]), approx_kl=float(totals[4]), clip_fraction=float(totals[5]),
-            tracing_count=self.tracing_count())
+            mean_return=self.mean_return,
+            episodes=self.episodes,
+            loss=float(totals[0]),
+            policy_loss=float(totals[1]),
+            value_loss=float(totals[2]),
+            entropy=float(totals[3]),
+            approx_kl=float(totals[4]),
+            clip_fraction=float(totals[5]),
+            tracing_count=self.tracing_count(),
+        )
 
     def _checkpoint(self) -> tf.train.Checkpoint:
-        return tf.train.Checkpoint(actor=self.actor, critic=self.critic, optimizer=self.optimizer,
-                                   clip_range=self.clip_range)
+        return tf.train.Checkpoint(
+            actor=self.actor, critic=self.critic, optimizer=self.optimizer, clip_range=self.clip_range
+        )

@@ -46,13 +46,26 @@ def status_key(prefix: str, trainer_id: str) -> str:
 
 def fixed_code_available() -> bool:
     """Whether this interpreter can import the fixed trainer (without importing TensorFlow yet)."""
-    return (importlib.util.find_spec("tars_1005_ppo.trainer") is not None
-            and importlib.util.find_spec("tensorflow") is not None)
+    return (
+        importlib.util.find_spec("tars_1005_ppo.trainer") is not None
+        and importlib.util.find_spec("tensorflow") is not None
+    )
 
 
 class TrainerService:
-    def __init__(self, *, redis_url: str, trainer_id: str, flags_key: str, flag: str, prefix: str,
-                 config: PPOConfig, pause_s: float, max_rss_bytes: int, history: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        trainer_id: str,
+        flags_key: str,
+        flag: str,
+        prefix: str,
+        config: PPOConfig,
+        pause_s: float,
+        max_rss_bytes: int,
+        history: int,
+    ) -> None:
         import psutil
         import redis
 
@@ -128,8 +141,14 @@ class TrainerService:
         if self.fixed_available is False and want == "fixed":
             want = "legacy"
         if want != self.impl:
-            log.info("switching trainer %s: %s -> %s (flag %s=%r)", self.trainer_id, self.impl, want,
-                     self.flag, self.flag_value)
+            log.info(
+                "switching trainer %s: %s -> %s (flag %s=%r)",
+                self.trainer_id,
+                self.impl,
+                want,
+                self.flag,
+                self.flag_value,
+            )
             if self.impl is not None:
                 self.switches += 1
                 if self.metrics:
@@ -141,8 +160,12 @@ class TrainerService:
         self.peak_rss = max(self.peak_rss, rss)
         self._report(stats, rss)
         if rss > self.max_rss_bytes:
-            log.warning("trainer %s RSS %.0f MB above %.0f MB: rebuilding it (OOM restart)", self.trainer_id,
-                        rss / 2**20, self.max_rss_bytes / 2**20)
+            log.warning(
+                "trainer %s RSS %.0f MB above %.0f MB: rebuilding it (OOM restart)",
+                self.trainer_id,
+                rss / 2**20,
+                self.max_rss_bytes / 2**20,
+            )
             self.restarts += 1
             self._build(self.impl or "legacy")
 
@@ -152,18 +175,36 @@ class TrainerService:
         key = status_key(self.prefix, self.trainer_id)
         tracing = self.trainer.tracing_count()
         status = {
-            "trainer_id": self.trainer_id, "state": "running", "implementation": self.impl or "",
+            "trainer_id": self.trainer_id,
+            "state": "running",
+            "implementation": self.impl or "",
             "flag_value": self.flag_value if self.flag_value is not None else "",
-            "fixed_available": "1" if self.fixed_available else "0", "code_version": __version__,
-            "rss_bytes": rss, "peak_rss_bytes": self.peak_rss, "tracing_count": tracing,
-            "iteration": stats.iteration, "impl_iterations": self.impl_iterations,
-            "global_step": stats.global_step, "mean_return": f"{stats.mean_return:.3f}",
-            "buffer_bytes": self.trainer.buffer_bytes(), "retained_items": self.trainer.retained_items(),
-            "switches": self.switches, "restarts": self.restarts, "pid": os.getpid(),
-            "started_at": f"{self.started_at:.3f}", "heartbeat": f"{time.time():.3f}",
+            "fixed_available": "1" if self.fixed_available else "0",
+            "code_version": __version__,
+            "rss_bytes": rss,
+            "peak_rss_bytes": self.peak_rss,
+            "tracing_count": tracing,
+            "iteration": stats.iteration,
+            "impl_iterations": self.impl_iterations,
+            "global_step": stats.global_step,
+            "mean_return": f"{stats.mean_return:.3f}",
+            "buffer_bytes": self.trainer.buffer_bytes(),
+            "retained_items": self.trainer.retained_items(),
+            "switches": self.switches,
+            "restarts": self.restarts,
+            "pid": os.getpid(),
+            "started_at": f"{self.started_at:.3f}",
+            "heartbeat": f"{time.time():.3f}",
         }
-        sample = json.dumps({"t": round(time.time(), 3), "impl": self.impl, "iteration": stats.iteration,
-                             "rss": rss, "tracing": tracing})
+        sample = json.dumps(
+            {
+                "t": round(time.time(), 3),
+                "impl": self.impl,
+                "iteration": stats.iteration,
+                "rss": rss,
+                "tracing": tracing,
+            }
+        )
         try:
             pipe = self.redis.pipeline()
             pipe.hset(key, mapping={k: str(v) for k, v in status.items()})
@@ -187,8 +228,10 @@ class TrainerService:
             self.step()
             self.stop.wait(self.pause_s)
         try:
-            self.redis.hset(status_key(self.prefix, self.trainer_id), mapping={
-                "state": "stopped", "heartbeat": f"{time.time():.3f}"})
+            self.redis.hset(
+                status_key(self.prefix, self.trainer_id),
+                mapping={"state": "stopped", "heartbeat": f"{time.time():.3f}"},
+            )
         except Exception as exc:
             log.warning("cannot report stop: %s", exc)
         if self.trainer is not None:
@@ -196,8 +239,9 @@ class TrainerService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tars_1005_ppo.trainer_service",
-                                     description="PPO trainer that obeys the TARS-1005 feature flag")
+    parser = argparse.ArgumentParser(
+        prog="python -m tars_1005_ppo.trainer_service", description="PPO trainer that obeys the TARS-1005 feature flag"
+    )
     parser.add_argument("--redis", required=True, help="Redis URL holding the flags and the status")
     parser.add_argument("--trainer-id", required=True)
     parser.add_argument("--flags-key", default="tars:feature_flags")
@@ -216,9 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, cattrs.BaseValidationError) as exc:
         print(f"trainer_service: bad --config: {describe_config_error(exc)}", file=sys.stderr)
         return 2
-    service = TrainerService(redis_url=args.redis, trainer_id=args.trainer_id, flags_key=args.flags_key,
-                             flag=args.flag, prefix=args.status_prefix, config=config, pause_s=args.pause,
-                             max_rss_bytes=int(args.max_rss_mb * 2**20), history=args.history)
+    service = TrainerService(
+        redis_url=args.redis,
+        trainer_id=args.trainer_id,
+        flags_key=args.flags_key,
+        flag=args.flag,
+        prefix=args.status_prefix,
+        config=config,
+        pause_s=args.pause,
+        max_rss_bytes=int(args.max_rss_mb * 2**20),
+        history=args.history,
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop.set())
     if args.port:
