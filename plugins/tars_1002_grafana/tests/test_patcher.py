@@ -38,9 +38,9 @@ def test_seed_example_becomes_the_recorded_series() -> None:
     [
         "histogram_quantile(0.95, sum by (agent_id, region, le) (rate(tars_evaluation_duration_seconds_bucket[5m])))",
         "histogram_quantile(0.95,sum(rate(tars_evaluation_duration_seconds_bucket[5m]))by(le,region,agent_id))",
-        "histogram_quantile( 0.950 , sum  by(region,le,agent_id)( rate( tars_evaluation_duration_seconds_bucket [300s] ) )"
+        "histogram_quantile( 0.950 , sum  by(region,le,agent_id)( rate( tars_evaluation_duration_seconds_bucket [300s] ) )"  # noqa: E501
         " )",
-        "histogram_quantile(0.95, (sum(rate(tars_evaluation_duration_seconds_bucket{}[5m])) by (agent_id, region, le)))",
+        "histogram_quantile(0.95, (sum(rate(tars_evaluation_duration_seconds_bucket{}[5m])) by (agent_id, region, le)))",  # noqa: E501
         'histogram_quantile(95e-2, sum(rate({__name__="tars_evaluation_duration_seconds_bucket"}[5m]))'
         " by (agent_id,region,le))",
     ],
