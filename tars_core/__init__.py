@@ -4,12 +4,12 @@ Plugins import only what is re-exported here. Nothing in this package imports a 
 library at import time, so ``tars-run list`` stays fast with every plugin installed.
 """
 
+from tars_core.errors import FixError, TargetError
 from tars_core.hookspecs import hookimpl, hookspec
 from tars_core.model import (
     ApplyResult,
     BenchmarkResult,
     Context,
-    FixError,
     Metric,
     PhaseRecord,
     PluginInfo,
@@ -18,7 +18,6 @@ from tars_core.model import (
     SandboxContribution,
     SandboxSite,
     ServiceSpec,
-    TargetError,
     Targets,
     VerifyResult,
 )

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tars_core.plugins import LoadedPlugin, PluginHost, UsageError
+from tars_core.errors import LockHeld, RollbackFailed, UsageError
+from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import RedactingFilter, Redactor
 
 if TYPE_CHECKING:
@@ -130,8 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr("tars-run: interrupted")
         return 130
     except Exception as exc:
-        from tars_core.ledger import LockHeld  # imported late: `tars-run list` never needs it
-
         if isinstance(exc, LockHeld):
             _stderr(f"tars-run: {redactor(str(exc))}")
             return 3
@@ -200,7 +199,6 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
     import anyio
 
     from tars_core.ledger import Holder
-    from tars_core.runner import RollbackFailed
 
     ledger = runner.ledger
     cmd = args.command

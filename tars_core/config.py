@@ -21,15 +21,11 @@ import cattrs
 import yaml
 from cattrs.v import format_exception
 
+from tars_core.errors import ConfigError
 from tars_core.model import PluginInfo, Targets
-from tars_core.plugins import UsageError
 from tars_core.redact import SECRET_KEY, Redactor
 
 ENV_REF = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-
-
-class ConfigError(UsageError):
-    """The config file is unreadable, malformed or of the wrong shape (exit 2)."""
 
 
 @attrs.define

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tars_core.model import TargetError
+from tars_core.errors import TargetError
 
 
 class FeatureFlags:

@@ -26,8 +26,8 @@ from typing import Any
 
 import attrs
 
+from tars_core.errors import LedgerError, LockHeld
 from tars_core.model import PhaseRecord
-from tars_core.plugins import UsageError
 
 SCHEMA_VERSION = 1
 ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
@@ -72,19 +72,6 @@ class Holder:
 
     def describe(self) -> str:
         return f"{self.command} by pid {self.pid} on {self.host}, started {self.started_at}"
-
-
-class LockHeld(Exception):
-    """Another run holds the ledger lock (exit 3)."""
-
-    def __init__(self, holder: Holder | None, where: str) -> None:
-        self.holder = holder
-        who = holder.describe() if holder else "an unknown process"
-        super().__init__(f"another tars-run holds the ledger lock ({where}): {who}; wait for it to finish")
-
-
-class LedgerError(UsageError):
-    """The ledger cannot be opened or has an unknown schema (exit 2)."""
 
 
 class Ledger(ABC):

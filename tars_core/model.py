@@ -13,27 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from tars_core.errors import TargetError
+
 if TYPE_CHECKING:
     from tars_core.flags import FeatureFlags
 
 Kind = Literal["hotfix", "monitor"]
 Phase = Literal["apply", "verify", "rollback", "benchmark"]
-
-
-class FixError(Exception):
-    """An expected failure of a fix (target unreachable, precondition not met).
-
-    The runner prints its message as one line, without a traceback, and treats the step as failed.
-    Anything else a hook raises is an unexpected failure: same release semantics, traceback with --debug.
-    """
-
-
-class TargetError(FixError):
-    """The target cannot be used as configured: bad DSN, connection refused, authentication failed.
-
-    That is bad input, not a failed fix: the release stops (rolling back what this run applied, as for
-    any failure) and ``tars-run`` exits 2, so scripts can tell "fix the config" from "the fix broke".
-    """
 
 
 @attrs.frozen

@@ -24,13 +24,10 @@ import attrs
 import pluggy
 
 from tars_core import hookspecs
+from tars_core.errors import UsageError
 from tars_core.model import PluginInfo
 
 ENTRY_POINT_GROUP = "tars.plugins"
-
-
-class UsageError(Exception):
-    """Bad input from the user: unknown plugin, cycle, missing requirement, broken plugin (exit 2)."""
 
 
 @attrs.define

@@ -13,9 +13,10 @@ import anyio
 import attrs
 
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
+from tars_core.errors import FixError, RollbackFailed, TargetError
 from tars_core.flags import FeatureFlags
 from tars_core.ledger import Ledger
-from tars_core.model import Context, FixError, TargetError
+from tars_core.model import Context
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import Redactor
 
@@ -378,9 +379,3 @@ class Runner:
         if failed:
             return Outcome(self._failure_code(), self.steps, message=f"benchmark failed: {', '.join(failed)}")
         return Outcome(0, self.steps)
-
-
-class RollbackFailed(Exception):
-    def __init__(self, plugins: list[str], message: str) -> None:
-        self.plugins = plugins
-        super().__init__(message)

@@ -48,8 +48,9 @@ import cattrs
 import yaml
 
 from tars_core.config import ReleaseConfig, TarsConfig
+from tars_core.errors import SandboxError, UsageError
 from tars_core.model import SandboxContribution, SandboxSite, Targets
-from tars_core.plugins import PluginHost, UsageError
+from tars_core.plugins import PluginHost
 
 log = logging.getLogger("tars.sandbox")
 
@@ -62,10 +63,6 @@ CORE = ("postgres", "redis", "prometheus")
 # every sandbox process (and whatever it spawns) carries this, so leftovers are found even without state.json
 MARK_ENV = "TARS_SANDBOX_DIR"
 TARGET_KEYS = frozenset(f.name for f in attrs.fields(Targets))
-
-
-class SandboxError(UsageError):
-    """The sandbox could not be started or reused; the message says which service and where its log is."""
 
 
 # -- recorded state ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import keyword
 import re
 from pathlib import Path
 
-from tars_core.plugins import UsageError
+from tars_core.errors import UsageError
 
 FILES: dict[str, str] = {
     "pyproject.toml": """[build-system]

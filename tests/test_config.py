@@ -8,7 +8,8 @@ import attrs
 import pytest
 
 from tars_core import PluginInfo
-from tars_core.config import ConfigError, load_config, plugin_config
+from tars_core.config import load_config, plugin_config
+from tars_core.errors import ConfigError
 from tars_core.redact import Redactor
 
 

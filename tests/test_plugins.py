@@ -14,7 +14,8 @@ import pytest
 from conftest import Project
 
 from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
-from tars_core.plugins import PluginHost, UsageError
+from tars_core.errors import UsageError
+from tars_core.plugins import PluginHost
 
 
 class Fix:

@@ -41,7 +41,8 @@ from tars_core import (
     sandbox,
 )
 from tars_core.config import load_config
-from tars_core.plugins import PluginHost, UsageError
+from tars_core.errors import UsageError
+from tars_core.plugins import PluginHost
 
 MARK = "TARS_SANDBOX_TEST_MARK"
 SEED_ORDER_KEY = "sbx:seed-order"

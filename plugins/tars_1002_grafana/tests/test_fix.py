@@ -260,7 +260,7 @@ def test_missing_target_key_is_named(tmp_path: Path) -> None:
 
 
 def test_a_wrong_config_field_names_its_path(tmp_path: Path) -> None:
-    from tars_core.config import ConfigError
+    from tars_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"plugins\.tars-1002-grafana\.reload_method"):
         make_context(plugin, targets=Targets(), config={"reload_method": "carrier-pigeon"}, state_dir=tmp_path)

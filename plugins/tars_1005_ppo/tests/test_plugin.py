@@ -25,7 +25,7 @@ from ppo_support import SMALL, Services, wait_reported
 from tars_1005_ppo.config import PPOFixConfig, canary_bucket
 
 from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
-from tars_core.config import ConfigError
+from tars_core.errors import ConfigError
 from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release
 from tars_core.testing import check_conformance, make_context
 

@@ -1,0 +1,81 @@
+"""Every error the core raises or a plugin may raise, in one place (pytest's ``config/exceptions.py``).
+
+The exit-code contract is decided by the class, not by the message: a :class:`UsageError` (and its
+subclasses) is bad input, exit 2; a :class:`FixError` raised by a hook fails the step, exit 1, unless it
+is a :class:`TargetError` (the target cannot be used as configured: exit 2); :class:`LockHeld` is exit 3;
+:class:`RollbackFailed` is exit 4. Keeping the classes here, free of imports, lets any module raise them
+without import cycles (``flags`` and ``model`` used to import each other for ``TargetError``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tars_core.ledger import Holder
+
+
+class UsageError(Exception):
+    """Bad input from the user: unknown plugin, cycle, missing requirement, broken plugin (exit 2)."""
+
+
+class ConfigError(UsageError):
+    """The config file is unreadable, malformed or of the wrong shape (exit 2)."""
+
+
+class LedgerError(UsageError):
+    """The ledger cannot be opened or has an unknown schema (exit 2)."""
+
+
+class SandboxError(UsageError):
+    """The sandbox cannot be created or started: a missing binary, a port, a plugin's hook (exit 2).
+
+    Raised before any fix runs, so nothing is half-applied; the message names the log to read.
+    """
+
+
+class FixError(Exception):
+    """An expected failure of a fix (precondition not met, target in an unexpected state).
+
+    The runner prints its message as one line, without a traceback, and treats the step as failed.
+    Anything else a hook raises is an unexpected failure: same release semantics, traceback with --debug.
+    """
+
+
+class TargetError(FixError):
+    """The target cannot be used as configured: bad DSN, connection refused, authentication failed.
+
+    That is bad input, not a failed fix: the release stops (rolling back what this run applied, as for
+    any failure) and ``tars-run`` exits 2, so scripts can tell "fix the config" from "the fix broke".
+    Raised by ``tars_apply`` *before it changed anything*, it also tells the runner that the automatic
+    rollback of that plugin has nothing to undo (recorded as a no-op instead of calling the hook).
+    """
+
+
+class LockHeld(Exception):
+    """Another run holds the ledger lock (exit 3); the message names the holder."""
+
+    def __init__(self, holder: Holder | None, where: str) -> None:
+        self.holder = holder
+        who = holder.describe() if holder else "an unknown process"
+        super().__init__(f"another tars-run holds the ledger lock ({where}): {who}; wait for it to finish")
+
+
+class RollbackFailed(Exception):
+    """A rollback raised, or could not safely run: manual action is needed (exit 4)."""
+
+    def __init__(self, plugins: list[str], message: str) -> None:
+        self.plugins = plugins
+        super().__init__(message)
+
+
+__all__ = [
+    "ConfigError",
+    "FixError",
+    "LedgerError",
+    "LockHeld",
+    "RollbackFailed",
+    "SandboxError",
+    "TargetError",
+    "UsageError",
+]
