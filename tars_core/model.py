@@ -6,6 +6,7 @@ and so that the ledger and the reports can serialise them with cattrs without sp
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,9 +18,74 @@ from tars_core.errors import TargetError
 
 if TYPE_CHECKING:
     from tars_core.flags import FeatureFlags
+    from tars_core.state import PluginStateStore
 
 Kind = Literal["hotfix", "monitor"]
 Phase = Literal["apply", "verify", "rollback", "benchmark"]
+PHASES: tuple[Phase, ...] = ("apply", "verify", "rollback", "benchmark")
+
+
+class _Text(str, enum.Enum):
+    """A string enum whose ``str()`` is its value, so ledger rows, JSON and reports carry plain words."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Outcome(_Text):
+    """How one phase of one plugin ended: the ``outcome`` column of the ledger and of every report.
+
+    ``UNREACHED``: ``tars_apply`` raised :class:`~tars_core.errors.TargetError`, i.e. it stopped at an
+    unusable target before changing anything, so the automatic rollback that follows is a recorded no-op.
+    ``UNKNOWN``: a hook timed out and its worker thread did not stop within the grace period; nobody
+    knows what it changed, so nothing is rolled back over it (exit 4, manual action).
+    """
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    UNREACHED = "unreached"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+    DRY_RUN = "dry-run"
+    UNKNOWN = "unknown"
+
+
+class PluginState(_Text):
+    """Where a fix stands on the target, as the ledger records it per release and plugin."""
+
+    NOT_APPLIED = "not_applied"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    UNKNOWN = "unknown"
+
+
+class ExitCode(enum.IntEnum):
+    """The exit-code contract of ``tars-run`` (DESIGN.md, "Fixed contracts")."""
+
+    OK = 0
+    FAILED = 1
+    BAD_INPUT = 2
+    LOCKED = 3
+    MANUAL_ACTION = 4
+    INTERRUPTED = 130
+
+    @property
+    def meaning(self) -> str:
+        return _EXIT_MEANINGS[self]
+
+
+_EXIT_MEANINGS = {
+    ExitCode.OK: "ok",
+    ExitCode.FAILED: "a fix failed (rolled back by policy)",
+    ExitCode.BAD_INPUT: "bad input",
+    ExitCode.LOCKED: "another run holds the lock",
+    ExitCode.MANUAL_ACTION: "a rollback failed or a hook would not stop: manual action needed",
+    ExitCode.INTERRUPTED: "interrupted (rolled back by policy)",
+}
 
 
 @attrs.frozen
@@ -123,8 +189,10 @@ class Targets:
 class Context:
     """What a phase hook receives.
 
-    ``state_dir`` is the plugin's own persistent folder (``.tars/plugins/<name>/``) for backups that its
-    rollback needs; ``flags`` reads and writes the feature flags the running services obey.
+    ``state_dir`` is the plugin's own persistent folder (``.tars/plugins/<name>/``) for files its
+    rollback needs (backups); ``state`` is a JSON store in that folder for the small facts a rollback
+    needs (a previous value, what apply created); ``flags`` reads and writes the feature flags the
+    running services obey (with remember/restore of the value apply replaced).
     """
 
     plugin: PluginInfo
@@ -136,6 +204,15 @@ class Context:
     state_dir: Path
     release: str = "v1.0.1"
     phase: str = ""
+    state: PluginStateStore = attrs.field(
+        default=attrs.Factory(lambda self: _state_store(self.state_dir), takes_self=True)
+    )
+
+
+def _state_store(state_dir: Path) -> PluginStateStore:
+    from tars_core.state import PluginStateStore
+
+    return PluginStateStore(state_dir / "state.json")
 
 
 @attrs.frozen
@@ -195,7 +272,7 @@ class PhaseRecord:
     run_id: str
     plugin: str
     phase: str
-    outcome: str  # running | ok | failed | skipped | interrupted | resolved
+    outcome: str  # an Outcome value
     started_at: str
     ended_at: str | None = None
     error: str | None = None
@@ -210,7 +287,7 @@ class Release:
 
     name: str
     plugins: Sequence[PluginInfo]
-    states: Mapping[str, str]  # plugin name -> applied | rolled_back | failed | not_applied
+    states: Mapping[str, str]  # plugin name -> a PluginState value
     phases: Sequence[PhaseRecord]
     benchmarks: Mapping[str, BenchmarkResult]
     targets: Mapping[str, str | None]

@@ -15,6 +15,41 @@ SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential)", re
 URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<post>@)", re.I)
 
 
+def safe_url(url: str) -> str:
+    """``url`` with its password (and a token in the user part) replaced by ``***``, for messages.
+
+    Works on any scheme (``redis://``, ``postgresql://``, ``http://``) and on text that is not a URL
+    (returned unchanged), so callers never need to check first.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, sep, _pw = userinfo.partition(":")
+    # ``redis://token@host``: a bare user part is a credential for Redis and HTTP APIs, so it goes too
+    netloc = f"{user}:***@{hostport}" if sep else f"***@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def host_port(url: str, default_port: int | None = None) -> str:
+    """``host:port`` of ``url`` (never its credentials): the part of a target an error message names."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url if "//" in url else f"//{url}")
+        port = parts.port or default_port
+    except ValueError:
+        return safe_url(url)
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
 class Redactor:
     """Scrubs known secrets and URL passwords from text; shared by the logger and the reports."""
 

@@ -1,0 +1,91 @@
+"""Waiting for a condition with a deadline, in one place, sync and async.
+
+Every "poll until the server answers / the flag propagates / the rule records data" loop needs the same
+three things: a deadline measured on the monotonic clock, an interval that does not hammer the target,
+and, when time runs out, an error that says *what* was awaited and what was last seen, not a bare
+``TimeoutError``. The predicate returns a truthy value when done; that value is returned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(TimeoutError):
+    """The condition did not hold within the deadline; ``last`` is what the predicate returned last."""
+
+    def __init__(self, what: str, timeout: float, last: object = None, error: BaseException | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.last = last
+        self.error = error
+        seen = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
+        super().__init__(f"{what}: not done after {timeout:g}s{seen}")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``predicate`` until it returns a truthy value (returned) or ``timeout`` seconds pass.
+
+    Exceptions listed in ``retry_on`` count as "not yet" (a server still starting refuses connections);
+    the last one is named in the :class:`WaitTimeout`. The predicate is always tried at least once and
+    once more at the deadline, so a slow machine does not lose a condition that became true meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    error: BaseException | None = None
+    while True:
+        final = time.monotonic() >= deadline
+        try:
+            last = predicate()
+            error = None
+            if last:
+                return last
+        except retry_on as exc:
+            error = exc
+        if final:
+            raise WaitTimeout(what, timeout, last, error)
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+
+
+async def await_until(
+    predicate: Callable[[], T | Awaitable[T]],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """The async form of :func:`wait_until`; ``predicate`` may be sync or async. Sleeps with anyio so
+    the caller's cancellation (Ctrl-C, a hook timeout) interrupts the wait at once."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    error: BaseException | None = None
+    while True:
+        final = time.monotonic() >= deadline
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            last = value
+            error = None
+            if value:
+                return value
+        except retry_on as exc:
+            error = exc
+        if final:
+            raise WaitTimeout(what, timeout, last, error)
+        await anyio.sleep(max(0.0, min(interval, deadline - time.monotonic())))
