@@ -52,6 +52,14 @@ class TargetError(FixError):
     """
 
 
+class ServiceError(FixError):
+    """A server process could not be started or did not get ready; the message quotes its log.
+
+    A :class:`FixError` because a benchmark or verify that cannot start its helper server fails that
+    step; the sandbox turns it into a :class:`SandboxError` (bad input: nothing has run yet).
+    """
+
+
 class LockHeld(Exception):
     """Another run holds the ledger lock (exit 3); the message names the holder."""
 
@@ -76,6 +84,7 @@ __all__ = [
     "LockHeld",
     "RollbackFailed",
     "SandboxError",
+    "ServiceError",
     "TargetError",
     "UsageError",
 ]

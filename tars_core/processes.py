@@ -1,0 +1,368 @@
+"""Starting, checking and stopping server processes: one supervisor for the sandbox, benchmarks and tests.
+
+Every server the project starts (PostgreSQL, redis-server, Prometheus, a plugin's hub or trainer) needs
+the same care, so it lives here once, on psutil:
+
+* identity: a pid alone is not a process (pids are reused), so a process is recorded as
+  :class:`ProcessId` (pid + psutil's create time) and every later check or signal verifies both;
+* its own session (``start_new_session``), so Ctrl-C on ``tars-run`` does not hit the servers and a
+  stop can reach everything the server forked (PostgreSQL backends, a Python service's children);
+* stdout and stderr appended to a log file whose tail goes into every error message;
+* readiness: a check that must hold before the service counts as started, failing fast (with the log
+  tail) when the process exits instead of waiting out the deadline;
+* stop: a polite signal, a bounded wait, then SIGKILL for the whole tree and session; nothing is left.
+
+Services started here may outlive the Python process that started them (the sandbox's do):
+:class:`Service` keeps no finaliser that kills them; only :meth:`Service.stop` (or leaving a ``with``
+block) does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+
+from tars_core.errors import ServiceError
+from tars_core.waiting import WaitTimeout, wait_until
+
+#: A readiness check: ``None`` when the service answers, else a short reason ("connection refused").
+Readiness = Callable[[], "str | None"]
+
+BANNER = "--- tars: starting "  # the line spawn() writes before each start; tail() skips it
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # our own children, reaped so they leave no zombie
+
+
+@attrs.frozen
+class ProcessId:
+    """A process as it was when recorded: pid plus start time, so a recycled pid is never mistaken."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or ``None`` when it is gone, a zombie, or a different process with our pid."""
+        _reap(self.pid)
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return proc
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _CHILDREN[pid]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (the kernel's choice; the caller binds it soon)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: all are held open together while chosen, so none repeats."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a server bind ``port``? SO_REUSEADDR as servers use it, so TIME_WAIT leftovers are no conflict."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def tcp_ready(port: int, host: str = "127.0.0.1") -> Readiness:
+    """Ready when ``host:port`` accepts a connection."""
+
+    def check() -> str | None:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return None
+        except OSError as exc:
+            return f"not answering on {host}:{port} ({type(exc).__name__})"
+
+    return check
+
+
+def http_ready(url: str) -> Readiness:
+    """Ready when ``url`` answers 2xx (Prometheus ``/-/ready``, a hub's ``/healthz``)."""
+
+    def check() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return None if 200 <= resp.status < 300 else f"HTTP {resp.status} on {url}"
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code} on {url}"
+        except OSError as exc:
+            return f"not answering on {url} ({type(exc).__name__})"
+
+    return check
+
+
+def redis_ready(port: int, host: str = "127.0.0.1") -> Readiness:
+    """Ready when a Redis on ``host:port`` answers PING (it accepts connections before it loads data)."""
+
+    def check() -> str | None:
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+        except OSError as exc:
+            return f"not answering on {host}:{port} ({type(exc).__name__})"
+        return None if reply.startswith(b"+PONG") else f"redis answered {reply[:30]!r}"
+
+    return check
+
+
+def tail(path: Path | str, lines: int = 3) -> str:
+    """The last ``lines`` lines of a log, joined on one line: what an error message quotes."""
+    try:
+        text = [x for x in Path(path).read_text(errors="replace").strip().splitlines() if not x.startswith(BANNER)]
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments to run as ``user`` (PostgreSQL refuses root); empty unless we are root."""
+    if user is None or os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    user: str | None = None,
+    banner: str = "",
+) -> ProcessId:
+    """Start ``argv`` in its own session, output appended to ``log``; returns its identity.
+
+    The child inherits ``os.environ`` updated with ``env`` (plus ``PYTHONUNBUFFERED`` so a Python
+    service's log is current when an error quotes it).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log, "ab") as out:
+        if banner:
+            out.write(f"{BANNER}{banner} at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            out.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=full_env,
+                start_new_session=True,
+                close_fds=True,
+                **_as_user(user),
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot start {argv[0]}: {exc.strerror or exc}; is it installed?") from None
+    _CHILDREN[proc.pid] = proc
+    ident = ProcessId.of(proc.pid)
+    if ident is None:  # exited before psutil could look: keep the pid so the caller sees "gone"
+        return ProcessId(proc.pid, 0.0)
+    return ident
+
+
+def _session_members(ident: ProcessId) -> list[psutil.Process]:
+    """Live processes of the session ``ident`` leads, found even after the leader itself exited.
+
+    A session id is its leader's pid, and Linux does not reuse a pid while a session or group still
+    carries it as its id, so every member found belongs to the process we started, unless the pid now
+    names a *new* leader (create time differs): then our session is empty and nothing is ours.
+    """
+    with contextlib.suppress(psutil.Error):
+        if abs(psutil.Process(ident.pid).create_time() - ident.create_time) > 0.01:
+            return []
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == ident.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
+
+
+def terminate(
+    ident: ProcessId,
+    *,
+    sig: int = signal.SIGTERM,
+    timeout: float = 15.0,
+) -> bool:
+    """Stop the process ``ident`` and everything in its session; returns whether it was running.
+
+    ``sig`` first (PostgreSQL wants SIGINT for a fast shutdown), then SIGKILL for what is left after
+    ``timeout`` seconds, then wait until every member is gone, so the ports and shared memory are free
+    when this returns.
+    """
+    proc = ident.process()
+    was_running = proc is not None
+    if proc is not None:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+        _gone, alive = psutil.wait_procs([proc], timeout=timeout)
+        if alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+            psutil.wait_procs([proc], timeout=timeout)
+    kill_all(_session_members(ident), timeout=timeout)
+    _reap(ident.pid)
+    return was_running
+
+
+def kill_all(procs: Sequence[psutil.Process], *, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
+    """Send ``sig`` to ``procs`` (and their children), then wait until they are gone."""
+    everyone: dict[int, psutil.Process] = {}
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            for p in [proc, *proc.children(recursive=True)]:
+                everyone[p.pid] = p
+    for p in everyone.values():
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+    _gone, alive = psutil.wait_procs(list(everyone.values()), timeout=timeout)
+    for p in alive:  # a softer signal was ignored
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    for pid in everyone:
+        _reap(pid)
+
+
+def wait_ready(
+    name: str,
+    ident: ProcessId,
+    ready: Readiness | None,
+    *,
+    log: Path,
+    timeout: float,
+) -> None:
+    """Wait until ``ready`` holds; a :class:`ServiceError` with the log's tail when the process exits
+    first or the deadline passes (``ready=None``: only that the process stays up briefly)."""
+    reason: list[str | None] = [None]
+
+    def check() -> bool:
+        if not ident.alive():
+            raise ServiceError(f"{name} exited while starting ({tail(log) or 'no output'}); see {log}")
+        reason[0] = ready() if ready is not None else None
+        return reason[0] is None
+
+    if ready is None:
+        time.sleep(0.2)
+        check()
+        return
+    try:
+        wait_until(check, timeout=timeout, interval=0.05, what=f"{name} ready")
+    except WaitTimeout:
+        raise ServiceError(f"{name} not ready after {timeout:g}s: {reason[0]}; see {log}") from None
+
+
+@attrs.define
+class Service:
+    """A server process with a readiness check, a log and a stop: the one way to run a server.
+
+    Use as a context manager in tests and benchmarks (stopped on exit, even on error); the sandbox
+    keeps services running across invocations and stops them later by their recorded :class:`ProcessId`.
+    """
+
+    name: str
+    argv: Sequence[str]
+    log: Path
+    ready: Readiness | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: Path | str | None = None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    start_timeout: float = 60.0
+    stop_timeout: float = 15.0
+    ident: ProcessId | None = None
+
+    def start(self) -> Service:
+        """Start the process and wait for readiness; stop it again (nothing left) if it never gets ready."""
+        self.ident = spawn(self.argv, log=self.log, env=self.env, cwd=self.cwd, user=self.user, banner=self.name)
+        try:
+            wait_ready(self.name, self.ident, self.ready, log=self.log, timeout=self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.ident.pid if self.ident else None
+
+    def alive(self) -> bool:
+        return self.ident is not None and self.ident.alive()
+
+    def check(self) -> str | None:
+        """``None`` when the service runs and answers, else why not."""
+        if not self.alive():
+            return "not running"
+        return self.ready() if self.ready is not None else None
+
+    def stop(self) -> bool:
+        """Stop it and its whole session; idempotent. Returns whether it was running."""
+        if self.ident is None:
+            return False
+        was = terminate(self.ident, sig=self.stop_signal, timeout=self.stop_timeout)
+        self.ident = None
+        return was
+
+    def tail(self, lines: int = 3) -> str:
+        return tail(self.log, lines)
+
+    def __enter__(self) -> Service:
+        return self.start() if self.ident is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(*services: Service) -> Iterator[tuple[Service, ...]]:
+    """Start ``services`` in order and stop them in reverse order, whatever happens in between."""
+    with contextlib.ExitStack() as stack:
+        for svc in services:
+            stack.enter_context(svc)
+        yield services

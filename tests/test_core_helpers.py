@@ -1,0 +1,181 @@
+"""The cross-cutting helpers every plugin uses: processes, waiting, URL scrubbing, the state store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from tars_core.errors import FixError, ServiceError
+from tars_core.processes import ProcessId, Service, free_ports, http_ready, port_free, redis_ready, running, tcp_ready
+from tars_core.redact import Redactor, host_port, safe_url
+from tars_core.state import PluginStateStore
+from tars_core.waiting import WaitTimeout, await_until, wait_until
+
+PY = sys.executable
+
+
+def test_service_starts_answers_and_stops_its_whole_session(tmp_path: Path) -> None:
+    """A server that forks a child: stop() leaves neither behind, and the port is free again."""
+    (port,) = free_ports(1)
+    script = (
+        "import http.server, subprocess, sys, time;"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()"
+    )
+    svc = Service("web", [PY, "-c", script], log=tmp_path / "web.log", ready=http_ready(f"http://127.0.0.1:{port}/"))
+    with svc:
+        assert svc.check() is None
+        assert svc.ident is not None
+        ident = svc.ident
+        children = psutil.Process(ident.pid).children(recursive=True)
+        assert children, "the test server should have forked a child"
+    assert not ident.alive()
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert port_free(port)
+    assert svc.stop() is False  # idempotent
+
+
+def test_service_that_exits_while_starting_names_its_log(tmp_path: Path) -> None:
+    svc = Service(
+        "broken",
+        [PY, "-c", "import sys; print('config error: no such file'); sys.exit(3)"],
+        log=tmp_path / "broken.log",
+        ready=tcp_ready(free_ports(1)[0]),
+    )
+    with pytest.raises(ServiceError, match=r"broken exited while starting \(config error: no such file\)"):
+        svc.start()
+    assert svc.ident is None
+
+
+def test_service_not_ready_in_time_is_stopped(tmp_path: Path) -> None:
+    svc = Service(
+        "mute", [PY, "-c", "import time; time.sleep(600)"], log=tmp_path / "m.log", ready=tcp_ready(free_ports(1)[0])
+    )
+    svc.start_timeout = 0.5
+    with pytest.raises(ServiceError, match=r"mute not ready after 0\.5s: not answering"):
+        svc.start()
+    assert not any("time.sleep(600)" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is installed by .ci/run")
+def test_real_redis_server_with_redis_readiness(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    with running(Service("redis", argv, log=tmp_path / "redis.log", ready=redis_ready(port))) as (svc,):
+        out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "PONG"
+    assert svc.check() == "not running"
+    assert port_free(port)
+
+
+def test_a_recycled_pid_is_not_our_process() -> None:
+    me = ProcessId.of(os.getpid())
+    assert me is not None and me.alive()
+    assert not ProcessId(me.pid, me.create_time - 100).alive()
+
+
+def test_terminate_escalates_to_sigkill(tmp_path: Path) -> None:
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    )
+    svc = Service("stubborn", [PY, "-c", script], log=tmp_path / "s.log", stop_timeout=0.5)
+    svc.start()
+    wait_until(lambda: "up" in svc.tail(), timeout=10, what="stubborn started")
+    ident = svc.ident
+    assert ident is not None and svc.stop() is True
+    assert not ident.alive()
+    assert signal.SIGTERM == svc.stop_signal
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+
+
+def test_wait_until_returns_the_value_and_names_what_it_waited_for() -> None:
+    seen = iter([0, 0, 7])
+    assert wait_until(lambda: next(seen), timeout=5, interval=0.01) == 7
+    with pytest.raises(WaitTimeout, match=r"flag propagation: not done after 0.1s; last error: ConnectionError"):
+
+        def refuse() -> bool:
+            raise ConnectionError("refused")
+
+        wait_until(refuse, timeout=0.1, interval=0.02, what="flag propagation", retry_on=(ConnectionError,))
+
+
+def test_await_until_accepts_sync_and_async_predicates() -> None:
+    anyio.run(_await_until_cases)
+
+
+async def _await_until_cases() -> None:
+    calls: list[int] = []
+
+    async def later() -> int:
+        calls.append(1)
+        return len(calls) >= 3 and 42
+
+    assert await await_until(later, timeout=5, interval=0.01) == 42
+    assert await await_until(lambda: "yes", timeout=1) == "yes"
+    with pytest.raises(WaitTimeout):
+        await await_until(lambda: None, timeout=0.05, interval=0.01)
+
+
+@pytest.mark.parametrize(
+    ("url", "safe", "where"),
+    [
+        ("redis://:s3cret@h:6380/0", "redis://:***@h:6380/0", "h:6380"),
+        ("postgresql://u:p%40ss@db/x?sslmode=require", "postgresql://u:***@db/x?sslmode=require", "db:5432"),
+        ("redis://tok3n@h", "redis://***@h", "h:5432"),
+        ("http://prom:9090/api/v1", "http://prom:9090/api/v1", "prom:9090"),
+        ("redis://[::1]:6379", "redis://[::1]:6379", "[::1]:6379"),
+    ],
+)
+def test_safe_url_and_host_port_never_show_credentials(url: str, safe: str, where: str) -> None:
+    assert safe_url(url) == safe
+    assert host_port(url, 5432) == where
+    assert "s3cret" not in Redactor()(f"cannot reach {url}")
+
+
+def test_state_store_is_atomic_and_reports_a_corrupt_file(tmp_path: Path) -> None:
+    store = PluginStateStore(tmp_path / "p" / "state.json")
+    assert dict(store) == {}
+    store["flag_before"] = None
+    store.update(created=["a", "b"], n=2)
+    assert json.loads(store.path.read_text()) == {"created": ["a", "b"], "flag_before": None, "n": 2}
+    del store["n"]
+    assert set(store) == {"created", "flag_before"}
+    assert list(store.path.parent.iterdir()) == [store.path], "no temporary file is left behind"
+    store.path.write_text("{half")
+    with pytest.raises(FixError, match=r"state.json is not valid JSON; restore it or delete it"):
+        store.load()
+    store.clear()
+    assert len(store) == 0
+
+
+def test_state_store_survives_sigkill_mid_write(tmp_path: Path) -> None:
+    """A writer killed at random moments leaves the old or the new document, never a torn one."""
+    path = tmp_path / "state.json"
+    writer = (
+        "import sys; from pathlib import Path; from tars_core.state import PluginStateStore;"
+        f"s = PluginStateStore(Path({str(path)!r}));"
+        "i = 0\n"
+        "while True:\n"
+        "    s.save({'i': i, 'pad': 'x' * 200000}); i += 1\n"
+    )
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.3):
+        proc = subprocess.Popen([PY, "-c", writer])
+        time.sleep(delay + 0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = PluginStateStore(path).load()
+        assert len(data["pad"]) == 200000
