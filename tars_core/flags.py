@@ -1,25 +1,96 @@
 """Feature flags the running T.A.R.S. services obey (DESIGN: "feature flags for all runtime changes").
 
 A fix that changes running code ships the fixed code behind a flag; apply turns the flag on only after
-checking the fixed code is what runs, rollback turns it off. The flags live in a Redis hash (default
-``tars:feature_flags`` on ``targets.redis``), the place the services already read; values are strings so
-a flag can carry a canary fraction (``"0.1"``) as well as ``"on"``/``"off"``.
+checking the fixed code is what runs, rollback turns it back to what it was. The flags live in a Redis
+hash (default ``tars:feature_flags`` on ``targets.redis``), the place the services already read. Values
+are strings: ``on``/``off`` (see :data:`OFF_VALUES`), or a canary fraction such as ``"0.1"``, which turns
+the new behaviour on for the ids whose stable bucket (:func:`canary_bucket`) falls below it.
+
+Two readers, one vocabulary: :class:`FeatureFlags` (async, for hooks: remember/restore, errors as
+``TargetError``) and :class:`FlagReader` (sync, cached, for services: never raises, keeps the last value
+it saw when Redis is briefly away).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from typing import Any
 
 from tars_core.errors import TargetError
+from tars_core.redact import host_port
+
+#: Values that mean "off" (compared case-insensitively, surrounding blanks ignored); a missing flag is off.
+OFF_VALUES = frozenset({"", "0", "off", "false", "no", "disabled"})
+#: What :meth:`FeatureFlags.remember` stores for "the flag did not exist", so restore deletes it again.
+ABSENT = "\x00absent"
+
+log = logging.getLogger("tars.flags")
+
+
+def is_on(value: str | bytes | None) -> bool:
+    """Is this flag value "on" for anyone? (A canary fraction above zero is.)"""
+    return fraction(value) > 0.0
+
+
+def fraction(value: str | bytes | None) -> float:
+    """The share of ids the value turns on: 0.0 off, 1.0 on, a number in between for a canary."""
+    if value is None:
+        return 0.0
+    text = (value.decode() if isinstance(value, bytes) else str(value)).strip().lower()
+    if text in OFF_VALUES:
+        return 0.0
+    try:
+        number = float(text)
+    except ValueError:
+        return 1.0  # "on", "true", "yes", "enabled", or a build name: on for everyone
+    return min(max(number, 0.0), 1.0) if number == number else 0.0  # NaN is off
+
+
+def canary_bucket(flag: str, ident: str) -> float:
+    """A stable number in [0, 1) for ``ident`` under ``flag``: the same id stays in (or out of) a canary
+    across processes, restarts and hosts, and different flags pick independent canaries."""
+    digest = hashlib.sha256(f"{flag}\x00{ident}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def enabled_for(value: str | bytes | None, flag: str, ident: str | None) -> bool:
+    """Is the new behaviour on for ``ident`` (an agent, a connection, a worker) given the flag's value?
+
+    ``ident=None`` asks for the whole service: on only when the fraction is 1 (or "on").
+    """
+    share = fraction(value)
+    if share >= 1.0 or share <= 0.0:
+        return share >= 1.0
+    return ident is not None and canary_bucket(flag, ident) < share
 
 
 class FeatureFlags:
-    """Async access to the flag hash; the Redis client is created on first use (cheap discovery)."""
+    """Async access to the flag hash for hooks; the Redis client is created on first use (cheap import).
 
-    def __init__(self, redis_url: str | None, key: str = "tars:feature_flags") -> None:
+    Every Redis failure becomes a :class:`TargetError` naming ``targets.redis`` by host and port (never
+    its password), so ``tars-run`` exits 2 for an unreachable Redis instead of failing the fix.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None,
+        key: str = "tars:feature_flags",
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 5.0,
+    ) -> None:
         self.redis_url = redis_url
         self.key = key
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._client: Any = None
+
+    @property
+    def previous_key(self) -> str:
+        """The hash remembering, per flag, the value apply replaced (survives a lost ``.tars`` folder)."""
+        return f"{self.key}:previous"
 
     def _redis(self) -> Any:
         if self._client is None:
@@ -27,28 +98,146 @@ class FeatureFlags:
                 raise TargetError("feature flags need targets.redis: set it to the Redis the services read")
             import redis.asyncio as aioredis
 
-            self._client = aioredis.from_url(self.redis_url, decode_responses=True)
+            try:
+                self._client = aioredis.from_url(
+                    self.redis_url,
+                    decode_responses=True,
+                    socket_connect_timeout=self.connect_timeout,
+                    socket_timeout=self.read_timeout,
+                )
+            except ValueError as exc:
+                raise TargetError(f"targets.redis is not a valid Redis URL ({exc}); fix targets.redis") from None
         return self._client
 
+    async def _call(self, action: str, name: str, method: str, *args: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await getattr(self._redis(), method)(*args)
+        except (RedisError, OSError, ValueError) as exc:
+            where = host_port(self.redis_url or "", 6379)
+            raise TargetError(
+                f"cannot reach targets.redis at {where} to {action} flag {name} ({type(exc).__name__}): "
+                "start Redis or fix targets.redis"
+            ) from None
+
     async def get(self, name: str) -> str | None:
-        value = await self._redis().hget(self.key, name)
+        value = await self._call("read", name, "hget", self.key, name)
         return None if value is None else str(value)
 
     async def is_on(self, name: str) -> bool:
-        return (await self.get(name)) not in (None, "", "0", "off", "false")
+        return is_on(await self.get(name))
 
-    async def set(self, name: str, value: str | bool = "on") -> None:
+    async def set(self, name: str, value: str | bool = "on", *, remember: bool = False) -> None:
+        """Set the flag; with ``remember`` first keep the value it replaces for :meth:`restore`."""
+        if remember:
+            await self.remember(name)
         if isinstance(value, bool):
             value = "on" if value else "off"
-        await self._redis().hset(self.key, name, value)
+        await self._call("set", name, "hset", self.key, name, value)
 
     async def clear(self, name: str) -> None:
-        await self._redis().hdel(self.key, name)
+        await self._call("clear", name, "hdel", self.key, name)
 
     async def all(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (await self._redis().hgetall(self.key)).items()}
+        return {str(k): str(v) for k, v in (await self._call("read", "*", "hgetall", self.key)).items()}
+
+    async def remember(self, name: str) -> None:
+        """Keep the current value of ``name`` (or that it was absent) unless one is already kept.
+
+        "Unless already kept" makes a re-apply after a partial apply harmless: the value kept is the
+        one from before the *first* apply, which is what a rollback must bring back.
+        """
+        current = await self.get(name)
+        await self._call("remember", name, "hsetnx", self.previous_key, name, ABSENT if current is None else current)
+
+    async def remembered(self, name: str) -> tuple[bool, str | None]:
+        """(whether a value is kept, the kept value or ``None`` for "was absent")."""
+        value = await self._call("read", name, "hget", self.previous_key, name)
+        if value is None:
+            return False, None
+        return True, None if value == ABSENT else str(value)
+
+    async def restore(self, name: str, *, default: str | None = "off") -> str | None:
+        """Put back the value :meth:`remember` kept and forget it; returns the value now in force.
+
+        With nothing kept (apply never ran here, or ran with a core that did not remember), the flag is
+        set to ``default`` (``None``: deleted), the safe state for a rollback.
+        """
+        kept, value = await self.remembered(name)
+        if not kept:
+            value = default
+        if value is None:
+            await self.clear(name)
+        else:
+            await self._call("restore", name, "hset", self.key, name, value)
+        await self._call("forget", name, "hdel", self.previous_key, name)
+        return value
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+            client, self._client = self._client, None
+            try:
+                await client.aclose()
+            except Exception as exc:  # closing a connection to a dead Redis must not mask the real error
+                log.debug("closing the flags client failed: %s", exc)
+
+
+class FlagReader:
+    """Synchronous, cached flag reads for services (a hub, a worker, a trainer loop).
+
+    A service asks on every request or step, so values are cached for ``ttl`` seconds; Redis being
+    briefly unreachable must not take the service down or flip behaviour, so a failed read keeps the
+    last value seen (``default`` before any) and is logged once per outage.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        key: str = "tars:feature_flags",
+        *,
+        ttl: float = 1.0,
+        timeout: float = 1.0,
+        default: str | None = None,
+    ) -> None:
+        import redis
+
+        self.key = key
+        self.ttl = ttl
+        self.default = default
+        self._client = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        self._where = host_port(redis_url, 6379)
+        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._failing = False
+
+    def value(self, name: str) -> str | None:
+        now = time.monotonic()
+        cached = self._cache.get(name)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        from redis.exceptions import RedisError
+
+        try:
+            raw = self._client.hget(self.key, name)
+            value = None if raw is None else str(raw)
+            if self._failing:
+                log.warning("feature flags readable again at %s", self._where)
+                self._failing = False
+        except (RedisError, OSError) as exc:
+            if not self._failing:
+                log.warning("cannot read feature flags at %s (%s); keeping the last values", self._where, exc)
+                self._failing = True
+            value = cached[1] if cached is not None else self.default
+        self._cache[name] = (now, value)
+        return value
+
+    def is_on(self, name: str, ident: str | None = None) -> bool:
+        """``ident=None``: is the flag on at all (any share above zero, as :func:`is_on`); with an id:
+        is it on for that id (:func:`enabled_for`, the canary's stable bucket)."""
+        value = self.value(name)
+        return is_on(value) if ident is None else enabled_for(value, name, ident)
+
+    def close(self) -> None:
+        self._client.close()
