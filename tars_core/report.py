@@ -9,16 +9,95 @@ silently disappearing from the evidence.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cattrs
 
 from tars_core.config import converter
-from tars_core.model import BenchmarkResult, PhaseRecord, Release, ReportSection
+from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release, ReportSection
 from tars_core.redact import Redactor
+
+MISSED = "MISSED"  # the one spelling of a missed target, in tables, progress lines and JSON consumers
+
+
+def percentile(values: Iterable[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``values``, linear between closest ranks (numpy's default).
+
+    Every benchmark reports p50/p95/p99 the same way, so figures from two plugins are comparable.
+    """
+    data = sorted(values)
+    if not data:
+        raise ValueError("percentile of no values")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    if len(data) == 1 or p == 0:
+        return float(data[0])
+    if p == 100:
+        return float(data[-1])
+    return float(statistics.quantiles(data, n=10_000, method="inclusive")[round(p * 100) - 1])
+
+
+def format_number(value: float | None) -> str:
+    """One number format for every report: about four significant digits, thousands separated."""
+    if value is None:
+        return "n/a"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude < -3:
+        return f"{value:.3g}"
+    return f"{value:,.{max(0, 3 - magnitude)}f}"
+
+
+def verdict(met: bool | None) -> str:
+    """``met`` / ``MISSED`` / empty (the metric has no target)."""
+    return "" if met is None else ("met" if met else MISSED)
+
+
+def metric_line(m: Metric) -> str:
+    """``name: before -> after unit; target T (met)``: the progress line of ``tars-run benchmark``."""
+    before = format_number(m.before)
+    tail = f"; target {m.target}" if m.target else ""
+    judged = verdict(m.met)
+    return f"{m.name}: {before} -> {format_number(m.after)} {m.unit}{tail}" + (f" ({judged})" if judged else "")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are escaped (``|``, newlines) so data cannot break it."""
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ").strip()
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metrics_table(metrics: Iterable[Metric | dict[str, Any]]) -> str:
+    """The one rendering of benchmark figures: metric, before, after, unit, target, verdict."""
+    rows = []
+    for m in metrics:
+        m = m if isinstance(m, Metric) else converter.structure(m, Metric)
+        judged = verdict(m.met)
+        rows.append(
+            (
+                m.name,
+                format_number(m.before),
+                format_number(m.after),
+                m.unit,
+                m.target,
+                f"**{judged}**" if judged == MISSED else judged,
+            )
+        )
+    return markdown_table(("metric", "before", "after", "unit", "target", "verdict"), rows)
 
 
 def build_release(
@@ -98,35 +177,34 @@ def _markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Release {doc['release']}",
         "",
-        "| plugin | fix | version | state | last phase |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for p in doc["plugins"]:
         last = p["phases"][-1] if p["phases"] else None
-        last_txt = f"{last['phase']} {last['outcome']}" if last else "never run"
-        lines.append(f"| {p['name']} | {p['fix_id'] or ''} | {p['version']} | {p['state']} | {last_txt} |")
-    lines.append("")
+        rows.append(
+            (
+                p["name"],
+                p["fix_id"] or "",
+                p["version"],
+                p["state"],
+                f"{last['phase']} {last['outcome']}" if last else "never run",
+            )
+        )
+    lines += [markdown_table(("plugin", "fix", "version", "state", "last phase"), rows), ""]
     targets = ", ".join(f"{k}={v}" for k, v in doc["targets"].items() if v)
     lines += [f"Targets: {targets or 'none'}", ""]
     for p in doc["plugins"]:
         lines += [f"## {p['name']}: {p['title']}", ""]
         if p["phases"]:
-            lines += ["| phase | outcome | started | ended | error |", "|---|---|---|---|---|"]
-            for r in p["phases"]:
-                err = (r.get("error") or "").replace("|", "\\|")
-                lines.append(
-                    f"| {r['phase']} | {r['outcome']} | {r['started_at']} | {r.get('ended_at') or ''} | {err} |"
-                )
-            lines.append("")
+            rows = [
+                (r["phase"], r["outcome"], r["started_at"], r.get("ended_at"), r.get("error") or r.get("detail"))
+                for r in p["phases"]
+            ]
+            lines += [markdown_table(("phase", "outcome", "started", "ended", "error / detail"), rows), ""]
         if p["benchmark"]:
-            lines += ["| metric | before | after | unit | target | met |", "|---|---|---|---|---|---|"]
-            for m in p["benchmark"]["metrics"]:
-                met = "" if m.get("met") is None else ("yes" if m["met"] else "**no**")
-                before = "" if m.get("before") is None else f"{m['before']:g}"
-                lines.append(
-                    f"| {m['name']} | {before} | {m['after']:g} | {m['unit']} | {m.get('target', '')} | {met} |"
-                )
-            lines.append("")
+            if p["benchmark"].get("detail"):
+                lines += [p["benchmark"]["detail"], ""]
+            lines += [metrics_table(p["benchmark"]["metrics"]), ""]
         if p["section"]:
             lines += [f"### {p['section']['title']}", "", p["section"]["markdown"], ""]
     return "\n".join(lines) + "\n"
