@@ -258,11 +258,9 @@ class SandboxSite:
 
     def free_port(self) -> int:
         """A loopback TCP port that is free now (the sandbox keeps it for the services' lifetime)."""
-        import socket
+        from tars_core.processes import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return free_port()
 
 
 @attrs.frozen
