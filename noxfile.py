@@ -37,16 +37,28 @@ def plugin(session: nox.Session, plugin: str) -> None:
     session.run("pytest", "-p", "no:cacheprovider", f"plugins/{plugin}/tests", *session.posargs)
 
 
+LINTED = ("tars_core", "tests", "plugins", "benchmarks", "noxfile.py")
+
+
 @nox.session(tags=["tests"])
 def lint(session: nox.Session) -> None:
+    """ruff's rules and its formatter: a diff that only reformats never reaches review."""
     session.install("ruff")
-    session.run("ruff", "check", "tars_core", "tests", "plugins", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session(tags=["tests"])
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "types-PyYAML", "pytest")
+    """mypy --strict (the core's settings in pyproject.toml) on the core and on every plugin's source.
+
+    Each plugin is checked as its own run so one plugin's package root never shadows another's.
+    """
+    editable = [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
+    session.install("-e", ".", *editable, "mypy", "types-PyYAML", "types-psutil", "pytest")
     session.run("mypy", "tars_core")
+    for plugin in PLUGINS:
+        session.run("mypy", f"plugins/{plugin}/src")
 
 
 @nox.session
