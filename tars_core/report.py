@@ -19,7 +19,7 @@ from typing import Any
 import cattrs
 
 from tars_core.config import converter
-from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release, ReportSection
+from tars_core.model import BenchmarkResult, Metric, Outcome, PhaseRecord, PluginState, Release, ReportSection
 from tars_core.redact import Redactor
 
 MISSED = "MISSED"  # the one spelling of a missed target, in tables, progress lines and JSON consumers
@@ -120,7 +120,7 @@ def build_release(
     return Release(
         name=name,
         plugins=[p.info for p in plugins],
-        states={p.name: states.get(p.name, {}).get("state", "not_applied") for p in plugins},
+        states={p.name: states.get(p.name, {}).get("state", str(PluginState.NOT_APPLIED)) for p in plugins},
         phases=[r for r in phases if r.plugin in selected],
         benchmarks=bench,
         targets=targets,
@@ -147,7 +147,7 @@ def write_report(
                 "fix_id": info.fix_id,
                 "kind": info.kind,
                 "version": versions.get(info.name, ""),
-                "state": release.states.get(info.name, "not_applied"),
+                "state": release.states.get(info.name, str(PluginState.NOT_APPLIED)),
                 "phases": [converter.unstructure(r) for r in release.phases if r.plugin == info.name],
                 "benchmark": converter.unstructure(release.benchmarks[info.name])
                 if info.name in release.benchmarks
@@ -210,6 +210,11 @@ def _markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# JUnit's three verdicts for a phase's latest outcome; ``ok`` passes.
+_FAILING = frozenset({Outcome.FAILED, Outcome.UNREACHED, Outcome.INTERRUPTED, Outcome.UNKNOWN, Outcome.RUNNING})
+_SKIPPING = frozenset({Outcome.SKIPPED, Outcome.DRY_RUN})
+
+
 def _junit(doc: dict[str, Any]) -> str:
     """One testcase per plugin and phase (its latest outcome), so CI shows which phase of which fix failed."""
     suite = ET.Element("testsuite", name=f"tars-{doc['release']}")
@@ -221,10 +226,10 @@ def _junit(doc: dict[str, Any]) -> str:
         for phase, r in latest.items():
             tests += 1
             case = ET.SubElement(suite, "testcase", classname=p["name"], name=phase)
-            if r["outcome"] in ("failed", "interrupted"):
+            if r["outcome"] in _FAILING:
                 failures += 1
                 ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = r.get("error") or ""
-            elif r["outcome"] in ("skipped", "dry-run"):
+            elif r["outcome"] in _SKIPPING:
                 skipped += 1
                 ET.SubElement(case, "skipped", message=r.get("detail") or r["outcome"])
     suite.set("tests", str(tests))
