@@ -21,6 +21,8 @@ from pathlib import Path
 import attrs
 from tars_1004_db.bench import run_benchmark
 
+from tars_core.report import metric_line
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown())
     print()
     for m in report.metrics():
-        before = "" if m.before is None else f"{m.before:.2f} -> "
-        verdict = "" if m.met is None else ("  [met]" if m.met else "  [NOT met]")
-        print(f"{m.name}: {before}{m.after:.2f} {m.unit}{verdict}")
+        print(metric_line(m))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -31,7 +30,7 @@ FAST = {"lock_timeout_ms": 1000, "attempts": 3, "retry_delay_s": 0.2, "connect_t
 
 
 def dsn_for(database: str) -> str:
-    return urlunsplit(urlsplit(SERVER)._replace(path="/" + database))
+    return db.with_database(SERVER, database)
 
 
 async def _admin(sql: str) -> None:

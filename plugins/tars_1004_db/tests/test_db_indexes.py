@@ -7,11 +7,9 @@ cancelled with ``pg_cancel_backend``, writers hammering the table while the inde
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -21,6 +19,7 @@ from tars_1004_db.indexes import index_specs
 
 from tars_core import FixError
 from tars_core.testing import check_conformance
+from tars_core.waiting import await_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -39,16 +38,6 @@ async def indexes_on(dsn: str) -> dict[str, bool]:
     finally:
         await conn.close()
     return {r["relname"]: r["indisvalid"] for r in rows}
-
-
-async def wait_for(probe: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_index_file_declares_three_concurrent_builds_one_per_hot_query() -> None:
@@ -75,8 +64,7 @@ async def test_apply_verify_reapply_rollback(database: str, make_ctx: Any) -> No
     assert applied.changed
     assert all(f"built {n}" in applied.detail for n in NAMES)
     assert await indexes_on(database) == dict.fromkeys(NAMES, True)
-    state = json.loads((ctx.state_dir / "indexes.json").read_text())
-    assert [b["name"] for b in state["builds"]] == NAMES
+    assert [b["name"] for b in ctx.state["builds"]] == NAMES
 
     verified = await plugin.tars_verify(ctx)
     assert verified.ok, verified.detail
@@ -92,7 +80,7 @@ async def test_apply_verify_reapply_rollback(database: str, make_ctx: Any) -> No
     rolled = await plugin.tars_rollback(ctx)
     assert rolled.changed and all(n in rolled.detail for n in NAMES)
     assert await indexes_on(database) == {}
-    assert not (ctx.state_dir / "indexes.json").exists()
+    assert "builds" not in ctx.state
     assert not (await plugin.tars_verify(ctx)).ok
     assert not (await plugin.tars_rollback(ctx)).changed
 
@@ -121,7 +109,7 @@ async def _cancelled_build_leaves_invalid_index(dsn: str, create_sql: str) -> No
         async def waiting() -> bool:
             return await watcher.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid) == "Lock"
 
-        await wait_for(waiting, "the concurrent build to wait for the open writer")
+        await await_until(waiting, timeout=15, interval=0.05, what="the concurrent build to wait for the open writer")
         assert await watcher.fetchval("SELECT pg_cancel_backend($1)", pid)
         with pytest.raises(asyncpg.QueryCanceledError):
             await build
@@ -232,7 +220,7 @@ async def test_cancelled_apply_drops_its_partial_index(database: str, make_ctx: 
                 "AND wait_event_type = 'Lock' AND query LIKE 'CREATE INDEX CONCURRENTLY%'"
             )
 
-        pid = await wait_for(build_pid, "apply's build to wait for the writer")
+        pid = await await_until(build_pid, timeout=15, interval=0.05, what="apply's build to wait for the writer")
         assert await indexes_on(database) == {NAMES[0]: False}  # the invalid entry exists mid-build
         assert await watcher.fetchval("SELECT pg_cancel_backend($1)", pid)
         await asyncio.sleep(0.3)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,8 +26,10 @@ import asyncpg
 import attrs
 
 from tars_1004_db import db, indexes
+from tars_1004_db.indexes import Log
 from tars_1004_db.pagination import COLUMNS, HOT_QUERIES, HotQuery
 from tars_core import FixError, Metric
+from tars_core.report import format_number, markdown_table, percentile
 
 TARGET_MS = 100.0
 AIM_MS = 10.0
@@ -42,9 +43,7 @@ class Percentiles:
 
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> Percentiles:
-        ordered = sorted(samples_ms)
-        p95 = statistics.quantiles(ordered, n=100, method="inclusive")[94] if len(ordered) > 1 else ordered[0]
-        return cls(p50=statistics.median(ordered), p95=p95, runs=len(ordered))
+        return cls(p50=percentile(samples_ms, 50), p95=percentile(samples_ms, 95), runs=len(samples_ms))
 
 
 @attrs.frozen
@@ -95,29 +94,51 @@ class BenchReport:
         return out
 
     def markdown(self) -> str:
-        lines = [
-            f"{self.rows:,} evaluations (seeded by COPY in {self.seed_seconds:.1f} s), {self.runs} runs per "
-            f"figure, page size {self.page_size}, {self.server_version}.",
-            "",
-            "| query | pages | v1.0.0 p50 / p95 (no index, OFFSET) | index + OFFSET p95 "
-            "| v1.0.1 p50 / p95 (index, keyset) | p95 ratio |",
-            "|---|---|---|---|---|---|",
-        ]
+        """The figures the metrics table cannot hold: p50 beside p95, index + OFFSET, and the builds."""
+        pages = []
         for q in self.queries:
-            lines.append(
-                f"| {q.query} | first 10 | {q.before.p50:.1f} / {q.before.p95:.1f} ms | – "
-                f"| {q.after.p50:.2f} / {q.after.p95:.2f} ms | {_ratio(q.before.p95, q.after.p95):.0f}× |"
-            )
-            lines.append(
-                f"| {q.query} | deep (≤ {q.max_depth:,} rows) "
-                f"| {q.deep_before.p50:.1f} / {q.deep_before.p95:.1f} ms "
-                f"| {q.deep_offset_indexed.p95:.1f} ms | {q.deep_after.p50:.2f} / {q.deep_after.p95:.2f} ms "
-                f"| {_ratio(q.deep_before.p95, q.deep_after.p95):.0f}× |"
-            )
-        lines += ["", "| index | build time (CONCURRENTLY) | size |", "|---|---|---|"]
-        for b in self.builds:
-            lines.append(f"| {b.name} | {b.seconds:.2f} s | {b.size_bytes / 1e6:.1f} MB |")
-        return "\n".join(lines)
+            pages += [
+                (q.query, "first 10", _pair(q.before), "–", _pair(q.after), _times(q.before.p95, q.after.p95)),
+                (
+                    q.query,
+                    f"deep (≤ {format_number(q.max_depth)} rows)",
+                    _pair(q.deep_before),
+                    f"{format_number(q.deep_offset_indexed.p95)} ms",
+                    _pair(q.deep_after),
+                    _times(q.deep_before.p95, q.deep_after.p95),
+                ),
+            ]
+        builds = [
+            (b.name, f"{format_number(b.seconds)} s", f"{format_number(b.size_bytes / 1e6)} MB") for b in self.builds
+        ]
+        return "\n".join(
+            [
+                f"{format_number(self.rows)} evaluations (seeded by COPY in {format_number(self.seed_seconds)} s), "
+                f"{self.runs} runs per figure, page size {self.page_size}, {self.server_version}.",
+                "",
+                markdown_table(
+                    (
+                        "query",
+                        "pages",
+                        "v1.0.0 p50 / p95 (no index, OFFSET)",
+                        "index + OFFSET p95",
+                        "v1.0.1 p50 / p95 (index, keyset)",
+                        "p95 ratio",
+                    ),
+                    pages,
+                ),
+                "",
+                markdown_table(("index", "build time (CONCURRENTLY)", "size"), builds),
+            ]
+        )
+
+
+def _pair(p: Percentiles) -> str:
+    return f"{format_number(p.p50)} / {format_number(p.p95)} ms"
+
+
+def _times(before: float, after: float) -> str:
+    return f"{format_number(_ratio(before, after))}×"
 
 
 def _ratio(before: float, after: float) -> float:
@@ -199,7 +220,7 @@ async def run_benchmark(
     page_size: int = 50,
     random_seed: int = 1004,
     settings: indexes.BuildSettings | None = None,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    log: Log | None = None,
     connect_timeout: float = 10.0,
 ) -> BenchReport:
     """Seed a scratch database on the server of ``server_dsn``, measure before/after, drop it."""
@@ -212,10 +233,10 @@ async def run_benchmark(
             await admin.execute(f'CREATE DATABASE "{scratch}"')
         except asyncpg.PostgresError as exc:
             raise FixError(
-                f"the benchmark needs a scratch database on the target server: {db._line(exc)} "
+                f"the benchmark needs a scratch database on the target server: {db.one_line(exc)} "
                 "(grant CREATEDB, or run benchmarks/tars-1004-db_bench.py against another server)"
             ) from None
-        conn = await db.connect(_with_database(server_dsn, scratch), timeout=connect_timeout)
+        conn = await db.connect(db.with_database(server_dsn, scratch), timeout=connect_timeout)
         try:
             return await _measure(conn, rows, runs, page_size, random_seed, settings, log)
         finally:
@@ -227,12 +248,6 @@ async def run_benchmark(
             await admin.close()
 
 
-def _with_database(dsn: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
-
-
 async def _measure(
     conn: asyncpg.Connection,
     rows: int,
@@ -240,7 +255,7 @@ async def _measure(
     page_size: int,
     random_seed: int,
     settings: indexes.BuildSettings,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    log: Log,
 ) -> BenchReport:
     rng = random.Random(random_seed)
     log.info("seeding %d evaluations", rows)

@@ -12,7 +12,6 @@ import datetime as dt
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from tars_core import FixError, TargetError
+from tars_core.redact import host_port
 
 REGIONS: tuple[tuple[str, float], ...] = (
     ("us-east-1", 0.42),
@@ -49,28 +49,9 @@ def sql_text(name: str) -> str:
     return resources.files("tars_1004_db").joinpath("sql", name).read_text(encoding="utf-8")
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced, safe for logs, errors and reports (URL or keyword form)."""
-    text = re.sub(r"(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", dsn, flags=re.IGNORECASE)
-    try:
-        parts = urlsplit(text)
-        password = parts.password
-    except ValueError:
-        return "<unparseable DSN>"
-    if password is None:
-        return text
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def _where(dsn: str) -> str:
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
-        port = parts.port or 5432
-        return f"{host}:{port}"
-    except ValueError:
-        return "?"
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` pointing at another database of the same server (scratch and test databases)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
 
 
 async def connect(
@@ -79,18 +60,16 @@ async def connect(
     """Open one autocommit connection, or raise ``TargetError`` (exit 2) with one line that says what to fix.
 
     Autocommit matters: ``CREATE INDEX CONCURRENTLY`` refuses to run inside a transaction block, and
-    asyncpg only opens one when asked (``conn.transaction()``).
+    asyncpg only opens one when asked (``conn.transaction()``). Messages name the server by host:port
+    only: a DSN can carry its password in the user part, in ``?password=`` or in keyword form.
     """
-    shown = redact_dsn(dsn)
     if not dsn.startswith(("postgres://", "postgresql://")):
-        raise TargetError(
-            f"targets.postgres is not a PostgreSQL URL ({shown!r}): use postgresql://user[:password]@host:port/db"
-        )
+        raise TargetError("targets.postgres is not a PostgreSQL URL: use postgresql://user[:password]@host:port/db")
     try:
         urlsplit(dsn).port  # noqa: B018 - a bad port only raises when read
     except ValueError as exc:
-        raise TargetError(f"targets.postgres has an invalid port ({shown!r}): {exc}") from None
-    where = _where(dsn)
+        raise TargetError(f"targets.postgres has an invalid port: {exc}") from None
+    where = host_port(dsn, 5432)
     try:
         return await asyncpg.connect(
             dsn,
@@ -98,28 +77,26 @@ async def connect(
             server_settings={"search_path": schema, "application_name": application_name},
         )
     except asyncpg.InvalidCatalogNameError as exc:
-        raise TargetError(f"PostgreSQL at {where}: {_line(exc)}; fix the database name in targets.postgres") from None
-    except asyncpg.InvalidAuthorizationSpecificationError as exc:
-        raise TargetError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
-    except asyncpg.InvalidPasswordError as exc:
-        raise TargetError(f"PostgreSQL at {where} refused the login: {_line(exc)}; check targets.postgres") from None
+        raise TargetError(
+            f"PostgreSQL at {where}: {one_line(exc)}; fix the database name in targets.postgres"
+        ) from None
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+        raise TargetError(f"PostgreSQL at {where} refused the login: {one_line(exc)}; check targets.postgres") from None
     except (TimeoutError, OSError) as exc:
         if isinstance(exc, TimeoutError):
             reason = f"timed out after {timeout:g} s"
         else:
-            reason = os.strerror(exc.errno).lower() if exc.errno else _line(exc)
+            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
         raise TargetError(
-            f"cannot reach PostgreSQL at {where} ({reason}, targets.postgres={shown}): "
-            "start the server or fix host/port"
+            f"cannot reach PostgreSQL at {where} ({reason}): start the server or fix host/port in targets.postgres"
         ) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        raise TargetError(f"cannot connect to PostgreSQL at {where} ({shown}): {_line(exc)}") from None
+        raise TargetError(f"cannot connect to PostgreSQL at {where}: {one_line(exc)}") from None
 
 
-def _line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """An exception as one line, for FixError messages (asyncpg errors can carry DETAIL lines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def table_exists(conn: asyncpg.Connection, table: str) -> bool:

@@ -25,12 +25,12 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import attrs
 
-from tars_1004_db.db import _line, sql_text
+from tars_1004_db.db import one_line, sql_text
 from tars_1004_db.pagination import HOT_QUERIES
 from tars_core import FixError
 
@@ -48,6 +48,8 @@ _BLOCKING_MODES = (
     "ExclusiveLock",
     "AccessExclusiveLock",
 )
+# what ``ctx.log`` is (a string: LoggerAdapter is subscriptable at run time only from Python 3.11)
+Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[logging.Logger]"
 
 
 @attrs.frozen
@@ -209,7 +211,7 @@ async def _builds_in_progress(conn: asyncpg.Connection, table_oid: int) -> list[
     return [int(r["pid"]) for r in rows]
 
 
-async def _drop(conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Any) -> bool:
+async def _drop(conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Log) -> bool:
     """``DROP INDEX CONCURRENTLY IF EXISTS`` with lock-timeout retries; True if something was dropped."""
     table_oid = await _require_table(conn, schema)
     for attempt in range(1, settings.attempts + 1):
@@ -236,12 +238,7 @@ def _delay(settings: BuildSettings, attempt: int) -> float:
 
 
 async def build(
-    conn: asyncpg.Connection,
-    spec: IndexSpec,
-    *,
-    schema: str,
-    settings: BuildSettings,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    conn: asyncpg.Connection, spec: IndexSpec, *, schema: str, settings: BuildSettings, log: Log
 ) -> BuildRecord | None:
     """Make ``spec`` exist and be valid; ``None`` if it already was. Raises ``FixError`` on failure.
 
@@ -278,7 +275,7 @@ async def build(
             try:
                 await conn.execute(spec.create_sql)
             except asyncpg.LockNotAvailableError as exc:
-                last_problem = f"lock timeout ({settings.lock_timeout_ms} ms): {_line(exc)}"
+                last_problem = f"lock timeout ({settings.lock_timeout_ms} ms): {one_line(exc)}"
                 log.warning("building %s: %s (attempt %d/%d)", spec.name, last_problem, attempt, settings.attempts)
                 # one try only: whoever made the build wait is probably still there
                 await _drop_leftover(conn, schema, spec.name, settings, log, patient=False)
@@ -296,7 +293,7 @@ async def build(
             except asyncpg.PostgresError as exc:
                 gone = await _drop_leftover(conn, schema, spec.name, settings, log, patient=True)
                 raise FixError(
-                    f"building index {spec.name} failed: {_line(exc)}; {_leftover_note(spec.name, gone)}"
+                    f"building index {spec.name} failed: {one_line(exc)}; {_leftover_note(spec.name, gone)}"
                 ) from None
             else:
                 seconds = time.perf_counter() - started
@@ -321,7 +318,7 @@ async def build(
 
 
 async def _drop_leftover(
-    conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Any, *, patient: bool
+    conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Log, *, patient: bool
 ) -> bool:
     """Drop the invalid index a failed build left; True when none remains.
 
@@ -350,12 +347,7 @@ def _leftover_note(name: str, gone: bool) -> str:
 
 
 async def apply(
-    conn: asyncpg.Connection,
-    *,
-    schema: str,
-    settings: BuildSettings,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    dry_run: bool = False,
+    conn: asyncpg.Connection, *, schema: str, settings: BuildSettings, log: Log, dry_run: bool = False
 ) -> tuple[list[BuildRecord], list[str]]:
     """Build every missing or invalid index; returns the builds and, for a dry run, the plan."""
     await _require_table(conn, schema)
@@ -380,12 +372,7 @@ async def apply(
 
 
 async def rollback(
-    conn: asyncpg.Connection,
-    *,
-    schema: str,
-    settings: BuildSettings,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    dry_run: bool = False,
+    conn: asyncpg.Connection, *, schema: str, settings: BuildSettings, log: Log, dry_run: bool = False
 ) -> list[str]:
     """Drop every TARS-1004 index (valid or not) concurrently, in reverse order; returns what was dropped."""
     await _require_table(conn, schema)

@@ -75,47 +75,50 @@ class HotQuery:
         return [filters[f] for f in self.filters]
 
 
+def _hot_query(name: str, endpoint: str, where: str, filters: tuple[str, ...], sort: str, index: str) -> HotQuery:
+    """The three SQL forms of one listing: ``where`` uses ``$1..$n`` for ``filters``; ``sort`` the column
+    ordered by, descending (v1.0.0 without a tiebreaker, v1.0.1 with ``id``)."""
+    n = len(filters)
+    select = f"SELECT {COLUMNS} FROM evaluations WHERE {where} "
+    keyset_order = f"ORDER BY {sort} DESC, id DESC"
+    return HotQuery(
+        name=name,
+        endpoint=endpoint,
+        filters=filters,
+        sort=(sort, "id"),
+        index=index,
+        v100_sql=f"{select}ORDER BY {sort} DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        first_sql=f"{select}{keyset_order} LIMIT ${n + 1}",
+        after_sql=f"{select}AND ({sort}, id) < (${n + 1}, ${n + 2}) {keyset_order} LIMIT ${n + 3}",
+    )
+
+
 HOT_QUERIES: dict[str, HotQuery] = {
     q.name: q
     for q in (
-        HotQuery(
-            name="agent_history",
-            endpoint="GET /api/v1/agents/{agent_id}/evaluations",
-            filters=("agent_id",),
-            sort=("created_at", "id"),
-            index="ix_evaluations_agent_created",
-            v100_sql=f"SELECT {COLUMNS} FROM evaluations WHERE agent_id = $1 "
-            "ORDER BY created_at DESC LIMIT $2 OFFSET $3",
-            first_sql=f"SELECT {COLUMNS} FROM evaluations WHERE agent_id = $1 "
-            "ORDER BY created_at DESC, id DESC LIMIT $2",
-            after_sql=f"SELECT {COLUMNS} FROM evaluations WHERE agent_id = $1 "
-            "AND (created_at, id) < ($2, $3) ORDER BY created_at DESC, id DESC LIMIT $4",
+        _hot_query(
+            "agent_history",
+            "GET /api/v1/agents/{agent_id}/evaluations",
+            "agent_id = $1",
+            ("agent_id",),
+            "created_at",
+            "ix_evaluations_agent_created",
         ),
-        HotQuery(
-            name="region_status_feed",
-            endpoint="GET /api/v1/evaluations?region=&status=",
-            filters=("region", "status"),
-            sort=("created_at", "id"),
-            index="ix_evaluations_region_status_created",
-            v100_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = $2 "
-            "ORDER BY created_at DESC LIMIT $3 OFFSET $4",
-            first_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = $2 "
-            "ORDER BY created_at DESC, id DESC LIMIT $3",
-            after_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = $2 "
-            "AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT $5",
+        _hot_query(
+            "region_status_feed",
+            "GET /api/v1/evaluations?region=&status=",
+            "region = $1 AND status = $2",
+            ("region", "status"),
+            "created_at",
+            "ix_evaluations_region_status_created",
         ),
-        HotQuery(
-            name="region_leaderboard",
-            endpoint="GET /api/v1/leaderboard?region=",
-            filters=("region",),
-            sort=("reward", "id"),
-            index="ix_evaluations_region_reward_completed",
-            v100_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = 'completed' "
-            "ORDER BY reward DESC LIMIT $2 OFFSET $3",
-            first_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = 'completed' "
-            "ORDER BY reward DESC, id DESC LIMIT $2",
-            after_sql=f"SELECT {COLUMNS} FROM evaluations WHERE region = $1 AND status = 'completed' "
-            "AND (reward, id) < ($2, $3) ORDER BY reward DESC, id DESC LIMIT $4",
+        _hot_query(
+            "region_leaderboard",
+            "GET /api/v1/leaderboard?region=",
+            "region = $1 AND status = 'completed'",
+            ("region",),
+            "reward",
+            "ix_evaluations_region_reward_completed",
         ),
     )
 }

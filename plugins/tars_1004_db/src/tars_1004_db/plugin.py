@@ -32,10 +32,8 @@ if TYPE_CHECKING:
     from tars_1004_db.indexes import BuildSettings
 
 NAME = "tars-1004-db"
-STATE_FILE = "indexes.json"
-# present while the last apply never reached the server: it changed nothing, so its rollback has nothing
-# to undo even when the server is still unreachable (otherwise a dead server turns a failed apply into
-# "rollback failed, manual action needed")
+# present while the last apply never reached the server (goes once the runner records such an apply as
+# "unreached" and skips its rollback)
 UNREACHED_FILE = "apply-unreached.json"
 
 
@@ -114,21 +112,17 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    unreached = ctx.state_dir / UNREACHED_FILE
     try:
         conn = await _connect(ctx, cfg)
     except FixError as exc:
         if not ctx.dry_run:
             ctx.state_dir.mkdir(parents=True, exist_ok=True)
-            unreached.write_text(json.dumps({"at": _now(), "error": str(exc)}))
+            (ctx.state_dir / UNREACHED_FILE).write_text(json.dumps({"at": _now(), "error": str(exc)}))
         raise
-    unreached.unlink(missing_ok=True)
-    state_file = ctx.state_dir / STATE_FILE
-    if not ctx.dry_run and not state_file.exists():
-        # written before the first build: from here on a rollback must reach the server to be sure,
-        # even if this apply fails half-way
-        ctx.state_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"applied_at": None, "schema": cfg.schema, "builds": []}))
+    (ctx.state_dir / UNREACHED_FILE).unlink(missing_ok=True)
+    if not ctx.dry_run and "builds" not in ctx.state:
+        # from here on a rollback must reach the server to be sure, even if this apply fails half-way
+        ctx.state.update(applied_at=None, schema=cfg.schema, builds=[])
     try:
         records, plan = await indexes.apply(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
@@ -139,16 +133,8 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         return ApplyResult(changed=False, detail="dry run: " + ("; ".join(plan) or "nothing to do"))
     if not records:
         return ApplyResult(changed=False, detail="all TARS-1004 indexes present and valid")
-    state_file.write_text(
-        json.dumps(
-            {
-                "applied_at": _now(),
-                "schema": cfg.schema,
-                "builds": [attrs.asdict(r) for r in records],
-            },
-            indent=2,
-        )
-    )
+    # build times and sizes, kept for the operator until a rollback drops the indexes
+    ctx.state.update(applied_at=_now(), schema=cfg.schema, builds=[attrs.asdict(r) for r in records])
     return ApplyResult(
         changed=True,
         detail="; ".join(
@@ -194,9 +180,7 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     try:
         conn = await _connect(ctx, cfg)
     except FixError:
-        # indexes.json exists from the moment an apply reached the server until a rollback succeeds
-        never_applied = not (ctx.state_dir / STATE_FILE).exists()
-        if never_applied and (ctx.state_dir / UNREACHED_FILE).exists():
+        if "builds" not in ctx.state and (ctx.state_dir / UNREACHED_FILE).exists():
             ctx.log.warning("PostgreSQL is unreachable, but the last apply never reached it: nothing to undo")
             return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached PostgreSQL")
         raise
@@ -208,7 +192,7 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
         await conn.close()
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: would drop " + (", ".join(dropped) or "nothing"))
-    (ctx.state_dir / STATE_FILE).unlink(missing_ok=True)
+    ctx.state.clear()
     if not dropped:
         ctx.log.warning("TARS-1004 indexes are not present: nothing to roll back")
         return ApplyResult(changed=False, detail="no TARS-1004 index present")
@@ -235,33 +219,27 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
 
 @hookimpl
 def tars_report(release: Release) -> ReportSection | None:
+    """What the fix is and which index serves which endpoint; phases and figures are the core's tables."""
     if not any(p.name == NAME for p in release.plugins):
         return None
-    state = release.states.get(NAME, "not_applied")
-    lines = [
-        f"State: **{state}**.",
-        "",
-        "Three composite indexes built with `CREATE INDEX CONCURRENTLY` (lock_timeout, statement_timeout, "
-        "retries, invalid-index repair); the API pages with keyset cursors (`tars_1004_db.pagination`).",
-    ]
-    phases = [p for p in release.phases if p.plugin == NAME]
-    if phases:
-        lines += ["", "| phase | outcome | detail |", "|---|---|---|"]
-        for p in phases:
-            detail = (p.error or p.detail or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {p.phase} | {p.outcome} | {detail} |")
-    data: dict[str, Any] = {"state": state}
-    bench = release.benchmarks.get(NAME)
-    if bench is not None:
-        lines += ["", "### Benchmark", "", bench.detail or ""]
-        if bench.metrics:
-            lines += ["", "| metric | before | after | target | met |", "|---|---|---|---|---|"]
-            for m in bench.metrics:
-                before = "–" if m.before is None else f"{m.before:g} {m.unit}"
-                met = "" if m.met is None else ("yes" if m.met else "**no**")
-                lines.append(f"| {m.name} | {before} | {m.after:g} {m.unit} | {m.target} | {met} |")
-        data["metrics"] = [attrs.asdict(m) for m in bench.metrics]
-    return ReportSection(title="TARS-1004 database indexes and keyset pagination", markdown="\n".join(lines), data=data)
+    from tars_1004_db.indexes import index_specs
+    from tars_1004_db.pagination import HOT_QUERIES
+    from tars_core.report import markdown_table
+
+    rows = [(s.name, s.query, HOT_QUERIES[s.query].endpoint) for s in index_specs()]
+    markdown = "\n".join(
+        [
+            "Three composite indexes built with `CREATE INDEX CONCURRENTLY` (lock_timeout, statement_timeout, "
+            "retries, invalid-index repair); the API pages with keyset cursors (`tars_1004_db.pagination`).",
+            "",
+            markdown_table(("index", "hot query", "endpoint"), rows),
+        ]
+    )
+    return ReportSection(
+        title="TARS-1004 database indexes and keyset pagination",
+        markdown=markdown,
+        data={"indexes": {name: query for name, query, _ in rows}},
+    )
 
 
 @hookimpl
