@@ -25,15 +25,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import platform
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 
 from tars_1003_jaeger.scenarios import benchmark
+
+from tars_core.processes import Service, free_port, tcp_ready
+
+PROXY_COMMAND = "delay-proxy"  # ``bench.py delay-proxy PORT HOST UPSTREAM_PORT DELAY_S``: the proxy's own process
 
 
 def _serve_delay_proxy(port: int, upstream: tuple[str, int], delay_s: float) -> None:
@@ -65,21 +71,17 @@ def _serve_delay_proxy(port: int, upstream: tuple[str, int], delay_s: float) -> 
         threading.Thread(target=pipe, args=(server, client), daemon=True).start()
 
 
-def _with_rtt(redis_url: str, rtt_ms: float) -> tuple[str, multiprocessing.Process]:
+@contextlib.contextmanager
+def _with_rtt(redis_url: str, rtt_ms: float) -> Iterator[str]:
+    """``redis_url`` redirected through a delay proxy that runs (and is stopped) for the ``with`` block."""
     parts = urllib.parse.urlsplit(redis_url)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
-    proc = multiprocessing.Process(target=_serve_delay_proxy, args=(port, upstream, rtt_ms / 2000), daemon=True)
-    proc.start()
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        proc.join(0.05)
-    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}")), proc
+    port = free_port()
+    argv = [sys.executable, __file__, PROXY_COMMAND, str(port), parts.hostname or "127.0.0.1"]
+    argv += [str(parts.port or 6379), str(rtt_ms / 2000)]
+    with tempfile.TemporaryDirectory(prefix="tars-1003-bench-") as tmp:
+        with Service("delay proxy", argv, log=Path(tmp) / "proxy.log", ready=tcp_ready(port), start_timeout=10):
+            userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+            yield urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{port}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
-    url, proxy = (args.redis, None) if not args.rtt_ms else _with_rtt(args.redis, args.rtt_ms)
-    try:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_with_rtt(args.redis, args.rtt_ms)) if args.rtt_ms else args.redis
         f = benchmark(
             url,
             prefix="tars:bench:tars1003",
@@ -105,10 +107,6 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             sample_ratio=args.sample_ratio,
         )
-    finally:
-        if proxy is not None:
-            proxy.terminate()
-            proxy.join()
     tp = f.throughput
     doc = {
         "messages": f.messages,
@@ -152,4 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [PROXY_COMMAND]:
+        port, host, upstream_port, delay = sys.argv[2:6]
+        _serve_delay_proxy(int(port), (host, int(upstream_port)), float(delay))
     sys.exit(main())

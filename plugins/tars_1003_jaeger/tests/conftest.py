@@ -1,16 +1,13 @@
-"""Fixtures: real Redis (127.0.0.1:6379) under a key prefix owned by the run, real OpenTelemetry SDK.
+"""Fixtures: real Redis (tars_core.testing's ``tars_redis_url``) under a key prefix owned by the run, real
+OpenTelemetry SDK, and the sandbox producer/consumer as real processes under the core's supervisor.
 
-Every key a test creates starts with the run's prefix; the session fixture deletes them all at the end,
-and nothing else on the server is read or written.
+Every key a test creates starts with the run's prefix (``tars_redis_prefix``), which tars_core.testing
+deletes at the end; nothing else on the server is read or written.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,28 +18,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tars_1003_jaeger.scenarios import memory_provider
 
-
-@pytest.fixture(scope="session")
-def redis_url(tars_redis_url: str) -> str:
-    """The real Redis (checked once by tars_core.testing)."""
-    return tars_redis_url
-
-
-@pytest.fixture(scope="session")
-def run_prefix(tars_redis_prefix: str) -> str:
-    """This run's key prefix; tars_core.testing deletes every key under it at the end."""
-    return tars_redis_prefix
+from tars_core.processes import Service, free_port, tcp_ready
 
 
 @pytest.fixture
-def prefix(run_prefix: str) -> str:
+def prefix(tars_redis_prefix: str) -> str:
     """A fresh namespace per test inside the run's prefix."""
-    return f"{run_prefix}:{uuid.uuid4().hex[:8]}"
+    return f"{tars_redis_prefix}:{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def sync_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def sync_client(tars_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(tars_redis_url, decode_responses=True)
     yield client
     client.close()
 
@@ -54,32 +41,14 @@ def memory() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     provider.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
-
-
 class Services:
-    """The sandbox producer and consumer as real subprocesses on the test's keys."""
+    """The sandbox producer and consumer as real processes on the test's keys (stopped by the fixture)."""
 
     def __init__(self, redis_url: str, prefix: str, logdir: Path) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
         self.logdir = logdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.running: dict[str, Service] = {}
 
     @property
     def keys(self) -> dict[str, str]:
@@ -102,36 +71,24 @@ class Services:
             "--rate", "5", *extra,
         ]  # fmt: skip
 
-    def start(self, role: str, name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, role: str, name: str, *extra: str, env: dict[str, str] | None = None) -> Service:
+        """Start ``name`` and wait until its metrics port answers."""
         port = free_port()
-        log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            self.argv(role, name, port, *extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        self.procs[name] = proc
-        wait_port(port, proc)
-        return proc
+        argv = self.argv(role, name, port, *extra)
+        svc = Service(name, argv, log=self.logdir / f"{name}.log", ready=tcp_ready(port), env=env or {})
+        self.running[name] = svc.start()
+        return svc
 
     def log(self, name: str) -> str:
         return (self.logdir / f"{name}.log").read_text()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for svc in reversed(self.running.values()):
+            svc.stop()
 
 
 @pytest.fixture
-def services(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Services]:
-    svc = Services(redis_url, prefix, tmp_path)
+def services(tars_redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Services]:
+    svc = Services(tars_redis_url, prefix, tmp_path)
     yield svc
     svc.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 import urllib.request
 from typing import Any
 
@@ -14,10 +13,12 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from tars_1003_jaeger import StreamTracing, configure_tracing, otlp_exporter
 from tars_1003_jaeger.otlp_receiver import OTLPReceiver
 
+from tars_core.waiting import wait_until
+
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_spans_reach_an_otlp_receiver_with_continuity(redis_url: str, prefix: str, sync_client: Any) -> None:
+def test_spans_reach_an_otlp_receiver_with_continuity(tars_redis_url: str, prefix: str, sync_client: Any) -> None:
     stream = f"{prefix}:otlp"
     sync_client.xgroup_create(stream, "g", id="0", mkstream=True)
     with OTLPReceiver() as receiver:
@@ -68,7 +69,7 @@ def test_receiver_decodes_gzip_and_rejects_garbage() -> None:
         assert err.value.code == 400
 
 
-def test_grpc_export_reaches_a_real_grpc_trace_service(redis_url: str, prefix: str, sync_client: Any) -> None:
+def test_grpc_export_reaches_a_real_grpc_trace_service(tars_redis_url: str, prefix: str, sync_client: Any) -> None:
     """Jaeger's other OTLP port (4317): a real grpc server running the generated TraceService."""
     from concurrent import futures
 
@@ -116,26 +117,25 @@ def test_unknown_protocol_and_bad_ratio_are_refused() -> None:
         configure_tracing("x", sample_ratio=2.0, set_global=False)
 
 
-def test_services_propagate_export_and_flush_on_sigterm(services: Any, redis_url: str) -> None:
+def test_services_propagate_export_and_flush_on_sigterm(services: Any, tars_redis_url: str) -> None:
     """The sandbox producer and consumer with the flag on, exporting to the receiver; SIGTERM flushes."""
     k = services.keys
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(tars_redis_url, decode_responses=True)
     client.hset(k["flags_key"], "tars-1003-trace-propagation", "on")
     with OTLPReceiver() as receiver:
         otlp = ("--otlp-endpoint", receiver.endpoint)
         hold = {"OTEL_BSP_SCHEDULE_DELAY": "600000"}  # the batch processor exports only when stopped
         producer = services.start("producer", "eval-producer", *otlp, env=hold)
         consumer = services.start("consumer", "eval-consumer", *otlp, env=hold)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # producer at 5/s: wait for a few jobs through both hops
+
+        def results_read() -> int:
             groups = {g["name"]: g for g in client.xinfo_groups(k["result_stream"])}
-            if (groups.get("tars-dashboard", {}).get("entries-read") or 0) >= 3:
-                break
-            time.sleep(0.2)
+            return int(groups.get("tars-dashboard", {}).get("entries-read") or 0)
+
+        # the producer sends 5 jobs/s: wait for a few of them through both hops
+        wait_until(lambda: results_read() >= 3, timeout=20, interval=0.2, what="3 results read by the dashboard")
         assert receiver.spans == [], "nothing exported while running: what arrives next is the flush"
-        producer.terminate()
-        consumer.terminate()
-        assert producer.wait(15) == 0 and consumer.wait(15) == 0
+        assert producer.stop() and consumer.stop()  # SIGTERM, as a deployment stops them
         spans = receiver.wait_for(1, timeout=5)
     assert client.hgetall(k["registry_key"]) == {}, "services deregister on graceful stop"
     client.close()
@@ -154,5 +154,6 @@ def test_services_propagate_export_and_flush_on_sigterm(services: Any, redis_url
         assert (span["trace_id"], span["parent_span_id"]) == (send["trace_id"], send["span_id"])
     roots = {s["trace_id"] for s in spans if s["name"] == "submit evaluation"}
     assert {s["trace_id"] for s in hop2} <= roots, "hop 2 continues the trace the producer started"
-    assert "stopped" in services.log("eval-consumer")
+    assert "eval-producer stopped" in services.log("eval-producer")
+    assert "eval-consumer stopped" in services.log("eval-consumer")
     assert json.dumps(spans)  # decoded into plain JSON-able values

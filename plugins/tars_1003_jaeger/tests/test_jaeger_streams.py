@@ -35,10 +35,10 @@ def _by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[Any]:
 
 
 @pytest.mark.parametrize("decode", [True, False], ids=["decoded", "bytes"])
-def test_one_hop_sync_continuity_and_conventions(redis_url: str, prefix: str, memory: Any, decode: bool) -> None:
+def test_one_hop_sync_continuity_and_conventions(tars_redis_url: str, prefix: str, memory: Any, decode: bool) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider, stats=PropagationStats())
-    client = redis.Redis.from_url(redis_url, decode_responses=decode)
+    client = redis.Redis.from_url(tars_redis_url, decode_responses=decode)
     stream = f"{prefix}:jobs"
     _group(client, stream)
     fields = {"job": "1"}
@@ -76,15 +76,17 @@ def test_one_hop_sync_continuity_and_conventions(redis_url: str, prefix: str, me
 
 
 @pytest.mark.parametrize("links", [False, True], ids=["parent", "links"])
-def test_two_hops_dead_consumer_and_xautoclaim_async(redis_url: str, prefix: str, links: bool) -> None:
+def test_two_hops_dead_consumer_and_xautoclaim_async(tars_redis_url: str, prefix: str, links: bool) -> None:
     """The verify pipeline: bytes and str clients, batches, a dead consumer, XAUTOCLAIM, a second hop."""
-    result = anyio.run(lambda: pipeline_check(redis_url, prefix=prefix, messages=30, links=links, claim_idle_ms=20))
+    result = anyio.run(
+        lambda: pipeline_check(tars_redis_url, prefix=prefix, messages=30, links=links, claim_idle_ms=20)
+    )
     assert result["hop1"].complete and result["hop1"].total == 30, result
     assert result["hop1"].redelivered == 7
     assert result["hop2"].complete and result["hop2"].total == 30, result
 
 
-def test_batch_read_links_every_producer(redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
+def test_batch_read_links_every_producer(tars_redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider)
     stream = f"{prefix}:batch"
@@ -106,7 +108,7 @@ def test_batch_read_links_every_producer(redis_url: str, prefix: str, memory: An
 
 
 def test_killed_consumer_entries_taken_over_with_xautoclaim(
-    redis_url: str, prefix: str, memory: Any, sync_client: Any
+    tars_redis_url: str, prefix: str, memory: Any, sync_client: Any
 ) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider)
@@ -118,7 +120,7 @@ def test_killed_consumer_entries_taken_over_with_xautoclaim(
     doomed = textwrap.dedent(f"""
         import os, signal, redis
         from tars_1003_jaeger import traced_xreadgroup
-        client = redis.Redis.from_url({redis_url!r})
+        client = redis.Redis.from_url({tars_redis_url!r})
         got = traced_xreadgroup(client, "g", "doomed", {{{stream!r}: ">"}}, count=4)
         assert len(got) == 4
         os.kill(os.getpid(), signal.SIGKILL)
@@ -149,7 +151,7 @@ def test_killed_consumer_entries_taken_over_with_xautoclaim(
 
 
 def test_handler_failure_keeps_entry_pending_then_history_redelivery(
-    redis_url: str, prefix: str, memory: Any, sync_client: Any
+    tars_redis_url: str, prefix: str, memory: Any, sync_client: Any
 ) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider, stats=PropagationStats())
@@ -175,12 +177,12 @@ def test_handler_failure_keeps_entry_pending_then_history_redelivery(
 
 
 def test_missing_and_malformed_context_processed_in_new_trace_and_counted(
-    redis_url: str, prefix: str, memory: Any
+    tars_redis_url: str, prefix: str, memory: Any
 ) -> None:
     provider, exporter = memory
     stats = PropagationStats()
     tracing = StreamTracing(provider, stats=stats)
-    client = redis.Redis.from_url(redis_url)  # bytes
+    client = redis.Redis.from_url(tars_redis_url)  # bytes
     stream = f"{prefix}:legacy"
     _group(client, stream)
     client.xadd(stream, {"job": "from a v1.0.0 producer"})
@@ -208,7 +210,7 @@ def test_missing_and_malformed_context_processed_in_new_trace_and_counted(
     client.close()
 
 
-def test_sampling_decision_carries_over(redis_url: str, prefix: str, sync_client: Any) -> None:
+def test_sampling_decision_carries_over(tars_redis_url: str, prefix: str, sync_client: Any) -> None:
     stream = f"{prefix}:sampling"
     _group(sync_client, stream)
     dropped_exporter, kept_exporter, consumer_exporter = (InMemorySpanExporter() for _ in range(3))
@@ -237,10 +239,10 @@ def test_sampling_decision_carries_over(redis_url: str, prefix: str, sync_client
         p.shutdown()
 
 
-def test_baggage_and_resp3_and_forwarding(redis_url: str, prefix: str, memory: Any) -> None:
+def test_baggage_and_resp3_and_forwarding(tars_redis_url: str, prefix: str, memory: Any) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider)
-    client = redis.Redis.from_url(redis_url, protocol=3)
+    client = redis.Redis.from_url(tars_redis_url, protocol=3)
     first, second = f"{prefix}:one", f"{prefix}:two"
     _group(client, first)
     _group(client, second)
@@ -270,7 +272,7 @@ def test_baggage_and_resp3_and_forwarding(redis_url: str, prefix: str, memory: A
     client.close()
 
 
-def test_failed_xadd_marks_the_producer_span(redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
+def test_failed_xadd_marks_the_producer_span(tars_redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
     provider, exporter = memory
     key = f"{prefix}:not-a-stream"
     sync_client.set(key, "x")
@@ -281,12 +283,12 @@ def test_failed_xadd_marks_the_producer_span(redis_url: str, prefix: str, memory
     assert "messaging.message.id" not in span.attributes
 
 
-def test_async_client_requires_async_with(redis_url: str, prefix: str, memory: Any) -> None:
+def test_async_client_requires_async_with(tars_redis_url: str, prefix: str, memory: Any) -> None:
     provider, exporter = memory
     tracing = StreamTracing(provider)
 
     async def scenario() -> None:
-        client = aioredis.from_url(redis_url)
+        client = aioredis.from_url(tars_redis_url)
         stream = f"{prefix}:async"
         await client.xgroup_create(stream, "g", id="0", mkstream=True)
         await tracing.xadd(client, stream, {"a": "1"})
@@ -302,7 +304,7 @@ def test_async_client_requires_async_with(redis_url: str, prefix: str, memory: A
     assert continuity(exporter.get_finished_spans()).complete
 
 
-def test_module_functions_use_the_global_provider(redis_url: str, prefix: str) -> None:
+def test_module_functions_use_the_global_provider(tars_redis_url: str, prefix: str) -> None:
     """The one-line API: what a T.A.R.S. service calls after configure_tracing()."""
     code = textwrap.dedent(f"""
         import redis
@@ -311,7 +313,7 @@ def test_module_functions_use_the_global_provider(redis_url: str, prefix: str) -
         from tars_1003_jaeger.scenarios import continuity
         exporter = InMemorySpanExporter()
         provider = configure_tracing("svc", exporter=exporter)
-        client = redis.Redis.from_url({redis_url!r}, decode_responses=True)
+        client = redis.Redis.from_url({tars_redis_url!r}, decode_responses=True)
         stream = {prefix + ":global"!r}
         client.xgroup_create(stream, "g", id="0", mkstream=True)
         traced_xadd(client, stream, {{"a": "1"}})
@@ -326,7 +328,7 @@ def test_module_functions_use_the_global_provider(redis_url: str, prefix: str) -
     assert out.stdout.strip() == "1/1 (100.00%) 1"
 
 
-def test_pipelined_producer_sync_and_async(redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
+def test_pipelined_producer_sync_and_async(tars_redis_url: str, prefix: str, memory: Any, sync_client: Any) -> None:
     """A batch submitted through a pipeline: ids are unknown when the span ends, context still travels."""
     provider, exporter = memory
     tracing = StreamTracing(provider)
@@ -338,7 +340,7 @@ def test_pipelined_producer_sync_and_async(redis_url: str, prefix: str, memory: 
         ids = pipe.execute()
 
     async def queue_async() -> list[Any]:
-        client = aioredis.from_url(redis_url)
+        client = aioredis.from_url(tars_redis_url)
         async with client.pipeline(transaction=False) as apipe:
             await tracing.xadd(apipe, stream, {"n": "async"})
             result = await apipe.execute()

@@ -10,11 +10,11 @@ Imports here are cheap on purpose (tars_core, attrs, stdlib): redis and OpenTele
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-import urllib.parse
 import uuid
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -32,11 +32,16 @@ from tars_core import (
     VerifyResult,
     hookimpl,
 )
+from tars_core.flags import is_on
+from tars_core.waiting import WaitTimeout, await_until
 
 if TYPE_CHECKING:
     from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1003-jaeger"
+#: An await_until predicate typed as the union it accepts, so mypy infers its result (an async def alone
+#: matches both halves of ``T | Awaitable[T]`` and mypy gives up).
+_Check = Callable[[], "bool | Awaitable[bool]"]
 CAPABILITY = "w3c-trace-context/redis-streams"  # same string as services.CAPABILITY (kept import-free)
 
 
@@ -95,33 +100,15 @@ def tars_plugin_info() -> PluginInfo:
     )
 
 
-def _redacted(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urllib.parse.urlunsplit(parts)
+def _client(ctx: Context) -> Any:
+    """The target Redis for the registry, probes and streams (the flag hash is on the same one).
 
-
-async def _client(ctx: Context) -> Any:
-    import redis
+    Every hook reads the flag through ``ctx.flags`` before it calls this, so an unusable
+    ``targets.redis`` has already become the core's :class:`TargetError` (exit 2) and nothing changed.
+    """
     import redis.asyncio as aioredis
 
-    url = ctx.targets.require("redis")
-    client = aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5)
-    try:
-        await client.ping()
-    except redis.RedisError as exc:
-        await client.aclose()
-        raise TargetError(
-            f"TARS-1003: cannot reach targets.redis {_redacted(url)} ({type(exc).__name__}); "
-            "check the URL and that Redis is up"
-        ) from None
-    return client
-
-
-def _is_on(value: str | None) -> bool:
-    return value not in (None, "", "0", "off", "false")
+    return aioredis.from_url(ctx.targets.require("redis"), decode_responses=True, socket_connect_timeout=5)
 
 
 async def _registry(client: Any, cfg: JaegerConfig) -> dict[str, dict[str, Any]]:
@@ -152,36 +139,35 @@ def _service_problems(registry: dict[str, dict[str, Any]], cfg: JaegerConfig, wa
 
 
 async def _wait_for_services(client: Any, cfg: JaegerConfig, want: str) -> list[str]:
-    deadline = time.monotonic() + cfg.flag_ack_timeout_s
-    while True:
-        problems = _service_problems(await _registry(client, cfg), cfg, want)
-        if not problems or time.monotonic() >= deadline:
-            return problems
-        await asyncio.sleep(0.2)
+    """What still keeps the services from reporting ``want`` after ``flag_ack_timeout_s`` (empty: done)."""
+    problems: list[str] = []
+
+    async def settled() -> bool:
+        problems[:] = _service_problems(await _registry(client, cfg), cfg, want)
+        return not problems
+
+    check: _Check = settled
+    with contextlib.suppress(WaitTimeout):
+        await await_until(check, timeout=cfg.flag_ack_timeout_s, interval=0.2, what=f"propagation {want}")
+    return problems
 
 
-def _save_state(state_dir: Path, data: dict[str, Any]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "flag.json").write_text(json.dumps(data, indent=2))
-
-
-# present while the last apply never reached Redis: it changed nothing, so a rollback has nothing to undo even
-# when Redis is still unreachable (otherwise a dead target turns a failed apply into "rollback failed", exit 4)
-UNREACHED_FILE = "apply-unreached.json"
+# Interim, until tars_core.runner records an apply that raised TargetError as "unreached" and skips its
+# rollback: without it a dead Redis turns a failed apply into "rollback failed" (exit 4) instead of exit 2.
+UNREACHED = "apply_unreached"
 
 
 @hookimpl
 async def tars_apply(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
-    unreached = ctx.state_dir / UNREACHED_FILE
     try:
-        client = await _client(ctx)
+        before = await ctx.flags.get(cfg.flag)
     except TargetError as exc:
         if not ctx.dry_run:
-            ctx.state_dir.mkdir(parents=True, exist_ok=True)
-            unreached.write_text(json.dumps({"at": time.time(), "error": str(exc)}))
+            ctx.state[UNREACHED] = str(exc)
         raise
-    unreached.unlink(missing_ok=True)
+    ctx.state.pop(UNREACHED, None)
+    client = _client(ctx)
     try:
         problems = _service_problems(await _registry(client, cfg), cfg, None)
         if problems:
@@ -189,15 +175,13 @@ async def tars_apply(ctx: Context) -> ApplyResult:
                 f"TARS-1003: the fixed code is not what runs ({'; '.join(problems)} in {cfg.registry_key}); "
                 "deploy tars-1003-jaeger to those services before applying"
             )
-        before = await ctx.flags.get(cfg.flag)
-        if _is_on(before):
+        if is_on(before):
             ctx.log.info("flag %s is already on (%s)", cfg.flag, before)
             return ApplyResult(changed=False, detail=f"flag {cfg.flag} already on")
         if ctx.dry_run:
             ctx.log.info("dry run: would turn on %s in %s", cfg.flag, ctx.targets.flags_key)
             return ApplyResult(changed=False, detail=f"dry run: would turn on {cfg.flag}")
-        _save_state(ctx.state_dir, {"flag": cfg.flag, "before": before, "applied_at": time.time()})
-        await ctx.flags.set(cfg.flag, "on")
+        await ctx.flags.set(cfg.flag, "on", remember=True)
         ctx.log.info("turned on %s; waiting for %s to report propagation", cfg.flag, ", ".join(cfg.services))
         lagging = await _wait_for_services(client, cfg, "on")
         if lagging:
@@ -214,24 +198,21 @@ async def tars_apply(ctx: Context) -> ApplyResult:
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
     try:
-        client = await _client(ctx)
+        current = await ctx.flags.get(cfg.flag)
     except TargetError:
-        state = ctx.state_dir / "flag.json"
-        applied = state.exists() and "applied_at" in json.loads(state.read_text())
-        if not applied and (ctx.state_dir / UNREACHED_FILE).exists():
+        if UNREACHED in ctx.state:
             ctx.log.warning("Redis is unreachable, but the last apply never reached it: nothing to undo")
             return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached Redis")
         raise
+    if not is_on(current):
+        ctx.log.warning("flag %s is not on (%r): nothing to roll back", cfg.flag, current)
+        return ApplyResult(changed=False, detail=f"flag {cfg.flag} already off")
+    if ctx.dry_run:
+        ctx.log.info("dry run: would turn off %s", cfg.flag)
+        return ApplyResult(changed=False, detail=f"dry run: would turn off {cfg.flag}")
+    await ctx.flags.restore(cfg.flag)  # the value apply replaced: "off" or absent (both off)
+    client = _client(ctx)
     try:
-        current = await ctx.flags.get(cfg.flag)
-        if not _is_on(current):
-            ctx.log.warning("flag %s is not on (%r): nothing to roll back", cfg.flag, current)
-            return ApplyResult(changed=False, detail=f"flag {cfg.flag} already off")
-        if ctx.dry_run:
-            ctx.log.info("dry run: would turn off %s", cfg.flag)
-            return ApplyResult(changed=False, detail=f"dry run: would turn off {cfg.flag}")
-        await ctx.flags.set(cfg.flag, "off")
-        _save_state(ctx.state_dir, {"flag": cfg.flag, "before": current, "rolled_back_at": time.time()})
         lagging = await _wait_for_services(client, cfg, "off")
         if lagging:  # the flag is off; a service that is down will read it when it starts
             ctx.log.warning("flag %s is off but %s", cfg.flag, "; ".join(lagging))
@@ -260,12 +241,15 @@ async def probe_services(client: Any, cfg: JaegerConfig) -> tuple[Any, Any]:
     producers = {(s.attributes or {}).get("messaging.message.id"): s.context for s in exporter.get_finished_spans()}
     provider.shutdown()
     fields = [f"{p}:{hop}" for p in probes for hop in (1, 2)]
-    deadline = time.monotonic() + cfg.probe_timeout_s
-    while True:
-        values = await client.hmget(cfg.probe_key, fields)
-        if all(values) or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.2)
+    values: list[str | None] = []
+
+    async def all_recorded() -> bool:
+        values[:] = await client.hmget(cfg.probe_key, fields)
+        return all(values)
+
+    check: _Check = all_recorded
+    with contextlib.suppress(WaitTimeout):  # what is missing then is reported per probe below
+        await await_until(check, timeout=cfg.probe_timeout_s, interval=0.2, what="probe traces")
     await client.hdel(cfg.probe_key, *fields)
     await client.xdel(cfg.stream, *sent.values())
     hops: list[list[str]] = [[], []]
@@ -292,10 +276,10 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     from tars_1003_jaeger.scenarios import pipeline_check
 
     cfg: JaegerConfig = ctx.config
-    client = await _client(ctx)
+    flag = await ctx.flags.get(cfg.flag)
+    client = _client(ctx)
     checks: dict[str, str] = {}
     try:
-        flag = await ctx.flags.get(cfg.flag)
         checks["flag"] = f"{cfg.flag}={flag!r}"
         problems = _service_problems(await _registry(client, cfg), cfg, "on")
         checks["services"] = "; ".join(problems) or f"{', '.join(cfg.services)} run the fix and propagate"
@@ -312,9 +296,7 @@ async def tars_verify(ctx: Context) -> VerifyResult:
         checks["probes hop2"] = str(hop2) + ("" if hop2.complete else f": {'; '.join(hop2.failures)}")
     finally:
         await client.aclose()
-    ok = (
-        _is_on(flag) and not problems and all(c.complete for c in pipeline.values()) and hop1.complete and hop2.complete
-    )
+    ok = is_on(flag) and not problems and all(c.complete for c in pipeline.values()) and hop1.complete and hop2.complete
     detail = f"trace continuity {hop1.percent:.2f}% / {hop2.percent:.2f}% over {hop1.total} probes (hop 1 / hop 2)"
     return VerifyResult(ok=ok, detail=detail, checks=checks)
 
@@ -388,32 +370,19 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
 
 @hookimpl
 def tars_report(release: Release) -> ReportSection | None:
+    """What the fix is and how to read its verify checks; state, phases and benchmark figures are the core's."""
     if not any(p.name == NAME for p in release.plugins):
         return None
-    state = release.states.get(NAME, "not_applied")
-    lines = [
-        f"TARS-1003 trace propagation through Redis Streams: **{state}**.",
-        "",
+    markdown = (
         "Producers inject W3C `traceparent`/`tracestate`/`baggage` into stream entries; consumers process "
         "each entry in a CONSUMER span whose parent is the producer span (XREADGROUP and XAUTOCLAIM), "
-        "exported over OTLP with ParentBased sampling.",
-    ]
-    bench = release.benchmarks.get(NAME)
-    data: dict[str, Any] = {"state": state}
-    if bench is not None:  # the core prints the full metric table; here only what a reader asks first
-        by_name = {m.name: m for m in bench.metrics}
-        data["benchmark"] = {m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in bench.metrics}
-        cont = by_name.get("trace continuity")
-        if cont is not None:
-            lines += ["", f"Benchmark: trace continuity {cont.before or 0:.2f}% → {cont.after:.2f}% ({cont.target})."]
-        missed = [m.name for m in bench.metrics if m.met is False]
-        if missed:
-            lines.append(f"Targets missed: {', '.join(missed)} (see the plugin README for why).")
-    verifies = [p for p in release.phases if p.plugin == NAME and p.phase == "verify"]
-    if verifies:
-        last = verifies[-1]
-        lines += ["", f"Last verify: {last.outcome}" + (f" — {last.detail}" if last.detail else "")]
-    return ReportSection(title="TARS-1003 Jaeger trace context", markdown="\n".join(lines), data=data)
+        "exported over OTLP with ParentBased sampling.\n\n"
+        "Verify judges the running services, not the flag: probe entries sent through the live jobs stream "
+        "must arrive in the producer's trace at the worker (hop 1) and at the dashboard feed (hop 2), and "
+        "verify's own two-hop pipeline (with a dead consumer's entries taken over by XAUTOCLAIM) must show "
+        "100% trace continuity."
+    )
+    return ReportSection(title="TARS-1003 Jaeger trace context", markdown=markdown)
 
 
 @hookimpl
@@ -500,7 +469,8 @@ async def tars_sandbox_seed(ctx: Context) -> None:
     import redis
 
     cfg: JaegerConfig = ctx.config
-    client = await _client(ctx)
+    seeded = await ctx.flags.get(cfg.flag)
+    client = _client(ctx)
     try:
         for stream, group in ((cfg.stream, cfg.group), (cfg.result_stream, cfg.result_group)):
             try:
@@ -508,7 +478,7 @@ async def tars_sandbox_seed(ctx: Context) -> None:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        if await ctx.flags.get(cfg.flag) is None:
+        if seeded is None:
             await ctx.flags.set(cfg.flag, "off")
     finally:
         await client.aclose()

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import SpanKind
 
 from tars_1003_jaeger.streams import DELIVERY_COUNT_ATTRIBUTE, StreamMessage, StreamTracing, _reply_items
+from tars_core.report import percentile
 
 
 @attrs.frozen
@@ -256,10 +257,6 @@ def _flow(
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _median(values: Sequence[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -361,8 +358,8 @@ def benchmark(
                 provider.shutdown()
     finally:
         client.close()
-    throughput = {m: messages / _median(t) for m, t in times.items()}
-    cpu_us = {m: _median(t) / messages * 1e6 for m, t in cpu.items()}
+    throughput = {m: messages / percentile(t, 50) for m, t in times.items()}
+    cpu_us = {m: percentile(t, 50) / messages * 1e6 for m, t in cpu.items()}
     inject, extract = codec_overhead_us()
     return BenchFigures(
         messages=messages,

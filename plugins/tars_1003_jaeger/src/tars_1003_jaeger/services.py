@@ -35,13 +35,13 @@ from prometheus_client import Counter, Gauge, start_http_server
 from tars_1003_jaeger import __version__
 from tars_1003_jaeger.export import configure_tracing
 from tars_1003_jaeger.streams import StreamMessage, StreamTracing
+from tars_core.flags import FlagReader, is_on
 
 log = logging.getLogger("tars_1003_jaeger.services")
 
 #: What a service advertises in the registry when it runs code that can propagate trace context.
 CAPABILITY = "w3c-trace-context/redis-streams"
 PROBE_FIELD = "tars_probe"
-OFF_VALUES = (None, "", "0", "off", "false")
 
 MESSAGES = Counter(
     "tars_trace_stream_messages",
@@ -59,6 +59,8 @@ class Service:
         self.role = role
         self.name: str = args.name
         self.client = aioredis.from_url(args.redis, decode_responses=True)
+        # no cache of its own: housekeeping already reads once per --flag-poll, a cache would only add delay
+        self.flags = FlagReader(args.redis, args.flags_key, ttl=0.0)
         self.provider = configure_tracing(
             f"tars-{self.name}",
             endpoint=args.otlp_endpoint or None,
@@ -89,8 +91,9 @@ class Service:
         return mode
 
     async def refresh_flag(self) -> None:
-        value = await self.client.hget(self.args.flags_key, self.args.flag)
-        on = value not in OFF_VALUES
+        # a thread, so a Redis outage (the reader then keeps the last value) never stalls the consumer loops
+        value = await asyncio.to_thread(self.flags.value, self.args.flag)
+        on = is_on(value)
         if on != self.propagate:
             log.info(
                 "%s: trace propagation %s (flag %s=%r)",
@@ -135,6 +138,7 @@ class Service:
             with contextlib.suppress(redis.RedisError):
                 await self.client.hdel(self.args.registry_key, self.name)
             await self.client.aclose()
+            self.flags.close()
             self.provider.shutdown()  # graceful stop: flush what the batch processor still holds
             log.info("%s stopped", self.name)
 
