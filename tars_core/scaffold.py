@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from tars_core.errors import UsageError
+from tars_core.hookspecs import CORE_REQUIREMENT
 
 FILES: dict[str, str] = {
     "pyproject.toml": """[build-system]
@@ -23,7 +24,7 @@ name = "{name}"
 version = "0.1.0"
 description = "{title}"
 requires-python = ">=3.10"
-dependencies = ["tars-core>=1.0.1", "attrs>=23.1"]
+dependencies = ["{core}", "attrs>=23.1"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
@@ -123,7 +124,7 @@ def tars_rollback(ctx: Context) -> ApplyResult:
     "tests/test_conformance.py": """import anyio
 
 from tars_core import Targets
-from tars_core.testing import check_conformance, make_context
+from tars_core.testing import assert_cheap_import, check_conformance, make_context
 
 from {pkg} import plugin
 
@@ -137,6 +138,10 @@ def test_conformance(tmp_path):
 def test_registers(tars_register):
     loaded = tars_register(plugin, "{name}")
     assert loaded.info.name == "{name}"
+
+
+def test_imports_cheaply():
+    assert_cheap_import("{pkg}.plugin")  # tars-run list imports every plugin: keep heavy imports in hooks
 """,
 }
 
@@ -153,5 +158,5 @@ def new_plugin(name: str, dest: Path) -> Path:
     for rel, body in FILES.items():
         path = dest / rel.format(pkg=pkg)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(body.format(name=name, pkg=pkg, title=title))
+        path.write_text(body.format(name=name, pkg=pkg, title=title, core=CORE_REQUIREMENT))
     return dest

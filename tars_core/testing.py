@@ -1,5 +1,9 @@
 """Test helpers for plugin authors, loaded by pytest through the ``pytest11`` entry point.
 
+Everything here drives a plugin the way ``tars-run`` does (a :class:`~tars_core.plugins.PluginHost`,
+pluggy's registered implementations, the real CLI in a subprocess), so a plugin that passes these
+checks cannot fail ``tars-run`` for a reason the tests skipped (an unmarked hook, a heavy import).
+
 Fixtures:
 
 * ``tars_host``: an empty :class:`~tars_core.plugins.PluginHost` (no entry points loaded), so a test sees
@@ -14,33 +18,80 @@ Fixtures:
 Functions:
 
 * :func:`make_context` builds the ``ctx`` a hook receives, structuring a dict config through the
-  plugin's own config class exactly as ``tars-run`` does (so config errors surface in tests too).
+  plugin's own config class exactly as ``tars-run`` does (so config errors surface in tests too). The
+  plugin is registered in a host of its own first, so an unmarked ``tars_*`` function fails here.
 * :func:`check_conformance` is the contract every fix must meet: apply, verify, apply again changes
-  nothing, rollback, verify reports not applied, rollback again changes nothing.
+  nothing, rollback, verify reports not applied, rollback again changes nothing; every call goes
+  through ``PluginHost.call`` as in ``tars-run``.
+* :func:`assert_cheap_import` imports a plugin's entry point (or any module) in a fresh interpreter and
+  fails naming each heavy module it pulled in, with the import chain that did it.
+* :func:`assert_unreachable_target_exits_2` runs the real ``tars-run`` against a target URL on a closed
+  port with a password in it, and checks the bad-input contract: exit 2, exactly one ``tars-run:``
+  line naming the problem, no traceback, the password never printed.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 import logging
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tars_core.config import structure_section
 from tars_core.flags import FeatureFlags
 from tars_core.model import ApplyResult, Context, PluginInfo, Targets, VerifyResult
 from tars_core.plugins import LoadedPlugin, PluginHost
 
+HEAVY_MODULES = (
+    "tensorflow",
+    "keras",
+    "gymnasium",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "asyncpg",
+    "psycopg",
+    "redis",
+    "websockets",
+    "opentelemetry",
+    "prometheus_client",
+    "httpx",
+)
+"""What :func:`assert_cheap_import` forbids by default: libraries a plugin must import inside its hooks."""
 
-def _info(plugin: Any) -> PluginInfo:
-    info = plugin.tars_plugin_info()
+# ``__import__`` rather than importlib.import_module: only the former shows up in ``-X importtime``.
+_IMPORT_SCRIPT = """
+import importlib.metadata as md, json, sys
+name = sys.argv[1]
+eps = [ep for ep in md.entry_points(group="tars.plugins") if ep.name == name]
+__import__(eps[0].module if eps else name)
+if eps:
+    eps[0].load()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _load(plugin: Any) -> tuple[PluginHost, LoadedPlugin]:
+    """``plugin`` registered alone in a new host, validated as discovery validates an entry point.
+
+    A test has no entry point to take the name from, so the name is the one the plugin gives itself.
+    """
+    describe = getattr(plugin, "tars_plugin_info", None)
+    assert callable(describe), f"{plugin!r} has no tars_plugin_info hook: it is not a release plugin"
+    info = describe()
     assert isinstance(info, PluginInfo), f"tars_plugin_info returned {info!r}, not a PluginInfo"
-    return info
+    host = PluginHost(trace=False, allowed=None)
+    loaded = host.register(plugin, info.name)
+    assert loaded is not None, f"plugin {info.name} was not registered: TARS_DISABLE_PLUGINS blocks it"
+    return host, loaded
 
 
 def make_context(
@@ -54,7 +105,7 @@ def make_context(
     release: str = "v1.0.1",
 ) -> Context:
     """The ``ctx`` for ``plugin`` (its hook module or object) as ``tars-run`` would build it."""
-    info = _info(plugin)
+    info = _load(plugin)[1].info
     section: Any = config
     if info.config is not None and (config is None or isinstance(config, Mapping)):
         section = structure_section(info.config, dict(config or {}), "", f"plugins.{info.name}")
@@ -72,37 +123,147 @@ def make_context(
     )
 
 
-async def _call(plugin: Any, hook: str, ctx: Context) -> Any:
-    fn = getattr(plugin, hook)
-    ctx.phase = hook.removeprefix("tars_")
-    result = fn(ctx)
-    while inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 async def check_conformance(plugin: Any, ctx: Context) -> None:
-    """Run the lifecycle every fix must support on the real target of ``ctx``; AssertionError if not."""
-    name = _info(plugin).name
+    """Run the lifecycle every fix must support on the real target of ``ctx``; AssertionError if not.
+
+    The plugin is registered in a :class:`PluginHost` and every hook is called through
+    ``PluginHost.call``, the path ``tars-run`` takes: a hook pluggy would not call (unmarked, or a
+    wrapper only) fails here exactly as it fails a release.
+    """
+    host, loaded = _load(plugin)
+    name = loaded.name
+
+    async def call(hook: str) -> Any:
+        assert host.has_hook(name, hook), f"{name}: {hook} is not implemented (no @hookimpl function of that name)"
+        ctx.phase = hook.removeprefix("tars_")
+        return await host.call(name, hook, ctx=ctx)
+
     try:
-        await _call(plugin, "tars_apply", ctx)
-        first = await _call(plugin, "tars_verify", ctx)
+        await call("tars_apply")
+        first = await call("tars_verify")
         assert isinstance(first, VerifyResult), f"{name}: tars_verify returned {first!r}, not VerifyResult"
         assert first.ok, f"{name}: verify after apply is not ok: {first.detail}"
-        again = await _call(plugin, "tars_apply", ctx)
+        again = await call("tars_apply")
         assert isinstance(again, ApplyResult) and not again.changed, (
             f"{name}: a second apply must return ApplyResult(changed=False), got {again!r}"
         )
-        assert (await _call(plugin, "tars_verify", ctx)).ok, f"{name}: verify after re-apply is not ok"
-        await _call(plugin, "tars_rollback", ctx)
-        after = await _call(plugin, "tars_verify", ctx)
+        assert (await call("tars_verify")).ok, f"{name}: verify after re-apply is not ok"
+        await call("tars_rollback")
+        after = await call("tars_verify")
         assert not after.ok, f"{name}: verify after rollback still reports the fix in place: {after.detail}"
-        twice = await _call(plugin, "tars_rollback", ctx)
+        twice = await call("tars_rollback")
         assert twice is None or (isinstance(twice, ApplyResult) and not twice.changed), (
             f"{name}: a second rollback must change nothing, got {twice!r}"
         )
     finally:
         await ctx.flags.aclose()
+
+
+def _import_chain(importtime: str, module: str) -> str:
+    """``a -> b -> module`` from ``python -X importtime`` output, where children precede their parent."""
+    rows: list[tuple[int, str]] = []
+    for line in importtime.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1]
+            rows.append((len(name) - len(name.lstrip()), name.strip()))
+    at = next((i for i, (_, name) in enumerate(rows) if name == module), None)
+    if at is None:
+        return module
+    chain, depth = [module], rows[at][0]
+    for level, name in rows[at + 1 :]:
+        if level < depth:
+            chain.append(name)
+            depth = level
+    return " -> ".join(reversed(chain))
+
+
+def assert_cheap_import(
+    name: str, forbidden: Iterable[str] = HEAVY_MODULES, *, env: Mapping[str, str] | None = None
+) -> None:
+    """Import ``name`` in a fresh interpreter; fail naming every ``forbidden`` module that came with it.
+
+    ``name`` is a ``tars.plugins`` entry-point name (``tars-1004-db``: its object is loaded, as
+    ``tars-run list`` does) or a module name (``tars_1004_db.plugin``). ``forbidden`` are top-level
+    packages (a submodule counts as its package). ``env`` replaces the subprocess environment (e.g. a
+    ``PYTHONPATH`` with a test distribution). The message shows, for each heavy module, the chain of
+    imports that reached it, so the line to move into a hook is plain to see.
+    """
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", _IMPORT_SCRIPT, name],
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else None,
+        timeout=120,
+    )
+    errors = [line for line in res.stderr.splitlines() if not line.startswith("import time:")]
+    assert res.returncode == 0, f"importing {name} failed:\n" + "\n".join(errors[-15:])
+    modules = json.loads(res.stdout.splitlines()[-1])
+    heavy = sorted({f for f in forbidden for m in modules if m == f or m.startswith(f + ".")})
+    assert not heavy, f"importing {name} imported heavy modules; import them inside the hooks instead:\n" + "\n".join(
+        f"  {_import_chain(res.stderr, h)}" for h in heavy
+    )
+
+
+def _tars_run() -> list[str]:
+    """The ``tars-run`` script of this interpreter's environment (the module when it is not installed)."""
+    script = Path(sys.executable).with_name("tars-run")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tars_core.cli"]
+
+
+def assert_unreachable_target_exits_2(
+    plugin: str,
+    target: str,
+    url: str,
+    *,
+    expect: str | Sequence[str],
+    tmp_path: Path,
+    command: str = "apply",
+    targets: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    password: str = "s3cret",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tars-run --plugins PLUGIN COMMAND`` with ``targets.TARGET`` on a closed port; check exit 2.
+
+    ``url`` is the target URL with ``{port}`` (a loopback port nobody listens on) and ``{password}``
+    placeholders, e.g. ``"redis://:{password}@127.0.0.1:{port}/0"``. ``targets`` adds other target keys
+    (a real Redis for flags, a rules folder), ``config`` is the plugin's config section, ``env`` extra
+    environment variables. Asserts: exit code 2 (bad input), no traceback, ``password`` nowhere in
+    stdout or stderr, and exactly one line of stderr starting with ``tars-run:`` (the verdict; progress
+    lines aside), which contains every ``expect`` text (``{port}`` replaced). Returns the completed
+    process for further checks. The config and a throwaway ledger are written into ``tmp_path``.
+    """
+    from tars_core.processes import free_port
+
+    assert "{port}" in url and "{password}" in url, f"url {url!r} needs {{port}} and {{password}} placeholders"
+    port = str(free_port())
+    doc = {
+        "targets": {**(targets or {}), target: url.replace("{port}", port).replace("{password}", password)},
+        "plugins": {plugin: dict(config or {})},
+    }
+    cfg = tmp_path / "tars-unreachable.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    ledger = f"sqlite:///{tmp_path / 'tars-unreachable.db'}"
+    argv = [*_tars_run(), "--plugins", plugin, "--config", str(cfg), "--state", ledger, command]
+    res = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TARS_TRACE_PLUGINS": "", **(env or {})},
+    )
+    shown = f"tars-run {command} against targets.{target} on closed port {port}"
+    assert res.returncode == 2, f"{shown} exited {res.returncode}, not 2 (bad input):\n{res.stderr}"
+    assert "Traceback" not in res.stderr, f"{shown} printed a traceback:\n{res.stderr}"
+    assert password not in res.stdout + res.stderr, f"{shown} printed the password:\n{res.stdout}\n{res.stderr}"
+    verdicts = [line for line in res.stderr.splitlines() if line.startswith("tars-run:")]
+    assert len(verdicts) == 1, f"{shown}: want exactly one 'tars-run:' line, got {len(verdicts)}:\n{res.stderr}"
+    for text in [expect] if isinstance(expect, str) else expect:
+        wanted = text.replace("{port}", port)
+        assert wanted in verdicts[0], f"{shown}: {wanted!r} is not in the error line {verdicts[0]!r}"
+    return res
 
 
 @pytest.fixture
@@ -153,4 +314,14 @@ def tars_redis_prefix(tars_redis_url: str) -> Iterator[str]:
         client.close()
 
 
-__all__ = ["check_conformance", "make_context", "tars_host", "tars_redis_prefix", "tars_redis_url", "tars_register"]
+__all__ = [
+    "HEAVY_MODULES",
+    "assert_cheap_import",
+    "assert_unreachable_target_exits_2",
+    "check_conformance",
+    "make_context",
+    "tars_host",
+    "tars_redis_prefix",
+    "tars_redis_url",
+    "tars_register",
+]

@@ -34,6 +34,8 @@ class Config:
     sleep_verify: float = 0.0
     password: str = ""
     retries: int = 1
+    probe: str = ""  # a targets key: apply and verify connect to its host:port first (TargetError if refused)
+    leak: bool = False  # print the probed URL raw to stderr, past the redactor (to prove checks catch it)
 
 
 def _log(ctx, what):
@@ -45,6 +47,23 @@ def _marker(ctx):
     return Path(ctx.config.dir) / f"{{NAME}}.applied"
 
 
+def _probe(ctx):
+    import socket
+    import sys
+
+    from tars_core.redact import host_port
+
+    url = ctx.targets.require(ctx.config.probe)
+    if ctx.config.leak:
+        print(f"probing {{url}}", file=sys.stderr)
+    host, _, port = host_port(url).rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        where = f"targets.{{ctx.config.probe}} at {{host}}:{{port}}"
+        raise TargetError(f"cannot reach {{where}} ({{exc.strerror}})") from None
+
+
 @hookimpl
 def tars_plugin_info():
     return PluginInfo(name=NAME, title="test fix " + NAME, requires={requires!r}, fix_id={fix_id!r},
@@ -54,6 +73,8 @@ def tars_plugin_info():
 @hookimpl
 async def tars_apply(ctx):
     _log(ctx, "apply")
+    if ctx.config.probe:
+        _probe(ctx)
     marker = _marker(ctx)
     if ctx.dry_run:
         ctx.log.info("would write %s", marker)
@@ -75,6 +96,8 @@ async def tars_apply(ctx):
 @hookimpl
 def tars_verify(ctx):
     _log(ctx, "verify")
+    if ctx.config.probe:
+        _probe(ctx)
     marker = _marker(ctx)
     if ctx.config.sleep_verify:
         import time
@@ -114,10 +137,16 @@ def write_dist(
     version: str = "0.1.0",
     broken: Sequence[str] = (),
     fix_ids: dict[str, str] | None = None,
+    requires_dist: Sequence[str] = (),
+    undecorated: Sequence[str] = (),
+    sources: dict[str, str] | None = None,
 ) -> None:
     """Write distribution ``dist`` into ``site`` with one module per plugin name (value: its requires).
 
     Names in ``broken`` get a module that raises at import, to test load-failure reporting.
+    ``requires_dist`` become the distribution's ``Requires-Dist`` lines (e.g. ``tars-core<1.0``).
+    Hooks named in ``undecorated`` lose their ``@hookimpl`` marker in every module of the distribution.
+    ``sources`` gives a plugin's module text verbatim instead of the template (observers, odd plugins).
     """
     site.mkdir(parents=True, exist_ok=True)
     eps = ["[tars.plugins]"]
@@ -125,12 +154,18 @@ def write_dist(
         module = "tp_" + name.replace("-", "_")
         if name in broken:
             body = "raise ImportError('No module named totally_missing_dependency')\n"
+        elif sources and name in sources:
+            body = sources[name]
         else:
             body = TEMPLATE.format(name=name, requires=tuple(requires), fix_id=(fix_ids or {}).get(name))
+            for hook in undecorated:
+                body = body.replace(f"@hookimpl\ndef {hook}(", f"def {hook}(")
+                body = body.replace(f"@hookimpl\nasync def {hook}(", f"async def {hook}(")
         (site / f"{module}.py").write_text(textwrap.dedent(body))
         eps.append(f"{name} = {module}")
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    requires = "".join(f"Requires-Dist: {line}\n" for line in requires_dist)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{requires}")
     (info / "entry_points.txt").write_text("\n".join(eps) + "\n")
     (info / "RECORD").write_text("")

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tars_core.hookspecs import CORE_REQUIREMENT
+from tars_core.scaffold import new_plugin
+
 
 def test_scaffold_passes_conformance_and_is_discovered(tmp_path: Path) -> None:
     dest = tmp_path / "acme-cache-fix"
@@ -23,7 +26,14 @@ def test_scaffold_passes_conformance_and_is_discovered(tmp_path: Path) -> None:
         cwd=dest,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "2 passed" in res.stdout
+    assert "3 passed" in res.stdout
+
+
+def test_scaffold_pins_the_hook_contract(tmp_path: Path) -> None:
+    dest = tmp_path / "acme-cache-fix"
+    new_plugin("acme-cache-fix", dest)
+    assert f'dependencies = ["{CORE_REQUIREMENT}", ' in (dest / "pyproject.toml").read_text()
+    assert CORE_REQUIREMENT == "tars-core>=1.0.1,<2"
 
 
 def test_scaffold_refuses_bad_names(tmp_path: Path) -> None:
