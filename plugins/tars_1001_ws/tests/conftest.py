@@ -1,4 +1,5 @@
-"""Fixtures: a real hub on a loopback port, a fault-injecting proxy in front of it, real Redis keys.
+"""Fixtures: a real hub on a loopback port, a fault-injecting proxy in front of it, real Redis keys
+(``tars_redis_url`` and ``tars_redis_prefix`` come from tars_core.testing).
 
 Intervals are small (heartbeat 0.2 s) so fault tests run in seconds; tests assert behaviour (what was
 delivered, which states were seen), never how fast something happened.
@@ -14,7 +15,6 @@ import pytest_asyncio
 from tars_1001_ws.check import Recorder
 from tars_1001_ws.hub import HubServer, serve
 from tars_1001_ws.proxy import FaultProxy
-from ws_testlib import REDIS_URL
 
 
 @pytest_asyncio.fixture
@@ -34,13 +34,8 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-@pytest_asyncio.fixture
-async def flags_key() -> AsyncIterator[str]:
-    """A Redis hash of our own for feature flags, deleted afterwards (never the real tars:feature_flags)."""
-    import redis.asyncio as aioredis
-
-    key = f"tars-test-1001:{uuid.uuid4().hex}:flags"
-    yield key
-    client = aioredis.from_url(REDIS_URL)
-    await client.delete(key)
-    await client.aclose()
+@pytest.fixture
+def flags_key(tars_redis_prefix: str) -> str:
+    """A Redis hash of our own for feature flags (never the real tars:feature_flags). It and the
+    ``:previous`` hash the flags remember into lie under the run's prefix, deleted when the run ends."""
+    return f"{tars_redis_prefix}:1001:{uuid.uuid4().hex[:12]}:flags"

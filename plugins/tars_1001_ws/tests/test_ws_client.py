@@ -23,6 +23,8 @@ from tars_1001_ws.proxy import FaultProxy
 from websockets.asyncio.server import serve as ws_serve
 from ws_testlib import FAST, eventually, metric
 
+from tars_core.processes import free_port
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 S = ConnectionState
 
@@ -110,8 +112,8 @@ async def test_the_hubs_own_pings_count_as_liveness(recorder):
         assert client.stats["heartbeats_missed"] == 0
 
 
-async def test_hub_killed_and_restarted_reports_resync_required(recorder):
-    hub = await HubProcess.start()
+async def test_hub_killed_and_restarted_reports_resync_required(recorder, tmp_path):
+    hub = await HubProcess(tmp_path / "hub.log").start()
     port = hub.port
     try:
         sub = ReconnectingWebSocketClient(hub.url, **FAST)
@@ -123,9 +125,9 @@ async def test_hub_killed_and_restarted_reports_resync_required(recorder):
                 await pub.publish("orders", i)
             await eventually(lambda: len(recorder.seqs.get("orders", [])) == 5)
             old_epoch = sub.subscriptions["orders"][0]
-            hub.kill()  # SIGKILL: buffers gone, no close frame
+            await hub.kill()  # SIGKILL: buffers gone, no close frame
             await eventually(lambda: recorder.count(S.DISCONNECTED) >= 1)
-            hub = await HubProcess.start(port=port)
+            hub = await HubProcess(tmp_path / "hub.log", port=port).start()
             await eventually(lambda: recorder.count(S.RECOVERED) >= 2, what="recovered on the new hub")
             recovered = [e for e in recorder.events if e.state is S.RECOVERED][-1]
             assert recovered.complete is False
@@ -140,7 +142,7 @@ async def test_hub_killed_and_restarted_reports_resync_required(recorder):
         assert recorder.data["orders"] == [0, 1, 2, 3, 4, "new-epoch"]
         assert recorder.seqs["orders"] == [1, 2, 3, 4, 5, 1]  # numbering restarts in the new epoch
     finally:
-        hub.stop()
+        await hub.stop()
 
 
 async def test_gap_older_than_replay_buffer_is_reported_not_skipped(proxy, recorder):
@@ -344,11 +346,7 @@ async def test_close_during_backoff_and_during_hanging_handshake(hub, proxy, rec
 async def test_bad_url_and_refused_connections_give_clear_errors():
     with pytest.raises(ValueError, match="invalid WebSocket URL 'http://x'"):
         ReconnectingWebSocketClient("http://x")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()  # nobody listens there
     client = ReconnectingWebSocketClient(f"ws://127.0.0.1:{dead_port}/", **{**FAST, "connect_timeout": 1.0})
     with pytest.raises(ConnectError, match=rf"could not connect to ws://127.0.0.1:{dead_port}/ .*refused"):
         await client.start()

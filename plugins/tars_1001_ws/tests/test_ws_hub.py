@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +14,9 @@ from tars_1001_ws.check import HubError, HubProcess, hub_info, probe_protocol
 from tars_1001_ws.hub import serve
 from tars_1001_ws.protocol import SUBPROTOCOL, decode, encode
 from websockets.asyncio.client import connect
-from ws_testlib import REDIS_URL, eventually
+from ws_testlib import eventually
+
+from tars_core.processes import Service, free_port, redis_ready
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -97,10 +100,10 @@ async def test_info_on_something_that_is_not_a_hub_is_a_clear_error():
         await hub_info("http://127.0.0.1:1/")
 
 
-async def test_flag_in_redis_switches_v101_on_and_off(flags_key):
-    redis = aioredis.from_url(REDIS_URL, decode_responses=True)
+async def test_flag_in_redis_switches_v101_on_and_off(tars_redis_url, flags_key):
+    redis = aioredis.from_url(tars_redis_url, decode_responses=True)
     try:
-        async with serve(port=0, flags_redis=REDIS_URL, flags_key=flags_key, flag_refresh=0.05) as hub:
+        async with serve(port=0, flags_redis=tars_redis_url, flags_key=flags_key, flag_refresh=0.05) as hub:
             assert (await hub_info(hub.url))["enabled"] is False  # no flag yet: v1.0.0 behaviour
             async with connect(hub.url, subprotocols=[SUBPROTOCOL]) as ws:
                 assert ws.subprotocol is None
@@ -115,14 +118,39 @@ async def test_flag_in_redis_switches_v101_on_and_off(flags_key):
         await redis.aclose()
 
 
-async def test_hub_process_cli_serves_and_stops_on_sigterm():
-    proc = await HubProcess.start("--replay-size", "10")
+async def test_a_redis_outage_keeps_the_hub_serving_with_the_last_flag_value(tmp_path, caplog):
+    """Redis going away must neither take the hub down nor flip its behaviour; when Redis is back, the
+    hub follows the flag again (here: a fresh Redis, so the flag is gone and v1.0.1 is withdrawn)."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def redis_server() -> Service:
+        return Service("redis-server", argv, tmp_path / "redis.log", ready=redis_ready(port))
+
+    flags = aioredis.from_url(url, decode_responses=True)
+    server = await asyncio.to_thread(redis_server().start)
     try:
-        info = await hub_info(proc.url)
-        assert info["replay"]["max_messages"] == 10
+        await flags.hset("tars:feature_flags", "tars-1001-ws-reconnect", "on")
+        async with serve(port=0, flags_redis=url, flag_refresh=0.05) as hub:
+            await eventually(lambda: hub.hub.enabled, what="hub picked up the flag")
+            with caplog.at_level(logging.WARNING, logger="tars_1001_ws.hub"):
+                await asyncio.to_thread(server.stop)
+                await eventually(lambda: "unreadable, keeping v1.0.1 on" in caplog.text, what="hub saw the outage")
+            assert hub.hub.enabled is True
+            assert "replay after seq" in await probe_protocol(hub.url)  # still serving v1.0.1
+            server = await asyncio.to_thread(redis_server().start)
+            await eventually(lambda: not hub.hub.enabled, what="hub read the flag again after the outage")
     finally:
-        proc.stop()
-    assert proc.proc.returncode == 0
+        await flags.aclose()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_hub_process_cli_serves_and_stops_on_sigterm(tmp_path):
+    async with HubProcess(tmp_path / "hub.log", "--replay-size", "10", "--log-level", "INFO") as hub:
+        info = await hub_info(hub.url)
+        assert info["replay"]["max_messages"] == 10
+    assert f"hub {info['hub_id']} stopped" in hub.service.tail()  # SIGTERM closed it, no SIGKILL needed
     out = subprocess.run(
         [sys.executable, "-m", "tars_1001_ws.hub", "--help"], capture_output=True, text=True, check=True
     )

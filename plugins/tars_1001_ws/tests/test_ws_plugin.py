@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from tars_1001_ws import plugin
 from tars_1001_ws.hub import serve
-from ws_testlib import REDIS_URL
+from ws_testlib import eventually
 
-from tars_core import ApplyResult, FixError, Release, SandboxSite, TargetError, Targets
+from tars_core import ApplyResult, Context, FixError, Release, SandboxSite, TargetError, Targets
+from tars_core.processes import free_port
+from tars_core.report import metrics_table
 from tars_core.testing import check_conformance, make_context
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -24,23 +25,35 @@ FLAG = "tars-1001-ws-reconnect"
 
 
 @pytest_asyncio.fixture
-async def flagged_hub(flags_key):
+async def flagged_hub(tars_redis_url, flags_key):
     """The sandbox's arrangement: a hub that offers v1.0.1 only while the flag is on."""
-    async with serve(port=0, flags_redis=REDIS_URL, flags_key=flags_key, flag_refresh=0.05) as hub:
+    async with serve(port=0, flags_redis=tars_redis_url, flags_key=flags_key, flag_refresh=0.05) as hub:
         yield hub
 
 
-def ctx_for(url: str | None, flags_key: str, tmp_path: Path, **kw):
-    targets = Targets(websocket_url=url, redis=REDIS_URL, flags_key=flags_key)
-    return make_context(plugin, targets=targets, config=kw.pop("config", {}), state_dir=tmp_path / "state", **kw)
+@pytest.fixture
+def ctx_for(tars_redis_url, flags_key, tmp_path):
+    """``ctx_for(hub_url, **make_context options)``: the hooks' context on the real Redis, our flags hash."""
+
+    def build(url: str | None, **kw) -> Context:
+        targets = Targets(websocket_url=url, redis=tars_redis_url, flags_key=flags_key)
+        return make_context(plugin, targets=targets, config=kw.pop("config", {}), state_dir=tmp_path / "state", **kw)
+
+    return build
 
 
-async def flag_value(flags_key: str) -> str | None:
-    client = aioredis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        return await client.hget(flags_key, FLAG)
-    finally:
-        await client.aclose()
+@pytest.fixture
+def flag_value(tars_redis_url, flags_key):
+    """``await flag_value()``: the flag as the services read it, straight from Redis."""
+
+    async def read() -> str | None:
+        client = aioredis.from_url(tars_redis_url, decode_responses=True)
+        try:
+            return await client.hget(flags_key, FLAG)
+        finally:
+            await client.aclose()
+
+    return read
 
 
 def test_entry_point_module_imports_no_heavy_library():
@@ -65,23 +78,39 @@ def test_a_misspelt_config_key_is_an_error_naming_its_path(tmp_path):
 
 
 @pytest.mark.asyncio
-async def test_conformance_apply_verify_rollback(flagged_hub, flags_key, tmp_path):
-    ctx = ctx_for(flagged_hub.url, flags_key, tmp_path)
+async def test_conformance_apply_verify_rollback(flagged_hub, ctx_for, flag_value):
+    ctx = ctx_for(flagged_hub.url)
     await check_conformance(plugin, ctx)
-    assert await flag_value(flags_key) is None  # rollback restored "absent", the state before apply
+    assert await flag_value() is None  # rollback restored "absent", the state before apply
+    assert await ctx.flags.remembered(FLAG) == (False, None)  # and forgot it: the next apply starts afresh
+    await ctx.flags.aclose()
 
 
 @pytest.mark.asyncio
-async def test_conformance_with_a_hub_that_is_not_flag_driven(hub, flags_key, tmp_path):
+async def test_rollback_brings_back_the_value_apply_replaced(flagged_hub, ctx_for, flag_value):
+    """The sandbox seeds "off": a rollback puts "off" back, not "absent". A flag someone else turned on
+    (nothing remembered) is still turned off: rolled back means the services use v1.0.0."""
+    ctx = ctx_for(flagged_hub.url)
+    await plugin.tars_sandbox_seed(ctx)
+    assert (await plugin.tars_apply(ctx)).changed and await flag_value() == "on"
+    assert (await plugin.tars_rollback(ctx)).changed and await flag_value() == "off"
+    await ctx.flags.set(FLAG, "yes")
+    assert (await plugin.tars_rollback(ctx)).changed and await flag_value() == "off"
+    assert flagged_hub.hub.enabled is False
+    await ctx.flags.aclose()
+
+
+@pytest.mark.asyncio
+async def test_conformance_with_a_hub_that_is_not_flag_driven(hub, ctx_for):
     """A hub that always offers v1.0.1: apply proves the protocol before touching the flag; verify then
     fails after rollback because the services' flag is off, though the hub still speaks v1.0.1."""
-    ctx = ctx_for(hub.url, flags_key, tmp_path)
+    ctx = ctx_for(hub.url)
     await check_conformance(plugin, ctx)
 
 
 @pytest.mark.asyncio
-async def test_verify_reports_each_behaviour(flagged_hub, flags_key, tmp_path):
-    ctx = ctx_for(flagged_hub.url, flags_key, tmp_path)
+async def test_verify_reports_each_behaviour(flagged_hub, ctx_for):
+    ctx = ctx_for(flagged_hub.url)
     assert (await plugin.tars_apply(ctx)).changed
     result = await plugin.tars_verify(ctx)
     assert result.ok, result.checks
@@ -94,71 +123,90 @@ async def test_verify_reports_each_behaviour(flagged_hub, flags_key, tmp_path):
 
 
 @pytest.mark.asyncio
-async def test_dry_run_changes_nothing(flagged_hub, flags_key, tmp_path):
-    ctx = ctx_for(flagged_hub.url, flags_key, tmp_path, dry_run=True)
+async def test_dry_run_changes_nothing(flagged_hub, ctx_for, flag_value):
+    ctx = ctx_for(flagged_hub.url, dry_run=True)
     result = await plugin.tars_apply(ctx)
     assert result == ApplyResult(changed=False, detail="dry run: nothing changed")
-    assert await flag_value(flags_key) is None
-    assert not (tmp_path / "state" / "flag-before-apply.json").exists()
+    assert await flag_value() is None
+    assert await ctx.flags.remembered(FLAG) == (False, None)
     await ctx.flags.aclose()
 
 
 @pytest.mark.asyncio
-async def test_apply_refuses_a_v100_hub_and_leaves_the_flag_alone(flags_key, tmp_path):
+async def test_apply_refuses_a_v100_hub_and_leaves_the_flag_alone(ctx_for, flag_value):
     async with serve(port=0, legacy=True) as old:
-        ctx = ctx_for(old.url, flags_key, tmp_path)
+        ctx = ctx_for(old.url)
         with pytest.raises(FixError, match=r"without tars\.ws\.v1\.0\.1: deploy the TARS-1001 hub"):
             await plugin.tars_apply(ctx)
-        assert await flag_value(flags_key) is None
+        assert await flag_value() is None
         await ctx.flags.aclose()
 
 
 @pytest.mark.asyncio
-async def test_apply_restores_the_flag_when_the_hub_never_follows_it(flags_key, tmp_path):
+async def test_apply_restores_the_flag_when_the_hub_never_follows_it(tars_redis_url, flags_key, ctx_for, flag_value):
     # this hub reads a different hash, so turning our flag on changes nothing on the wire
-    async with serve(port=0, flags_redis=REDIS_URL, flags_key=flags_key + ":other", flag_refresh=0.05) as hub:
-        ctx = ctx_for(hub.url, flags_key, tmp_path, config={"flag_propagation_timeout": 0.5})
-        with pytest.raises(FixError, match=r"did not pick up flag .* restored to None"):
+    async with serve(port=0, flags_redis=tars_redis_url, flags_key=flags_key + ":other", flag_refresh=0.05) as hub:
+        ctx = ctx_for(hub.url, config={"flag_propagation_timeout": 0.5})
+        with pytest.raises(FixError, match=r"did not pick up flag .* restored to None") as err:
             await plugin.tars_apply(ctx)
-        assert await flag_value(flags_key) is None
+        assert type(err.value) is FixError  # not TargetError: apply had changed the flag, so it must be undone
+        assert await flag_value() is None
         await ctx.flags.aclose()
 
 
 @pytest.mark.asyncio
-async def test_clear_errors_for_missing_or_unreachable_target(flags_key, tmp_path):
-    ctx = ctx_for(None, flags_key, tmp_path)
+async def test_a_hub_lost_after_the_flag_changed_is_a_failure_not_an_unreached_target(
+    tars_redis_url, flags_key, ctx_for, flag_value
+):
+    """TargetError tells the runner that apply changed nothing (no rollback follows), so once the flag is
+    on, a hub that goes away is a FixError and the flag is put back first."""
+
+    async def flag_on() -> bool:
+        return await flag_value() == "on"
+
+    # this hub reads a different hash: apply sets our flag, then waits for a hub that never follows
+    hub = await serve(port=0, flags_redis=tars_redis_url, flags_key=flags_key + ":other", flag_refresh=0.05).start()
+    ctx = ctx_for(hub.url, config={"flag_propagation_timeout": 60.0})
+    applying = asyncio.create_task(plugin.tars_apply(ctx))
+    try:
+        await eventually(flag_on, what="apply turned the flag on")
+    finally:
+        await hub.close()
+    with pytest.raises(FixError, match=r"cannot reach the hub .*; flag tars-1001-ws-reconnect restored to None") as err:
+        await applying
+    assert type(err.value) is FixError
+    assert await flag_value() is None
+    await ctx.flags.aclose()
+
+
+@pytest.mark.asyncio
+async def test_clear_errors_for_missing_or_unreachable_target(ctx_for, tmp_path):
+    ctx = ctx_for(None)
     with pytest.raises(FixError, match=r"targets\.websocket_url is not set"):
         await plugin.tars_apply(ctx)
-    ctx = ctx_for("ws://user:s3cret@127.0.0.1:1/", flags_key, tmp_path)
+    ctx = ctx_for("ws://user:s3cret@127.0.0.1:1/")
     with pytest.raises(TargetError, match="cannot reach the hub") as err:
         await plugin.tars_apply(ctx)
     assert "s3cret" not in str(err.value)
     await ctx.flags.aclose()
-    targets = Targets(websocket_url="ws://127.0.0.1:1/", redis=f"redis://:s3cret@127.0.0.1:{_dead_port()}/0")
-    ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "fresh-state")
-    with pytest.raises(TargetError, match=r"cannot reach targets\.redis at 127\.0\.0\.1:\d+/0") as err:
-        await plugin.tars_rollback(ctx)  # no failed apply recorded: the flag may be on, so this is a failure
-    assert "s3cret" not in str(err.value)
-    with pytest.raises(TargetError, match="cannot reach the hub"):
-        await plugin.tars_apply(ctx)
-    assert (await plugin.tars_rollback(ctx)).changed is False  # that apply changed nothing: nothing to undo
-    await ctx.flags.aclose()
-
-
-def _dead_port() -> int:
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    async with serve(port=0) as hub:  # a good hub, an unreachable Redis: apply stops before any change
+        targets = Targets(websocket_url=hub.url, redis=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+        ctx = make_context(plugin, targets=targets, config={}, state_dir=tmp_path / "fresh-state")
+        for hook in (plugin.tars_apply, plugin.tars_verify, plugin.tars_rollback):
+            with pytest.raises(TargetError, match=r"cannot reach targets\.redis at 127\.0\.0\.1:\d+ ") as err:
+                await hook(ctx)
+            assert "s3cret" not in str(err.value)
+        await ctx.flags.aclose()
 
 
 @pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_hub_port_exits_2_with_one_line(flags_key, tmp_path, command):
+def test_cli_against_a_dead_hub_port_exits_2_with_one_line(tars_redis_url, flags_key, tmp_path, command):
     """An unreachable hub is bad input (TargetError): exit 2, one line naming it, no password. Redis is
     real (our own, never written flags hash), so the rollback after the failed apply has nothing to undo."""
-    port = _dead_port()
+    port = free_port()  # nobody listens there
     config = tmp_path / "tars.yaml"
     config.write_text(
-        f"targets:\n  websocket_url: ws://user:s3cret@127.0.0.1:{port}/\n  redis: {REDIS_URL}\n"
+        f"targets:\n  websocket_url: ws://user:s3cret@127.0.0.1:{port}/\n  redis: {tars_redis_url}\n"
         f"  flags_key: {flags_key}\nplugins:\n  tars-1001-ws: {{}}\n"
     )
     exe = shutil.which("tars-run")
@@ -174,23 +222,24 @@ def test_cli_against_a_dead_hub_port_exits_2_with_one_line(flags_key, tmp_path, 
     assert res.returncode == 2, res.stderr
     assert "s3cret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
-    reasons = [line for line in res.stderr.splitlines() if f"cannot reach the hub at ws://127.0.0.1:{port}/" in line]
+    hub = f"cannot reach the hub at ws://user:***@127.0.0.1:{port}/"
+    reasons = [line for line in res.stderr.splitlines() if hub in line]
     assert reasons, res.stderr
     assert all("connection refused" in line for line in reasons)
 
 
 @pytest.mark.asyncio
-async def test_sandbox_contribution_and_seed(flags_key, tmp_path):
-    site = SandboxSite(dir=tmp_path, targets=Targets(redis=REDIS_URL, flags_key=flags_key), python=sys.executable)
+async def test_sandbox_contribution_and_seed(tars_redis_url, flags_key, ctx_for, flag_value, tmp_path):
+    site = SandboxSite(dir=tmp_path, targets=Targets(redis=tars_redis_url, flags_key=flags_key), python=sys.executable)
     contrib = plugin.tars_sandbox(site)
     (service,) = contrib.services
     assert service.argv[1:3] == ["-m", "tars_1001_ws.hub"] and "--flags-redis" in service.argv
     assert contrib.config["targets"]["websocket_url"] == f"ws://127.0.0.1:{service.port}/"
     assert contrib.scrape_targets == [f"127.0.0.1:{service.port}"]
-    ctx = ctx_for(None, flags_key, tmp_path)
+    ctx = ctx_for(None)
     await plugin.tars_sandbox_seed(ctx)
     await plugin.tars_sandbox_seed(ctx)
-    assert await flag_value(flags_key) == "off"
+    assert await flag_value() == "off"
     await ctx.flags.aclose()
 
 
@@ -223,7 +272,9 @@ async def test_benchmark_hook_gives_before_and_after_figures(tmp_path):
         "memory_per_client",
     }
     assert metrics["messages_lost"].after == 0 and metrics["messages_duplicated"].after == 0
-    assert all(m.unit and m.target for m in result.metrics)
+    assert metrics["messages_lost"].met is True and metrics["messages_duplicated"].met is True
+    assert all(m.unit and m.target and m.met is not None for m in result.metrics)
+    assert "messages_lost" in metrics_table(result.metrics)  # the core renders the figures, judged by `met`
 
     release = Release(
         name="v1.0.1",
@@ -235,5 +286,5 @@ async def test_benchmark_hook_gives_before_and_after_figures(tmp_path):
         report_dir=tmp_path,
     )
     section = plugin.tars_report(release)
-    assert section is not None and "| messages_lost |" in section.markdown
-    assert section.data["metrics"]["messages_lost"]["after"] == 0
+    assert section is not None and section.data == {"state": "applied"}
+    assert "tars.ws.v1.0.1" in section.markdown and "|" not in section.markdown  # prose, no re-rendered table

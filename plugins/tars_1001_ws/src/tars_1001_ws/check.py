@@ -10,11 +10,10 @@ touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
-import statistics
+import signal
 import subprocess
 import sys
 import time
@@ -23,16 +22,22 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.typing import Subprotocol
+from websockets.uri import WebSocketURI, parse_uri
 
 from tars_1001_ws.client import ConnectionState, Message, ReconnectingWebSocketClient, StateEvent
 from tars_1001_ws.protocol import INFO_PATH, SUBPROTOCOL, decode, encode
 from tars_1001_ws.proxy import FaultProxy
+from tars_core.model import Metric
+from tars_core.processes import Service, free_port, http_ready
+from tars_core.redact import safe_url
+from tars_core.report import percentile
+from tars_core.waiting import await_until
 
 
 class HubError(Exception):
@@ -44,27 +49,24 @@ class HubUnreachable(HubError):
     failed fix, so the hooks report it as ``TargetError`` (``tars-run`` exits 2)."""
 
 
+def _uri(ws_url: str) -> WebSocketURI:
+    try:
+        return parse_uri(ws_url)
+    except InvalidURI:
+        raise HubUnreachable(f"targets.websocket_url must be ws:// or wss://, got {safe_url(ws_url)}") from None
+
+
+def address(ws_url: str) -> tuple[str, int]:
+    """Host and port a ``ws://``/``wss://`` URL dials (80/443 unless given): where a FaultProxy forwards to."""
+    uri = _uri(ws_url)
+    return uri.host, uri.port
+
+
 def http_url(ws_url: str, path: str) -> str:
-    parts = urlsplit(ws_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
-    if scheme is None or not parts.hostname:
-        raise HubUnreachable(f"targets.websocket_url must be ws:// or wss://, got {_safe(ws_url)}")
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((scheme, netloc, path, "", ""))
-
-
-def host_port(ws_url: str) -> tuple[str, int]:
-    parts = urlsplit(ws_url)
-    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
-
-
-def _safe(url: str) -> str:
-    """The URL without credentials, for messages (a userinfo part may hold a token)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return url
+    """The hub's plain-HTTP endpoint ``path`` on the port of its WebSocket URL (never its credentials)."""
+    uri = _uri(ws_url)
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    return f"{'https' if uri.secure else 'http'}://{host}:{uri.port}{path}"
 
 
 async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -79,17 +81,17 @@ async def hub_info(ws_url: str, timeout: float = 5.0) -> dict[str, Any]:
         return await asyncio.to_thread(fetch)
     except urllib.error.HTTPError as exc:
         raise HubError(
-            f"{_safe(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
+            f"{safe_url(ws_url)} answered HTTP {exc.code} on {INFO_PATH}: it is not a TARS-1001 hub "
             f"(v1.0.0 hubs have no info endpoint); deploy the v1.0.1 hub first"
         ) from None
     except OSError as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, ConnectionRefusedError):
             reason = "connection refused (is the hub running there?)"
-        raise HubUnreachable(f"cannot reach the hub at {_safe(ws_url)}: {reason}") from None
+        raise HubUnreachable(f"cannot reach the hub at {safe_url(ws_url)}: {reason}") from None
     except ValueError as exc:  # it answered, but not with the info document: something else listens there
         raise HubError(
-            f"{_safe(ws_url)} answered {INFO_PATH} with no JSON document ({exc}): it is not a TARS-1001 hub"
+            f"{safe_url(ws_url)} answered {INFO_PATH} with no JSON document ({exc}): it is not a TARS-1001 hub"
         ) from None
 
 
@@ -112,7 +114,7 @@ async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
             ) as ws:
                 if ws.subprotocol != SUBPROTOCOL:
                     raise HubError(
-                        f"the hub at {_safe(ws_url)} does not negotiate {SUBPROTOCOL} (flag off or v1.0.0 hub)"
+                        f"the hub at {safe_url(ws_url)} does not negotiate {SUBPROTOCOL} (flag off or v1.0.0 hub)"
                     )
                 frames = _Frames(ws)
                 acks = []
@@ -147,13 +149,15 @@ async def probe_protocol(ws_url: str, timeout: float = 5.0) -> str:
                 if sub.get("recovered") is not False or sub.get("reason") != "epoch_changed":
                     raise HubError(f"a stale epoch was not reported as a resync: {sub}")
     except TimeoutError:
-        raise HubError(f"the hub at {_safe(ws_url)} did not answer the protocol probe within {timeout:g} s") from None
+        raise HubError(
+            f"the hub at {safe_url(ws_url)} did not answer the protocol probe within {timeout:g} s"
+        ) from None
     except (OSError, ConnectionClosed) as exc:
-        raise HubError(f"protocol probe against {_safe(ws_url)} failed: {exc}") from None
+        raise HubError(f"protocol probe against {safe_url(ws_url)} failed: {exc}") from None
     except Exception as exc:
         if isinstance(exc, HubError):
             raise
-        raise HubError(f"protocol probe against {_safe(ws_url)} failed: {type(exc).__name__}: {exc}") from None
+        raise HubError(f"protocol probe against {safe_url(ws_url)} failed: {type(exc).__name__}: {exc}") from None
     return "seq, idempotent publish, replay after seq and epoch resync all hold"
 
 
@@ -226,7 +230,7 @@ async def conformance(
     through the subscriber while it is cut off. Every channel must then hold each message exactly once,
     in order. Returns check name -> (ok, detail).
     """
-    host, port = host_port(ws_url)
+    host, port = address(ws_url)
     prefix = f"tars-1001-verify:{uuid.uuid4().hex[:10]}"
     names = [f"{prefix}:{i}" for i in range(channels)]
     checks: dict[str, tuple[bool, str]] = {}
@@ -323,21 +327,13 @@ async def conformance(
 
 
 # -- benchmark measurements ---------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 async def reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
     """Seconds from a connection reset to RECOVERED (resubscribed), default backoff, ``drops`` times.
 
     ``stable_after`` is set below ``spacing`` so each drop hits a connection that had become healthy:
     this measures the first retry after a drop, what a user sees, not a flapping link's backoff.
     """
-    host, port = host_port(ws_url)
+    host, port = address(ws_url)
     rec = Recorder()
     times: list[float] = []
     async with FaultProxy(host, port) as proxy:
@@ -380,7 +376,7 @@ async def plain_subscriber(
 
 async def plain_reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
     """The same for the plain loop: seconds from a reset to the hub's reply to the new subscribe."""
-    host, port = host_port(ws_url)
+    host, port = address(ws_url)
     times: list[float] = []
     subscribed = asyncio.Event()
     channel = f"tars-1001-bench:{uuid.uuid4().hex[:8]}"
@@ -408,7 +404,7 @@ async def silent_detection_times(
     ws_url: str, samples: int, *, interval: float, timeout: float, missed: int = 3
 ) -> list[float]:
     """Seconds from blackholing a quiet connection to the client declaring it dead."""
-    host, port = host_port(ws_url)
+    host, port = address(ws_url)
     rec = Recorder()
     times: list[float] = []
     async with FaultProxy(host, port) as proxy:
@@ -445,7 +441,7 @@ async def loss_over_drops(
     `websockets` loop on the v1.0.0 protocol (keepalive scaled to the same detection budget,
     interval + 3 x timeout); otherwise with ReconnectingWebSocketClient. Returns lost/duplicated/in order.
     """
-    host, port = host_port(ws_url)
+    host, port = address(ws_url)
     channel = f"tars-1001-loss:{uuid.uuid4().hex[:8]}"
     got: list[int] = []
     ready = asyncio.Event()
@@ -492,12 +488,7 @@ async def loss_over_drops(
                 if lag > 0:
                     await asyncio.sleep(lag)
             await pending.wait(60)
-            # wait until the subscriber has caught up or clearly stopped receiving
-            stable_since, last = time.monotonic(), -1
-            while time.monotonic() - stable_since < 3 * heartbeat + 2.0 and (not got or got[-1] != messages - 1):
-                if len(got) != last:
-                    stable_since, last = time.monotonic(), len(got)
-                await asyncio.sleep(0.1)
+            await _settled(got, messages - 1, quiet=3 * heartbeat + 2.0)
             if got and got[-1] == messages - 1:
                 await asyncio.sleep(0.3)
         if sub_client is not None:
@@ -509,53 +500,59 @@ async def loss_over_drops(
     return {"messages": messages, "drops": done_drops, "lost": lost, "duplicated": dup, "in_order": in_order}
 
 
-@dataclass
-class HubProcess:
-    """A hub in its own process, so the client-side CPU and memory figures exclude the hub."""
+async def _settled(got: list[int], last: int, *, quiet: float) -> None:
+    """Wait until the subscriber has received ``last`` or clearly stopped receiving (nothing new for
+    ``quiet`` seconds): a lossy subscriber never gets everything, and its loss is the figure."""
+    progress = [-1, time.monotonic()]  # how many it had, since when
 
-    port: int
-    proc: subprocess.Popen[bytes]
+    def settled() -> bool:
+        if got and got[-1] == last:
+            return True
+        if len(got) != progress[0]:
+            progress[:] = [len(got), time.monotonic()]
+        return time.monotonic() - progress[1] >= quiet
+
+    # the deadline only guards against a hang: each new message restarts the quiet period
+    await await_until(settled, timeout=quiet + 600.0, interval=0.1, what="subscriber caught up or went quiet")
+
+
+class HubProcess:
+    """A hub in its own process (``python -m tars_1001_ws.hub``), so the client-side CPU and memory figures
+    exclude the hub, and a test can kill it like a crash: a :class:`~tars_core.processes.Service` (ready
+    when its info endpoint answers, output in ``log``, stopped with everything it started).
+
+    ``async with HubProcess(log) as hub: hub.url``; starting and stopping run in a thread, so clients on
+    this event loop keep answering the hub's close handshake meanwhile.
+    """
+
+    def __init__(self, log: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "tars_1001_ws.hub", "--port", str(self.port), "--log-level", "WARNING", *extra]
+        ready = http_ready(http_url(self.url, INFO_PATH))
+        self.service = Service("tars-1001-ws hub", argv, log, ready=ready, start_timeout=20.0, stop_timeout=10.0)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
-    @classmethod
-    async def start(cls, *extra: str, port: int | None = None) -> HubProcess:
-        """Start ``python -m tars_1001_ws.hub`` (on a free port unless given) and wait until it listens."""
-        import socket
+    async def start(self) -> HubProcess:
+        await asyncio.to_thread(self.service.start)
+        return self
 
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tars_1001_ws.hub", "--port", str(port), "--log-level", "WARNING", *extra]
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return cls(port, proc)
-            if proc.poll() is not None:
-                raise HubError(f"hub process exited with {proc.returncode}")
-            await asyncio.sleep(0.05)
-        proc.kill()
-        raise HubError("hub process did not start listening within 20 s")
+    async def stop(self) -> bool:
+        """SIGTERM (the hub closes its clients with 1012), SIGKILL if it lingers; whether it was running."""
+        return await asyncio.to_thread(self.service.stop)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """SIGKILL: the hub dies without closing anything (what a crash or an OOM kill looks like)."""
-        self.proc.kill()
-        self.proc.wait()
+        self.service.stop_signal = signal.SIGKILL
+        await self.stop()
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    async def __aenter__(self) -> HubProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool = False) -> dict[str, float]:
@@ -580,8 +577,7 @@ async def idle_clients(ws_url: str, clients: int, window: float, *, plain: bool 
             tasks.append(asyncio.create_task(plain_subscriber(ws_url, f"idle:{i % 50}", on_subscribed=count)))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)
-        while subscribed[0] < clients:
-            await asyncio.sleep(0.1)
+        await await_until(lambda: subscribed[0] >= clients, timeout=120.0, what=f"{clients} plain clients subscribed")
     else:
         for i in range(0, clients, 50):
             batch = [ReconnectingWebSocketClient(ws_url, connect_timeout=60) for _ in range(min(50, clients - i))]
@@ -618,7 +614,101 @@ async def idle_clients_isolated(ws_url: str, clients: int, window: float, *, pla
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values), "n": len(values)}
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values), "n": len(values)}
+
+
+async def measure(
+    ws_url: str,
+    *,
+    drops: int,
+    detection_samples: int,
+    detection_interval: float,
+    detection_timeout: float,
+    idle_clients: int,
+    idle_window: float,
+    messages: int,
+    message_drops: int,
+    rate: float,
+    plain_drops: int | None = None,
+    plain_idle: bool = False,
+    progress: Callable[[str], object] = lambda line: None,
+) -> dict[str, Any]:
+    """Every benchmark figure against the hub at ``ws_url``: one code path for ``tars_benchmark`` and
+    ``benchmarks/tars-1001-ws_bench.py``. ``plain_drops`` (default ``drops``) sizes the plain-websockets
+    reconnect run; ``plain_idle`` adds the plain clients' idle CPU and memory. Returns JSON-ready figures."""
+    t0 = time.monotonic()
+    results: dict[str, Any] = {"reconnect_after": summary(await reconnect_times(ws_url, drops))}
+    plain = await plain_reconnect_times(ws_url, drops if plain_drops is None else plain_drops)
+    results["reconnect_before_plain_websockets"] = summary(plain)
+    progress(f"reconnect done in {time.monotonic() - t0:.0f} s")
+    detect = await silent_detection_times(
+        ws_url, detection_samples, interval=detection_interval, timeout=detection_timeout
+    )
+    results["silent_detection"] = {
+        **summary(detect),
+        "bound": detection_interval + 3 * detection_timeout,
+        "interval": detection_interval,
+        "timeout": detection_timeout,
+    }
+    progress(f"detection done in {time.monotonic() - t0:.0f} s")
+    for label, plain_loss in (("loss_before_plain_websockets", True), ("loss_after", False)):
+        results[label] = await loss_over_drops(
+            ws_url, messages=messages, drops=message_drops, rate=rate, plain=plain_loss
+        )
+    progress(f"loss done in {time.monotonic() - t0:.0f} s")
+    results["idle_after"] = await idle_clients_isolated(ws_url, idle_clients, idle_window)
+    if plain_idle:
+        results["idle_before_plain_websockets"] = await idle_clients_isolated(
+            ws_url, idle_clients, idle_window, plain=True
+        )
+    progress(f"idle done in {time.monotonic() - t0:.0f} s")
+    return results
+
+
+def metrics(results: dict[str, Any]) -> list[Metric]:
+    """The figures of :func:`measure` as judged metrics (before = the plain websockets loop)."""
+    ra, rb = results["reconnect_after"], results["reconnect_before_plain_websockets"]
+    sd = results["silent_detection"]
+    la, lb = results["loss_after"], results["loss_before_plain_websockets"]
+    ia, ib = results["idle_after"], results.get("idle_before_plain_websockets") or {}
+    return [
+        Metric("reconnect_p50", rb["p50"], ra["p50"], "s", "< 5 s typical (seed)", ra["p50"] < 5),
+        Metric("reconnect_p95", rb["p95"], ra["p95"], "s", "< 1.5 s with the hub reachable", ra["p95"] < 1.5),
+        Metric("reconnect_max", rb["max"], ra["max"], "s", "< 30 s (seed)", ra["max"] < 30),
+        Metric(
+            "silent_disconnect_detection_max",
+            None,
+            sd["max"],
+            "s",
+            f"<= interval + 3 x timeout = {sd['bound']:g} s (at interval {sd['interval']:g} s)",
+            sd["max"] <= sd["bound"] + 0.25,
+        ),
+        Metric(
+            "messages_lost",
+            lb["lost"],
+            la["lost"],
+            "messages",
+            f"0 of {la['messages']} over {la['drops']} drops",
+            la["lost"] == 0,
+        ),
+        Metric("messages_duplicated", lb["duplicated"], la["duplicated"], "messages", "0", la["duplicated"] == 0),
+        Metric(
+            "heartbeat_cpu",
+            ib.get("cpu_percent"),
+            ia["cpu_percent"],
+            "% of a core",
+            f"< 1% ({ia['clients']} idle clients, 30 s heartbeat)",
+            ia["cpu_percent"] < 1,
+        ),
+        Metric(
+            "memory_per_client",
+            ib.get("kb_per_client"),
+            ia["kb_per_client"],
+            "KB",
+            "< 200 KB (seed: 10 MB)",
+            ia["kb_per_client"] < 200,
+        ),
+    ]
 
 
 if __name__ == "__main__":  # python -m tars_1001_ws.check idle URL CLIENTS WINDOW [--plain]

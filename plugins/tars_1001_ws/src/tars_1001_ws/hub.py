@@ -46,11 +46,12 @@ from tars_1001_ws.protocol import (
     decode,
     encode,
 )
+from tars_core.errors import TargetError
+from tars_core.flags import FeatureFlags, is_on
 
 log = logging.getLogger("tars_1001_ws.hub")
 
 HUB_VERSION = "1.0.1"
-FLAG_OFF_VALUES = (None, "", "0", "off", "false")
 
 
 class _Channel:
@@ -165,20 +166,20 @@ class Hub:
     async def watch_flag(self) -> None:
         """Poll the flag hash; keep the last known value while Redis is unreachable (log once per outage).
 
-        Stops on :attr:`stopping` rather than on cancellation alone: redis-py can turn a cancellation that
-        lands inside a command into a connection error, which the loop would then survive.
+        Reads through the core's async :class:`FeatureFlags` (timeouts, failures as ``TargetError``) so a
+        slow Redis delays only this task, never the event loop that serves the clients. Stops on
+        :attr:`stopping` rather than on cancellation alone: redis-py can turn a cancellation that lands
+        inside a command into a connection error, which the loop would then survive.
         """
         if self.flags_redis is None or self.legacy:
             return
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(self.flags_redis, decode_responses=True)
+        flags = FeatureFlags(self.flags_redis, self.flags_key, connect_timeout=1.0, read_timeout=1.0)
         failing = False
         try:
             while not self.stopping.is_set():
                 try:
-                    value = await client.hget(self.flags_key, self.flag)
-                    enabled = value not in FLAG_OFF_VALUES
+                    value = await flags.get(self.flag)
+                    enabled = is_on(value)
                     if enabled != self.enabled:
                         log.info(
                             "flag %s is now %s: v1.0.1 %s", self.flag, value, "offered" if enabled else "withdrawn"
@@ -186,20 +187,16 @@ class Hub:
                     self.enabled = enabled
                     self._enabled_gauge.set(1 if enabled else 0)
                     failing = False
-                except Exception as exc:  # redis down: keep serving with the last known value
+                except TargetError as exc:  # redis down: keep serving with the last known value
                     if not failing:
-                        log.warning(
-                            "cannot read flag %s (%s); keeping v1.0.1 %s",
-                            self.flag,
-                            exc,
-                            "on" if self.enabled else "off",
-                        )
+                        state = "on" if self.enabled else "off"
+                        log.warning("flag %s unreadable, keeping v1.0.1 %s: %s", self.flag, state, exc)
                     failing = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.flag_refresh)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flags.aclose(), 2.0)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -552,6 +549,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.close()
+        log.info("hub %s stopped", server.hub.hub_id)
 
     asyncio.run(run())
 

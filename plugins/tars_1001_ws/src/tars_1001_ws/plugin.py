@@ -10,10 +10,6 @@ the flag off and waits until the hub has withdrawn v1.0.1.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,7 +19,6 @@ from tars_core import (
     BenchmarkResult,
     Context,
     FixError,
-    Metric,
     PluginInfo,
     Release,
     ReportSection,
@@ -34,9 +29,10 @@ from tars_core import (
     VerifyResult,
     hookimpl,
 )
+from tars_core.flags import is_on
+from tars_core.waiting import WaitTimeout, await_until
 
 NAME = "tars-1001-ws"
-OFF_VALUES = (None, "", "0", "off", "false")
 
 
 @attrs.define
@@ -96,41 +92,13 @@ async def _info(url: str) -> dict[str, Any]:
         raise FixError(str(exc)) from None
 
 
-async def _flag(ctx: Context, name: str) -> str | None:
-    """The flag's value; a missing, malformed or unreachable ``targets.redis`` is bad input (exit 2)."""
-    from urllib.parse import urlsplit
+async def _wait_offered(url: str, want: bool, timeout: float) -> bool:
+    """Until the hub offers (or withdraws) v1.0.1: it reads the flag asynchronously, so it lags a change."""
 
-    from redis.exceptions import RedisError
+    async def settled() -> bool:
+        return bool((await _info(url)).get("enabled")) is want
 
-    url = ctx.targets.require("redis")
-    try:
-        return await ctx.flags.get(name)
-    except (RedisError, OSError, ValueError) as exc:
-        parts = urlsplit(url)
-        where = f"{parts.hostname or '?'}:{parts.port or 6379}{parts.path or ''}"  # never the password
-        raise TargetError(
-            f"cannot reach targets.redis at {where} to read flag {name} ({type(exc).__name__}): start Redis "
-            "or fix targets.redis"
-        ) from None
-
-
-async def _wait_enabled(url: str, want: bool, timeout: float) -> dict[str, Any]:
-    """Poll the hub's info until it offers (or withdraws) v1.0.1: the flag is read asynchronously."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = await _info(url)
-        if bool(info.get("enabled")) is want or time.monotonic() > deadline:
-            return info
-        await asyncio.sleep(0.2)
-
-
-# present while the last apply stopped at an unusable target before changing anything: its rollback has
-# nothing to undo even when Redis is unreachable (otherwise a dead target turns into "rollback failed", exit 4)
-UNREACHED_FILE = "apply-unreached.json"
-
-
-def _state_file(ctx: Context) -> Path:
-    return ctx.state_dir / "flag-before-apply.json"
+    return await await_until(settled, timeout=timeout, interval=0.2, what="the hub following the flag")
 
 
 @hookimpl
@@ -140,16 +108,8 @@ async def tars_apply(ctx: Context) -> ApplyResult:
 
     cfg: WsConfig = ctx.config
     url = _url(ctx)
-    unreached = ctx.state_dir / UNREACHED_FILE
-    try:
-        info = await _info(url)
-        current = await _flag(ctx, cfg.flag)
-    except TargetError as exc:
-        if not ctx.dry_run:
-            ctx.state_dir.mkdir(parents=True, exist_ok=True)
-            unreached.write_text(json.dumps({"at": time.time(), "error": str(exc)}))
-        raise
-    unreached.unlink(missing_ok=True)
+    info = await _info(url)  # an unusable hub or Redis raises TargetError here, before anything changed
+    current = await ctx.flags.get(cfg.flag)
     if SUBPROTOCOL not in info.get("supported", []):
         raise FixError(
             f"the hub at targets.websocket_url runs {info.get('server')} {info.get('version')} without "
@@ -157,7 +117,6 @@ async def tars_apply(ctx: Context) -> ApplyResult:
         )
     if info.get("flag") not in (None, cfg.flag):
         raise FixError(f"the hub obeys flag {info['flag']!r} but plugins.{NAME}.flag is {cfg.flag!r}: make them agree")
-    flag_on = current not in OFF_VALUES
     # Where the hub already speaks v1.0.1 (it is not flag-driven, or the flag is on), prove it on the
     # wire before touching the flag. A flag-driven hub only speaks it once the flag is on: then the probe
     # follows the flag, and a failed probe puts the flag back.
@@ -166,7 +125,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             detail = await probe_protocol(url, cfg.probe_timeout)
         except HubError as exc:
             raise FixError(f"{exc}; flag {cfg.flag} left as {current!r}") from None
-        if flag_on:
+        if is_on(current):
             return ApplyResult(changed=False, detail=f"flag {cfg.flag} already on and the hub speaks {SUBPROTOCOL}")
     if ctx.dry_run:
         ctx.log.info(
@@ -178,32 +137,31 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             "yes" if info.get("enabled") else "once the flag is on",
         )
         return ApplyResult(changed=False, detail="dry run: nothing changed")
-    state = _state_file(ctx)
-    if not state.exists():
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"flag": cfg.flag, "value": current}))
-    await ctx.flags.set(cfg.flag, "on")
+    await ctx.flags.set(cfg.flag, "on", remember=True)  # rollback's restore brings back what this replaced
     if not info.get("enabled"):
+        # From here on the flag is changed: every failure puts it back and is a FixError, never a
+        # TargetError (which tells the runner that apply changed nothing, so it would skip the rollback).
         try:
-            info = await _wait_enabled(url, True, cfg.flag_propagation_timeout)
-            if not info.get("enabled"):
-                raise HubError(
-                    f"the hub did not pick up flag {cfg.flag} within {cfg.flag_propagation_timeout:g} s "
-                    f"(does it read {ctx.targets.flags_key} on the same Redis?)"
-                )
+            await _wait_offered(url, True, cfg.flag_propagation_timeout)
             detail = await probe_protocol(url, cfg.probe_timeout)
-        except HubError as exc:
-            await _restore_flag(ctx, cfg.flag, current)
-            raise FixError(f"{exc}; flag {cfg.flag} restored to {current!r}") from None
+        except WaitTimeout:
+            reason = (
+                f"the hub did not pick up flag {cfg.flag} within {cfg.flag_propagation_timeout:g} s "
+                f"(does it read {ctx.targets.flags_key} on the same Redis?)"
+            )
+            raise FixError(f"{reason}; {await _put_back(ctx, cfg.flag)}") from None
+        except (HubError, FixError) as exc:
+            raise FixError(f"{exc}; {await _put_back(ctx, cfg.flag)}") from None
     ctx.log.info("flag %s on; hub protocol probe: %s", cfg.flag, detail)
     return ApplyResult(changed=True, detail=f"flag {cfg.flag} on; {detail}")
 
 
-async def _restore_flag(ctx: Context, flag: str, value: str | None) -> None:
-    if value is None:
-        await ctx.flags.clear(flag)
-    else:
-        await ctx.flags.set(flag, value)
+async def _put_back(ctx: Context, flag: str) -> str:
+    """Undo a failed apply's flag change; says what the flag is now, for the error message."""
+    try:
+        return f"flag {flag} restored to {await ctx.flags.restore(flag)!r}"
+    except FixError as exc:
+        return f"flag {flag} may still be on: {exc}"
 
 
 @hookimpl
@@ -213,8 +171,8 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     cfg: WsConfig = ctx.config
     url = _url(ctx)
     checks: dict[str, str] = {}
-    value = await _flag(ctx, cfg.flag)
-    flag_on = value not in OFF_VALUES
+    value = await ctx.flags.get(cfg.flag)
+    flag_on = is_on(value)
     checks["flag"] = f"{cfg.flag} = {value!r}"
     info = await _info(url)
     checks["hub"] = (
@@ -250,34 +208,26 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: WsConfig = ctx.config
     url = _url(ctx)
-    state = _state_file(ctx)
-    try:
-        current = await _flag(ctx, cfg.flag)
-    except TargetError:
-        if not state.exists() and (ctx.state_dir / UNREACHED_FILE).exists():
-            ctx.log.warning("a target is unreachable, but the last apply never got past it: nothing to undo")
-            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached its targets")
-        raise
-    before = json.loads(state.read_text()).get("value") if state.exists() else None
-    if current in OFF_VALUES:
+    current = await ctx.flags.get(cfg.flag)
+    if not is_on(current):
         ctx.log.warning("flag %s is already off (%r): nothing to roll back", cfg.flag, current)
         return ApplyResult(changed=False, detail=f"flag {cfg.flag} already off")
     if ctx.dry_run:
         ctx.log.info("dry run: would turn flag %s off (now %r)", cfg.flag, current)
         return ApplyResult(changed=False, detail="dry run: nothing changed")
-    if before in OFF_VALUES:
-        await _restore_flag(ctx, cfg.flag, before)  # absent stays absent, "off" stays "off"
-    else:
+    # the value apply replaced comes back (absent stays absent, "off" stays "off"); a replaced value that
+    # was itself on still ends as "off": rolled back means the services use v1.0.0
+    if is_on(await ctx.flags.restore(cfg.flag)):
         await ctx.flags.set(cfg.flag, "off")
-    state.unlink(missing_ok=True)
     info = await _info(url)
     if info.get("flag") is not None:
-        info = await _wait_enabled(url, False, cfg.flag_propagation_timeout)
-        if info.get("enabled"):
+        try:
+            await _wait_offered(url, False, cfg.flag_propagation_timeout)
+        except WaitTimeout:
             raise FixError(
                 f"flag {cfg.flag} is off but the hub still offers v1.0.1 after "
                 f"{cfg.flag_propagation_timeout:g} s: check the hub's flag source"
-            )
+            ) from None
     return ApplyResult(changed=True, detail=f"flag {cfg.flag} off; new connections get v1.0.0")
 
 
@@ -289,111 +239,34 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
     from tars_1001_ws import check
 
     b: BenchmarkConfig = ctx.config.benchmark
-    hub = await check.HubProcess.start()
-    try:
-        after_rc = check.summary(await check.reconnect_times(hub.url, b.drops))
-        before_rc = check.summary(await check.plain_reconnect_times(hub.url, min(b.drops, 10)))
-        detect = check.summary(
-            await check.silent_detection_times(
-                hub.url, b.detection_samples, interval=b.detection_interval, timeout=b.detection_timeout
-            )
-        )
-        bound = b.detection_interval + 3 * b.detection_timeout
-        loss_before = await check.loss_over_drops(
-            hub.url, messages=b.messages, drops=b.message_drops, rate=b.rate, plain=True
-        )
-        loss_after = await check.loss_over_drops(
-            hub.url, messages=b.messages, drops=b.message_drops, rate=b.rate, plain=False
-        )
-        idle = await check.idle_clients_isolated(hub.url, b.idle_clients, b.idle_window)
-    finally:
-        hub.stop()
-    metrics = [
-        Metric("reconnect_p50", before_rc["p50"], after_rc["p50"], "s", "< 5 s typical (seed)", after_rc["p50"] < 5),
-        Metric(
-            "reconnect_p95",
-            before_rc["p95"],
-            after_rc["p95"],
-            "s",
-            "< 1.5 s with the hub reachable",
-            after_rc["p95"] < 1.5,
-        ),
-        Metric("reconnect_max", before_rc["max"], after_rc["max"], "s", "< 30 s (seed)", after_rc["max"] < 30),
-        Metric(
-            "silent_disconnect_detection_max",
-            None,
-            detect["max"],
-            "s",
-            f"<= interval + 3 x timeout = {bound:g} s (at interval {b.detection_interval:g} s)",
-            detect["max"] <= bound + 0.25,
-        ),
-        Metric(
-            "messages_lost",
-            loss_before["lost"],
-            loss_after["lost"],
-            "messages",
-            f"0 of {b.messages} over {b.message_drops} drops",
-            loss_after["lost"] == 0,
-        ),
-        Metric(
-            "messages_duplicated",
-            loss_before["duplicated"],
-            loss_after["duplicated"],
-            "messages",
-            "0",
-            loss_after["duplicated"] == 0,
-        ),
-        Metric(
-            "heartbeat_cpu",
-            None,
-            idle["cpu_percent"],
-            "% of a core",
-            f"< 1% ({b.idle_clients} idle clients, 30 s heartbeat)",
-            idle["cpu_percent"] < 1,
-        ),
-        Metric(
-            "memory_per_client",
-            None,
-            idle["kb_per_client"],
-            "KB",
-            "< 200 KB (seed: 10 MB)",
-            idle["kb_per_client"] < 200,
-        ),
-    ]
+    async with check.HubProcess(ctx.state_dir / "benchmark-hub.log") as hub:
+        results = await check.measure(hub.url, **attrs.asdict(b), plain_drops=min(b.drops, 10))
+    plain = results["reconnect_before_plain_websockets"]["n"]
     detail = (
-        f"private hub process; {b.drops} resets (plain websockets: {before_rc['n']}); "
+        f"private hub process; {b.drops} resets (plain websockets: {plain}); "
         f"before = idiomatic websockets 17 `async for ws in connect()` loop on the v1.0.0 protocol"
     )
-    return BenchmarkResult(metrics=metrics, detail=detail)
+    return BenchmarkResult(metrics=check.metrics(results), detail=detail)
 
 
 @hookimpl
 def tars_report(release: Release) -> ReportSection | None:
-    if NAME not in release.states:
+    """What the state means on the wire; the core report already shows the phases and the benchmark."""
+    state = release.states.get(NAME)
+    if state is None:
         return None
-    lines = [f"State: **{release.states[NAME]}**.", ""]
-    bench = release.benchmarks.get(NAME)
-    if bench is not None and bench.metrics:
-        lines += ["| metric | before | after | unit | target | met |", "|---|---|---|---|---|---|"]
-        for m in bench.metrics:
-            before = "n/a" if m.before is None else f"{m.before:.3g}"
-            met = {True: "yes", False: "NO", None: ""}[m.met]
-            lines.append(f"| {m.name} | {before} | {m.after:.3g} | {m.unit} | {m.target} | {met} |")
-        if bench.detail:
-            lines += ["", bench.detail]
-    verifies = [p for p in release.phases if p.plugin == NAME and p.phase == "verify"]
-    if verifies and verifies[-1].detail:
-        lines += ["", f"Last verify: {verifies[-1].outcome}: {verifies[-1].detail}"]
-    return ReportSection(
-        title="TARS-1001 WebSocket reconnection",
-        markdown="\n".join(lines),
-        data={
-            "state": release.states[NAME],
-            "metrics": {
-                m.name: {"before": m.before, "after": m.after, "unit": m.unit} for m in (bench.metrics if bench else ())
-            },
-        },
-    )
+    meaning = _STATE_MEANING.get(state, "")
+    return ReportSection(title="TARS-1001 WebSocket reconnection", markdown=meaning, data={"state": state})
+
+
+_STATE_MEANING = {
+    "applied": "The hub offers protocol `tars.ws.v1.0.1` (per-channel sequence numbers, replay after "
+    "reconnect, idempotent publish) to new connections; services on `ReconnectingWebSocketClient` "
+    "reconnect with heartbeat, jittered backoff and resubscription, and lose no message across drops. "
+    "Connections opened before the flag changed keep v1.0.0 until they reconnect.",
+    "rolled_back": "The flag is back to its value before apply: new connections get the v1.0.0 protocol "
+    "(no sequence numbers, no replay); open v1.0.1 connections keep it until they reconnect.",
+}
 
 
 @hookimpl
@@ -416,5 +289,5 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution:
 async def tars_sandbox_seed(ctx: Context) -> None:
     """The v1.0.0 baseline: the flag exists and is off (only written when absent, so reset is idempotent)."""
     cfg: WsConfig = ctx.config
-    if ctx.targets.redis and await _flag(ctx, cfg.flag) is None:
+    if ctx.targets.redis and await ctx.flags.get(cfg.flag) is None:
         await ctx.flags.set(cfg.flag, "off")
