@@ -28,7 +28,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,35 @@ def spawn(
     return ident
 
 
+def run_once(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    cwd: Path | str | None = None,
+    user: str | None = None,
+    timeout: float = 300.0,
+) -> int:
+    """Run a one-shot command as its server will run (``initdb`` as ``user``, output appended to ``log``);
+    returns its exit code. A :class:`ServiceError` when it cannot start or outlives ``timeout``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        try:
+            done = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                timeout=timeout,
+                **_as_user(user),
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot start {argv[0]}: {exc.strerror or exc}; is it installed?") from None
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"{argv[0]} did not finish in {timeout:g}s; see {log}") from None
+    return done.returncode
+
+
 def _session_members(ident: ProcessId) -> list[psutil.Process]:
     """Live processes of the session ``ident`` leads, found even after the leader itself exited.
 
@@ -241,14 +270,34 @@ def terminate(
     if proc is not None:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
-        _gone, alive = psutil.wait_procs([proc], timeout=timeout)
-        if alive:
+        if _wait_gone([proc], timeout):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-            psutil.wait_procs([proc], timeout=timeout)
+            _wait_gone([proc], timeout)
     kill_all(_session_members(ident), timeout=timeout)
     _reap(ident.pid)
     return was_running
+
+
+def _exited(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: a zombie holds no port or memory, and only its parent can reap it (a sandbox
+    service started by a still-running test or tool, stopped from another ``tars-run``)."""
+    _reap(proc.pid)
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _wait_gone(procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process of ``procs`` has exited; returns those still running at the deadline.
+
+    Not ``psutil.wait_procs``: for a process that is not our child it waits until the pid disappears,
+    which a zombie whose parent is alive never does.
+    """
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: all(_exited(p) for p in procs), timeout=timeout, interval=0.02, what="processes gone")
+    return [p for p in procs if not _exited(p)]
 
 
 def kill_all(procs: Sequence[psutil.Process], *, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
@@ -261,13 +310,43 @@ def kill_all(procs: Sequence[psutil.Process], *, sig: int = signal.SIGKILL, time
     for p in everyone.values():
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
-    _gone, alive = psutil.wait_procs(list(everyone.values()), timeout=timeout)
+    alive = _wait_gone(list(everyone.values()), timeout)
     for p in alive:  # a softer signal was ignored
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(alive, timeout=timeout)
-    for pid in everyone:
-        _reap(pid)
+    _wait_gone(alive, timeout)
+
+
+def marked_processes(
+    marker: tuple[str, str],
+    *,
+    exes: Collection[str] = (),
+    cwd_under: Sequence[Path | str] = (),
+) -> list[psutil.Process]:
+    """Live processes that are ours without a record: leftovers after a lost pid or an escaped daemon.
+
+    A process is ours when its environment carries ``marker`` (``(NAME, value)``; give it to
+    :func:`spawn` and every child inherits it), or when it runs one of ``exes`` (executable file name)
+    from a folder under ``cwd_under``. The second rule is for servers that overwrite the memory the
+    kernel shows as their environment with their process title (PostgreSQL, Redis); a user's shell that
+    merely sits in such a folder matches neither rule and is left alone.
+    """
+    name, value = marker
+    folders = [os.path.realpath(f) for f in cwd_under]
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(name) == value:
+                found.append(proc)
+            elif exes and os.path.basename(proc.exe()) in exes:
+                cwd = proc.cwd()
+                if any(cwd == f or cwd.startswith(f + os.sep) for f in folders):
+                    found.append(proc)
+    return found
 
 
 def wait_ready(

@@ -16,7 +16,19 @@ import psutil
 import pytest
 
 from tars_core.errors import FixError, ServiceError
-from tars_core.processes import ProcessId, Service, free_ports, http_ready, port_free, redis_ready, running, tcp_ready
+from tars_core.processes import (
+    ProcessId,
+    Service,
+    free_ports,
+    http_ready,
+    marked_processes,
+    port_free,
+    redis_ready,
+    run_once,
+    running,
+    tcp_ready,
+    terminate,
+)
 from tars_core.redact import Redactor, host_port, safe_url
 from tars_core.state import PluginStateStore
 from tars_core.waiting import WaitTimeout, await_until, wait_until
@@ -179,3 +191,60 @@ def test_state_store_survives_sigkill_mid_write(tmp_path: Path) -> None:
         proc.wait()
         data = PluginStateStore(path).load()
         assert len(data["pad"]) == 200000
+
+
+def test_marked_processes_are_found_by_their_mark_or_by_executable_and_folder(tmp_path: Path) -> None:
+    """What a lost record leaves behind is found; a process of the same executable elsewhere is not."""
+    mark = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    ours.mkdir()
+    other.mkdir()
+    sleep = [PY, "-c", "import time; time.sleep(600)"]
+    marked = Service("marked", sleep, log=tmp_path / "a.log", env={"TEST_MARK": mark})
+    in_folder = Service("in-folder", sleep, log=tmp_path / "b.log", cwd=ours)
+    elsewhere = Service("elsewhere", sleep, log=tmp_path / "c.log", cwd=other)
+    exe = os.path.basename(psutil.Process().exe())
+    with running(marked, in_folder, elsewhere):
+        found = {p.pid for p in marked_processes(("TEST_MARK", mark), exes={exe}, cwd_under=[ours])}
+        assert found == {marked.pid, in_folder.pid}
+        assert {p.pid for p in marked_processes(("TEST_MARK", mark))} == {marked.pid}
+    assert marked_processes(("TEST_MARK", mark), exes={exe}, cwd_under=[ours]) == []
+
+
+def test_run_once_returns_the_exit_code_and_names_what_went_wrong(tmp_path: Path) -> None:
+    log = tmp_path / "once.log"
+    assert run_once([PY, "-c", "print('initialised'); raise SystemExit(3)"], log=log) == 3
+    assert "initialised" in log.read_text()
+    with pytest.raises(ServiceError, match=r"cannot start /nonexistent/initdb: .*; is it installed\?"):
+        run_once(["/nonexistent/initdb"], log=log)
+    with pytest.raises(ServiceError, match=r"did not finish in 0\.2s; see .*once\.log"):
+        run_once([PY, "-c", "import time; time.sleep(30)"], log=log, timeout=0.2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as another account")
+def test_run_once_runs_as_the_given_account(tmp_path: Path) -> None:
+    log = tmp_path / "id.log"
+    assert run_once(["id", "-un"], log=log, user="nobody") == 0
+    assert log.read_text().split() == ["nobody"]
+
+
+@pytest.mark.timeout(120)
+def test_terminate_returns_when_the_process_is_a_zombie_its_parent_has_not_reaped() -> None:
+    """A server started by a process that lives on (a test, a long-running tool) and stopped by another
+    ``tars-run`` stays a zombie until its parent reaps it: it is stopped, terminate must not wait it out."""
+    code = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        ident = ProcessId.of(int(parent.stdout.readline()))
+        assert ident is not None
+        assert terminate(ident, timeout=600) is True
+        assert psutil.Process(ident.pid).status() == psutil.STATUS_ZOMBIE
+        assert not ident.alive()
+    finally:
+        parent.kill()
+        parent.wait()

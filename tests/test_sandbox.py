@@ -42,7 +42,7 @@ from tars_core import (
 )
 from tars_core.config import load_config
 from tars_core.errors import UsageError
-from tars_core.plugins import PluginHost
+from tars_core.plugins import LoadFailure, PluginHost
 
 MARK = "TARS_SANDBOX_TEST_MARK"
 SEED_ORDER_KEY = "sbx:seed-order"
@@ -478,6 +478,54 @@ def test_the_cli_reports_and_stops_the_same_sandbox(box: Box) -> None:
     assert done.returncode == 1 and "stopped" in done.stderr
 
 
+def start_ticks(pid: int) -> int:
+    """Field 22 of ``/proc/<pid>/stat``: what a format-1 ``state.json`` recorded as ``start_ticks``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def test_a_state_written_by_the_previous_format_keeps_its_running_services(
+    box: Box, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sandbox built by an older tars-run (pids identified by start ticks) is taken over as it runs."""
+    box.ensure()
+    before = box.pids()
+    old = box.state()
+    for svc in old["services"]:
+        del svc["create_time"]
+        svc["start_ticks"] = start_ticks(svc["pid"])
+    old["version"] = 1
+    (box.root / ".tars" / "sandbox" / "state.json").write_text(json.dumps(old))
+
+    assert sandbox.status(box.root)["state"] == "running"
+    code, doc = run_json(box, "up", capsys)
+    assert code == 0 and doc["started"] == [] and not doc["created"]
+    state = box.state()
+    assert state["version"] == 2 and all(s["create_time"] for s in state["services"])
+    assert box.pids() == before
+
+
+def test_a_plugin_that_fails_to_load_keeps_its_place_and_an_uninstalled_one_leaves(box: Box) -> None:
+    box.ensure()
+    tree = box.pids()["sbx-beta.tree"]
+    box.host.unregister("sbx-beta")
+    box.host.failures["sbx-beta"] = LoadFailure("sbx-beta", "sbx-beta", "0.1", "ImportError: half-done edit")
+    try:
+        assert sandbox.run_command(box.host, box.root, "up", "json") == 0
+        assert box.pids()["sbx-beta.tree"] == tree and "sbx-beta" in box.state()["contributed"]
+    finally:
+        del box.host.failures["sbx-beta"]
+
+    assert sandbox.run_command(box.host, box.root, "up", "json") == 0  # now it is really gone
+    assert "sbx-beta.tree" not in box.pids() and "sbx-beta" not in box.state()["contributed"]
+    assert not running(tree)
+    box.host.register(Beta(), "sbx-beta")
+    said: list[str] = []
+    sandbox.ensure_running(box.host, box.root, announce=said.append)
+    assert len(said) == 1 and "added sbx-beta" in said[0], said
+    assert running(box.pids()["sbx-beta.tree"])
+
+
 # -- separate roots -------------------------------------------------------------------------------
 
 
@@ -509,6 +557,29 @@ def test_cluster_moves_out_of_a_folder_postgres_cannot_reach() -> None:
         sandbox.destroy(root)
         shutil.rmtree(parent, ignore_errors=True)
     assert not outside.exists()
+
+
+def test_prometheus_config_is_one_prometheus_accepts(tmp_path: Path) -> None:
+    """The core's one Prometheus config writer, as plugins use it for their own servers."""
+    text = sandbox.prometheus_config(
+        {"tars": ["127.0.0.1:9101", "127.0.0.1:9102"], "idle": []},
+        rule_files=[str(tmp_path / "rules" / "*.yml")],
+        scrape_interval="15s",
+        evaluation_interval="30s",
+        comment="written by a test\nsecond line",
+    )
+    assert text.startswith("# written by a test\n# second line\n")
+    doc = yaml.safe_load(text)
+    assert doc["global"] == {"scrape_interval": "15s", "evaluation_interval": "30s"}
+    assert doc["rule_files"] == [str(tmp_path / "rules" / "*.yml")]
+    assert doc["scrape_configs"] == [
+        {"job_name": "tars", "static_configs": [{"targets": ["127.0.0.1:9101", "127.0.0.1:9102"]}]}
+    ]
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        (tmp_path / "prometheus.yml").write_text(text)
+        done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True)
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 class Broken:
