@@ -24,7 +24,8 @@ Functions:
   nothing, rollback, verify reports not applied, rollback again changes nothing; every call goes
   through ``PluginHost.call`` as in ``tars-run``.
 * :func:`assert_cheap_import` imports a plugin's entry point (or any module) in a fresh interpreter and
-  fails naming each heavy module it pulled in, with the import chain that did it.
+  fails naming each heavy module (default: :data:`HEAVY_MODULES`) it pulled in, with the import chain
+  that did it.
 * :func:`assert_unreachable_target_exits_2` runs the real ``tars-run`` against a target URL on a closed
   port with a password in it, and checks the bad-input contract: exit 2, exactly one ``tars-run:``
   line naming the problem, no traceback, the password never printed.
@@ -88,7 +89,7 @@ def _load(plugin: Any) -> tuple[PluginHost, LoadedPlugin]:
     assert callable(describe), f"{plugin!r} has no tars_plugin_info hook: it is not a release plugin"
     info = describe()
     assert isinstance(info, PluginInfo), f"tars_plugin_info returned {info!r}, not a PluginInfo"
-    host = PluginHost(trace=False, allowed=None)
+    host = PluginHost(trace=False)
     loaded = host.register(plugin, info.name)
     assert loaded is not None, f"plugin {info.name} was not registered: TARS_DISABLE_PLUGINS blocks it"
     return host, loaded
