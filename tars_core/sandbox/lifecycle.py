@@ -19,7 +19,7 @@ from tars_core.errors import SandboxError
 from tars_core.plugins import PluginHost
 from tars_core.sandbox import joining, recipes, supervise
 from tars_core.sandbox.binaries import find_binaries
-from tars_core.sandbox.state import Paths, State, load_state, locked, now, save_state
+from tars_core.sandbox.state import Paths, ServiceRecord, State, load_state, locked, now, save_state
 
 
 @attrs.frozen
@@ -55,22 +55,31 @@ def _create(paths: Paths) -> State:
     return state
 
 
-def _prometheus(paths: Paths, state: State, joined: bool) -> list[str]:
+def _configure_prometheus(paths: Paths, state: State, joined: bool) -> None:
     """Write Prometheus' config; reload a running one when it changed or a joining seed wrote rules."""
     prom_cfg = paths.prometheus / "prometheus.yml"
     text = recipes.sandbox_prometheus_config(state)
     changed = not prom_cfg.exists() or prom_cfg.read_text() != text
     if changed:
         prom_cfg.write_text(text)
-    prom = state.service("prometheus")
-    if (changed or joined) and supervise.alive(prom):
+    if (changed or joined) and supervise.alive(state.service("prometheus")):
         recipes.reload_prometheus(state)
-    return supervise.revive([prom], paths, state.bindir)
 
 
 def _bring_up(host: PluginHost, paths: Paths, state: State) -> tuple[list[str], list[str]]:
-    """Everything after the cluster exists; returns (services started, plugins joined)."""
-    started = supervise.revive([state.service("postgres"), state.service("redis")], paths, state.bindir)
+    """Everything after the cluster exists; returns (services started, plugins joined).
+
+    Every recorded service is checked once, all at the same time, so a healthy sandbox costs one round
+    of checks; only the others are revived, in order: the databases before plugins seed them,
+    Prometheus once its config is written, plugin services last.
+    """
+    checks = supervise.check_all(state.services, state.bindir)
+    fine = {rec.name for rec, reason in zip(state.services, checks, strict=True) if reason is None}
+
+    def revive(*recs: ServiceRecord) -> list[str]:
+        return supervise.revive([r for r in recs if r.name not in fine], paths, state.bindir)
+
+    started = revive(state.service("postgres"), state.service("redis"))
     if not state.database_ready:
         recipes.create_database(state)
         state.database_ready = True
@@ -78,8 +87,9 @@ def _bring_up(host: PluginHost, paths: Paths, state: State) -> tuple[list[str], 
     joined = [n for n in host.order(list(host.plugins)) if n not in state.contributed]
     if joined:
         joining.join(host, paths, state, joined)
-    started += _prometheus(paths, state, bool(joined))
-    started += supervise.revive(state.contributed_services(), paths, state.bindir)
+    _configure_prometheus(paths, state, bool(joined))
+    started += revive(state.service("prometheus"))
+    started += revive(*state.contributed_services())
     state.stopped = False
     return started, joined
 
