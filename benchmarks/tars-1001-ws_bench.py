@@ -19,6 +19,9 @@ fault-injecting TCP proxy where drops are needed, on loopback:
 * loss: ``--messages`` published at ``--rate``/s while the subscriber's link is dropped ``--loss-drops``
   times (resets and blackholes alternating); before = plain websockets client on the v1.0.0 protocol with
   keepalive scaled to the same detection budget (0.2 s interval).
+
+The figures come from the same code as ``tars-run benchmark`` (``tars_1001_ws.check.measure``) and are
+printed as the release report shows them (the core's metrics table, met / MISSED per target).
 """
 
 from __future__ import annotations
@@ -28,87 +31,37 @@ import asyncio
 import json
 import platform
 import sys
-import time
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from tars_1001_ws import check
 
+from tars_core.report import metrics_table
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    results: dict[str, object] = {
+
+async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {
         "python": platform.python_version(),
         "websockets": __import__("websockets").__version__,
         "args": vars(args),
     }
-    hub = await check.HubProcess.start()
-    try:
-        t0 = time.monotonic()
-        results["reconnect_after"] = check.summary(await check.reconnect_times(hub.url, args.drops))
-        results["reconnect_before_plain_websockets"] = check.summary(
-            await check.plain_reconnect_times(hub.url, args.drops)
+    async with check.HubProcess(log_dir / "hub.log") as hub:
+        results |= await check.measure(
+            hub.url,
+            drops=args.drops,
+            detection_samples=args.detection_samples,
+            detection_interval=args.detection_interval,
+            detection_timeout=args.detection_timeout,
+            idle_clients=args.clients,
+            idle_window=args.window,
+            messages=args.messages,
+            message_drops=args.loss_drops,
+            rate=args.rate,
+            plain_idle=not args.skip_plain_idle,
+            progress=lambda line: print(line, file=sys.stderr),
         )
-        print(f"reconnect done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        detect = await check.silent_detection_times(
-            hub.url, args.detection_samples, interval=args.detection_interval, timeout=args.detection_timeout
-        )
-        results["silent_detection"] = {
-            **check.summary(detect),
-            "bound": args.detection_interval + 3 * args.detection_timeout,
-            "interval": args.detection_interval,
-            "timeout": args.detection_timeout,
-        }
-        print(f"detection done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        for label, plain in (("loss_before_plain_websockets", True), ("loss_after", False)):
-            results[label] = await check.loss_over_drops(
-                hub.url, messages=args.messages, drops=args.loss_drops, rate=args.rate, plain=plain
-            )
-        print(f"loss done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        results["idle_after"] = await check.idle_clients_isolated(hub.url, args.clients, args.window)
-        if not args.skip_plain_idle:
-            results["idle_before_plain_websockets"] = await check.idle_clients_isolated(
-                hub.url, args.clients, args.window, plain=True
-            )
-        print(f"idle done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    finally:
-        hub.stop()
     return results
-
-
-def table(r: dict) -> str:
-    ra, rb = r["reconnect_after"], r["reconnect_before_plain_websockets"]
-    sd = r["silent_detection"]
-    la, lb = r["loss_after"], r["loss_before_plain_websockets"]
-    ia, ib = r["idle_after"], r.get("idle_before_plain_websockets")
-    rows = [
-        ("reconnect p50 (s)", f"{rb['p50']:.3f}", f"{ra['p50']:.3f}", "< 5 s typical"),
-        ("reconnect p95 (s)", f"{rb['p95']:.3f}", f"{ra['p95']:.3f}", "< 1.5 s, hub reachable at once"),
-        ("reconnect max (s)", f"{rb['max']:.3f}", f"{ra['max']:.3f}", "< 30 s"),
-        ("resubscribed after reconnect", "by hand", "yes", "automatic"),
-        (
-            f"silent drop detected, max of {sd['n']} (s)",
-            "-",
-            f"{sd['max']:.2f}",
-            f"<= {sd['bound']:g} s (interval {sd['interval']:g} + 3 x {sd['timeout']:g})",
-        ),
-        (f"messages lost of {la['messages']} ({la['drops']} drops)", lb["lost"], la["lost"], "0"),
-        ("messages duplicated", lb["duplicated"], la["duplicated"], "0"),
-        ("delivered in order", lb["in_order"], la["in_order"], "yes"),
-        (
-            f"CPU, {ia['clients']} idle clients (% of a core)",
-            f"{ib['cpu_percent']:.3f}" if ib else "-",
-            f"{ia['cpu_percent']:.3f}",
-            "< 1%",
-        ),
-        (
-            "memory per client (KB)",
-            f"{ib['kb_per_client']:.0f}" if ib else "-",
-            f"{ia['kb_per_client']:.0f}",
-            "< 200 KB (seed: 10 MB)",
-        ),
-    ]
-    width = max(len(str(row[0])) for row in rows)
-    lines = [f"{'metric':<{width}}  {'before':>10}  {'after':>10}  target"]
-    lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d}" for a, b, c, d in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -125,8 +78,12 @@ def main() -> None:
     parser.add_argument("--skip-plain-idle", action="store_true", help="skip the plain-websockets idle run")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
-    print(table(results))
+    with tempfile.TemporaryDirectory(prefix="tars-1001-bench-") as log_dir:
+        results = asyncio.run(run(args, Path(log_dir)))
+    print(metrics_table(check.metrics(results)))
+    in_order = {k: "yes" if results[f"loss_{k}"]["in_order"] else "no" for k in ("before_plain_websockets", "after")}
+    print(f"\nDelivered in order: before {in_order['before_plain_websockets']}, after {in_order['after']}.")
+    print("Subscriptions restored after a reconnect: before only by hand (the loop resubscribes), after automatically.")
     if args.json:
         print(json.dumps(results, indent=2, default=str))
 

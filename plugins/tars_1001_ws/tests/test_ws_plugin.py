@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from tars_1001_ws import plugin
+from tars_1001_ws.check import HubProcess
 from tars_1001_ws.hub import serve
 from ws_testlib import eventually
 
 from tars_core import ApplyResult, Context, FixError, Release, SandboxSite, TargetError, Targets
 from tars_core.processes import free_port
 from tars_core.report import metrics_table
-from tars_core.testing import check_conformance, make_context
+from tars_core.testing import (
+    assert_cheap_import,
+    assert_unreachable_target_exits_2,
+    check_conformance,
+    make_context,
+)
 
 pytestmark = [pytest.mark.timeout(180)]
 FLAG = "tars-1001-ws-reconnect"
@@ -57,12 +60,7 @@ def flag_value(tars_redis_url, flags_key):
 
 
 def test_entry_point_module_imports_no_heavy_library():
-    code = (
-        "import sys, tars_1001_ws.plugin; print(sorted(m for m in ('websockets', 'redis', 'prometheus_client') "
-        "if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert_cheap_import("tars-1001-ws")  # websockets, redis and prometheus_client among them
 
 
 def test_plugin_info_and_config_defaults():
@@ -201,31 +199,32 @@ async def test_clear_errors_for_missing_or_unreachable_target(ctx_for, tmp_path)
 
 @pytest.mark.parametrize("command", ["apply", "verify"])
 def test_cli_against_a_dead_hub_port_exits_2_with_one_line(tars_redis_url, flags_key, tmp_path, command):
-    """An unreachable hub is bad input (TargetError): exit 2, one line naming it, no password. Redis is
-    real (our own, never written flags hash), so the rollback after the failed apply has nothing to undo."""
-    port = free_port()  # nobody listens there
-    config = tmp_path / "tars.yaml"
-    config.write_text(
-        f"targets:\n  websocket_url: ws://user:s3cret@127.0.0.1:{port}/\n  redis: {tars_redis_url}\n"
-        f"  flags_key: {flags_key}\nplugins:\n  tars-1001-ws: {{}}\n"
+    """An unreachable hub is bad input (TargetError): exit 2, one line naming it, no password."""
+    assert_unreachable_target_exits_2(
+        "tars-1001-ws",
+        "websocket_url",
+        "ws://user:{password}@127.0.0.1:{port}/",
+        expect=["cannot reach the hub at ws://user:***@127.0.0.1:{port}/", "connection refused"],
+        targets={"redis": tars_redis_url, "flags_key": flags_key},
+        tmp_path=tmp_path,
+        command=command,
     )
-    exe = shutil.which("tars-run")
-    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run(
-        [*argv, "--plugins", "tars-1001-ws", "--config", str(config), command],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
-    )
-    assert res.returncode == 2, res.stderr
-    assert "s3cret" not in res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    hub = f"cannot reach the hub at ws://user:***@127.0.0.1:{port}/"
-    reasons = [line for line in res.stderr.splitlines() if hub in line]
-    assert reasons, res.stderr
-    assert all("connection refused" in line for line in reasons)
+
+
+def test_cli_against_a_dead_flags_redis_exits_2_and_rolls_back_nothing(tmp_path):
+    """The hub answers, the flags' Redis does not: apply stops before changing anything, so the automatic
+    rollback after it is the runner's recorded no-op (no "rollback failed", no exit 4)."""
+    hub = HubProcess(tmp_path / "hub.log")
+    with hub.service:
+        res = assert_unreachable_target_exits_2(
+            "tars-1001-ws",
+            "redis",
+            "redis://:{password}@127.0.0.1:{port}/0",
+            expect="cannot reach targets.redis at 127.0.0.1:{port} to read flag tars-1001-ws-reconnect",
+            targets={"websocket_url": hub.url},
+            tmp_path=tmp_path,
+        )
+    assert "rollback failed" not in res.stderr.lower()
 
 
 @pytest.mark.asyncio

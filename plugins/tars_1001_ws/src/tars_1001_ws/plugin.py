@@ -30,6 +30,7 @@ from tars_core import (
     hookimpl,
 )
 from tars_core.flags import is_on
+from tars_core.model import PluginState
 from tars_core.waiting import WaitTimeout, await_until
 
 NAME = "tars-1001-ws"
@@ -251,21 +252,21 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
 
 @hookimpl
 def tars_report(release: Release) -> ReportSection | None:
-    """What the state means on the wire; the core report already shows the phases and the benchmark."""
+    """What the fix's state means on the wire; the core report already shows its phases and figures."""
     state = release.states.get(NAME)
-    if state is None:
+    meaning = _STATE_MEANING.get(str(state))
+    if meaning is None:
         return None
-    meaning = _STATE_MEANING.get(state, "")
     return ReportSection(title="TARS-1001 WebSocket reconnection", markdown=meaning, data={"state": state})
 
 
 _STATE_MEANING = {
-    "applied": "The hub offers protocol `tars.ws.v1.0.1` (per-channel sequence numbers, replay after "
-    "reconnect, idempotent publish) to new connections; services on `ReconnectingWebSocketClient` "
+    PluginState.APPLIED.value: "The hub offers protocol `tars.ws.v1.0.1` (per-channel sequence numbers, replay "
+    "after reconnect, idempotent publish) to new connections; services on `ReconnectingWebSocketClient` "
     "reconnect with heartbeat, jittered backoff and resubscription, and lose no message across drops. "
     "Connections opened before the flag changed keep v1.0.0 until they reconnect.",
-    "rolled_back": "The flag is back to its value before apply: new connections get the v1.0.0 protocol "
-    "(no sequence numbers, no replay); open v1.0.1 connections keep it until they reconnect.",
+    PluginState.ROLLED_BACK.value: "The flag is back to its value before apply: new connections get the v1.0.0 "
+    "protocol (no sequence numbers, no replay); open v1.0.1 connections keep it until they reconnect.",
 }
 
 
