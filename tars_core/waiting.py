@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -59,14 +59,36 @@ def wait_until(
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
+@overload
 async def await_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,
+    interval: float = ...,
+    what: str = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def await_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = ...,
+    what: str = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+async def await_until(
+    predicate: Callable[[], Any],
     *,
     timeout: float,
     interval: float = 0.1,
     what: str = "condition",
     retry_on: tuple[type[BaseException], ...] = (),
-) -> T:
+) -> Any:
     """The async form of :func:`wait_until`; ``predicate`` may be sync or async. Sleeps with anyio so
     the caller's cancellation (Ctrl-C, a hook timeout) interrupts the wait at once."""
     import anyio
