@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +13,7 @@ from tars_1004_db import plugin
 
 from tars_core import FixError, TargetError
 from tars_core.processes import free_port
+from tars_core.testing import assert_unreachable_target_exits_2
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 SECRET = "s3cret-pw"
@@ -113,35 +110,16 @@ def test_wrong_config_field_names_its_path(make_ctx: Any) -> None:
         make_ctx("postgresql://x@127.0.0.1/y", lock_timeout=5)
 
 
-def _tars_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    port = free_port()
-    config = tmp_path / "tars.yaml"
-    config.write_text(
-        "targets:\n"
-        f"  postgres: postgresql://postgres:{SECRET}@127.0.0.1:{port}/tars\n"
-        "plugins:\n"
-        "  tars-1004-db:\n"
-        "    connect_timeout_s: 2\n"
-    )
-    exe = shutil.which("tars-run")
-    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    return subprocess.run(
-        [*argv, "--plugins", "tars-1004-db", "--config", str(config), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
-    )
-
-
 @pytest.mark.parametrize("command", ["apply", "verify"])
 def test_cli_against_a_dead_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
     """An unreachable server is bad input (TargetError): exit 2, one line naming it, no password."""
-    res = _tars_run(tmp_path, command)
-    assert res.returncode == 2, res.stderr
-    assert SECRET not in res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    reasons = [line for line in res.stderr.splitlines() if "cannot reach PostgreSQL at 127.0.0.1:" in line]
-    assert reasons, res.stderr
-    assert all("(connection refused" in line for line in reasons)
+    assert_unreachable_target_exits_2(
+        "tars-1004-db",
+        "postgres",
+        "postgresql://postgres:{password}@127.0.0.1:{port}/tars",
+        expect="cannot reach PostgreSQL at 127.0.0.1:{port} (connection refused",
+        tmp_path=tmp_path,
+        command=command,
+        config={"connect_timeout_s": 2},
+        password=SECRET,
+    )
