@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +15,13 @@ import redis
 import tars_1003_jaeger.plugin as plugin
 
 from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
-from tars_core.processes import free_port, terminate
-from tars_core.testing import check_conformance, make_context
+from tars_core.processes import terminate
+from tars_core.testing import (
+    assert_cheap_import,
+    assert_unreachable_target_exits_2,
+    check_conformance,
+    make_context,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,13 +49,7 @@ def _ctx(services: Any, tmp_path: Path, **kw: object):  # type: ignore[no-untype
 
 
 def test_entry_point_import_is_cheap() -> None:
-    code = (
-        "import sys, tars_1003_jaeger.plugin as p; p.tars_plugin_info();"
-        "heavy = [m for m in ('redis', 'opentelemetry', 'prometheus_client') if m in sys.modules];"
-        "print(','.join(heavy))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert_cheap_import("tars-1003-jaeger")
 
 
 def test_plugin_info_and_config_errors(tmp_path: Path) -> None:
@@ -184,24 +180,14 @@ def test_unreachable_redis_is_a_target_error_without_the_password(tmp_path: Path
 @pytest.mark.parametrize("command", ["apply", "verify"])
 def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
     """An unreachable targets.redis is bad input (TargetError): exit 2, one line naming it, no password."""
-    port = free_port()  # a loopback port nobody listens on
-    config = tmp_path / "tars.yaml"
-    config.write_text(f"targets:\n  redis: redis://:s3cret@127.0.0.1:{port}/0\nplugins:\n  tars-1003-jaeger: {{}}\n")
-    exe = shutil.which("tars-run")
-    argv = [exe] if exe else [sys.executable, "-m", "tars_core.cli"]
-    res = subprocess.run(
-        [*argv, "--plugins", "tars-1003-jaeger", "--config", str(config), command],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TARS_TRACE_PLUGINS": ""},
+    assert_unreachable_target_exits_2(
+        "tars-1003-jaeger",
+        "redis",
+        "redis://:{password}@127.0.0.1:{port}/0",
+        expect="cannot reach targets.redis at 127.0.0.1:{port}",
+        tmp_path=tmp_path,
+        command=command,
     )
-    assert res.returncode == 2, res.stderr
-    assert "s3cret" not in res.stderr + res.stdout
-    assert "Traceback" not in res.stderr
-    reasons = [line for line in res.stderr.splitlines() if f"cannot reach targets.redis at 127.0.0.1:{port}" in line]
-    assert reasons, res.stderr
 
 
 def test_sandbox_contribution_and_seed(services: Any, tmp_path: Path, sync_client: redis.Redis) -> None:
