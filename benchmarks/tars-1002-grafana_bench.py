@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
+import attrs
 from tars_1002_grafana import bench
+
+from tars_core.report import metrics_table
 
 
 def main() -> int:
@@ -96,7 +100,7 @@ def main() -> int:
         "# TARS-1002 benchmark: dashboard queries raw vs recorded",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))} on {platform.node()} "
-        f"({platform.machine()}, {__import__('os').cpu_count()} CPUs shared with other jobs), prometheus "
+        f"({platform.machine()}, {os.cpu_count()} CPUs shared with other jobs), prometheus "
         f"from the Debian package; setup (backfill) {report.setup_s:.0f} s.",
         "",
         f"Command: `python benchmarks/tars-1002-grafana_bench.py --agents {ns.agents} --regions {ns.regions} "
@@ -108,14 +112,10 @@ def main() -> int:
         + "".join(f"--panel '{x}' " for x in ns.panel)
         + f"--calls {ns.calls} --loads {ns.loads}`",
         "",
-        "| figure | raw (v1.0.0) | recorded (v1.0.1) | unit | target | met |",
-        "|---|---|---|---|---|---|",
+        "Before is raw (v1.0.0 dashboards), after is recorded (v1.0.1).",
+        "",
+        metrics_table(metrics),
     ]
-    for m in metrics:
-        header.append(
-            f"| {m.name} | {'' if m.before is None else m.before} | {m.after} | {m.unit} | {m.target} | "
-            f"{'' if m.met is None else ('yes' if m.met else 'no')} |"
-        )
     text = "\n".join([*header, "", bench.markdown(report), ""])
     ns.out.with_suffix(".md").write_text(text, encoding="utf-8")
     ns.out.with_suffix(".json").write_text(
@@ -123,7 +123,7 @@ def main() -> int:
             {
                 "started": t0,
                 "args": {k: str(v) for k, v in vars(ns).items()},
-                "metrics": [m.__dict__ if hasattr(m, "__dict__") else __import__("attrs").asdict(m) for m in metrics],
+                "metrics": [attrs.asdict(m) for m in metrics],
                 "report": report.to_json(),
             },
             indent=2,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,34 +12,24 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-from tars_1002_grafana import plugin
-from tars_1002_grafana.prom import PrometheusServer, free_port, wait_for
+from tars_1002_grafana.dashboards import dashboard_files
+from tars_1002_grafana.prom import PrometheusServer
+
+from tars_core.processes import Service, free_port, http_ready
+from tars_core.waiting import wait_until
 
 if shutil.which("prometheus") is None or shutil.which("promtool") is None:  # pragma: no cover
     raise pytest.UsageError("tars-1002-grafana tests need prometheus and promtool (Debian package 'prometheus')")
 
 
 @pytest.fixture(scope="session")
-def exporter() -> Iterator[str]:
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m tars_1002_grafana.exporter`` as the sandbox runs it (small topology)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tars_1002_grafana.exporter", "--port", str(port), "--agents", "4", "--regions", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_for(up, 30, 0.2), "exporter did not start"
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    argv = [sys.executable, "-m", "tars_1002_grafana.exporter", "--port", str(port), "--agents", "4", "--regions", "2"]
+    log = tmp_path_factory.mktemp("exporter") / "exporter.log"
+    with Service("exporter", argv, log=log, ready=http_ready(f"http://127.0.0.1:{port}/metrics"), start_timeout=30):
+        yield f"127.0.0.1:{port}"
 
 
 @attrs.define
@@ -62,8 +51,12 @@ class Env:
 
     def wait_scraped(self) -> None:
         """rate() needs two samples: wait for a few scrapes before rules that must have data are loaded."""
-        ok = wait_for(lambda: _query(self.server.url, "count_over_time(up[1m]) >= 3"), 30, 0.5)
-        assert ok, "Prometheus did not scrape the exporter"
+        wait_until(
+            lambda: _query(self.server.url, "count_over_time(up[1m]) >= 3"),
+            timeout=30,
+            interval=0.5,
+            what="Prometheus scraping the exporter",
+        )
 
     def snapshot(self) -> dict[str, bytes]:
         return {
@@ -79,14 +72,12 @@ def env(tmp_path: Path, exporter: str) -> Iterator[Env]:
     Grafana provisioning dir holding the shipped v1.0.0 dashboards."""
     rules_dir, dash_dir = tmp_path / "rules", tmp_path / "dashboards"
     dash_dir.mkdir()
-    for name, text in plugin.dashboard_files().items():
+    for name, text in dashboard_files().items():
         (dash_dir / name).write_text(text, encoding="utf-8")
-    server = PrometheusServer(tmp_path / "prom", rules_dir=rules_dir, scrape_targets=[exporter], scrape_interval="1s")
-    server.start()
-    try:
+    with PrometheusServer(
+        tmp_path / "prom", rules_dir=rules_dir, scrape_targets=[exporter], scrape_interval="1s"
+    ) as server:
         yield Env(server, rules_dir, dash_dir, tmp_path / "state")
-    finally:
-        server.stop()
 
 
 def _query(url: str, q: str) -> list[Any]:

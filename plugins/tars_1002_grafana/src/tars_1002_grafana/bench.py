@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -27,12 +28,24 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import promql_parser as pp
 
 from tars_1002_grafana.catalogue import Simulator, Topology, write_openmetrics
-from tars_1002_grafana.patcher import iter_panels, parse_query, patch_dashboard
+from tars_1002_grafana.config import GrafanaConfig
+from tars_1002_grafana.dashboards import dashboard_files
+from tars_1002_grafana.patcher import (
+    VAR_MATCHER,
+    fill_variables,
+    iter_panels,
+    parse_query,
+    patch_dashboard,
+    selector_names,
+    vector_selectors,
+)
 from tars_1002_grafana.prom import Prometheus, PrometheusServer
 from tars_1002_grafana.rules import Rule, build_rules, group_intervals, promtool, render_rule_file
+from tars_core import BenchmarkResult, Context, Metric
+from tars_core.report import format_number, markdown_table, percentile
+from tars_core.waiting import WaitTimeout, wait_until
 
 BLOCK = 7200
 
@@ -79,18 +92,6 @@ class BenchReport:
         return cls(**data)
 
 
-def _pct(xs: Sequence[float], q: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return math.nan
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-_VAR_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
-
-
 def grafana_expr(expr: str, step: int, scrape: int, selected: Mapping[str, Sequence[str]] | None = None) -> str:
     """The query Grafana sends: variables at "All" (allValue ``.*``) unless ``selected`` gives their
     values (a multi-value selection becomes ``(a|b|c)``), and Grafana's macro values.
@@ -110,16 +111,9 @@ def grafana_expr(expr: str, step: int, scrape: int, selected: Mapping[str, Seque
             return f'{label}{op}"{value}"'
         return f'{label}=~".*"' if op in ("=", "=~") else f'{label}!~".*"'
 
-    expr = _VAR_MATCHER.sub(matcher, expr)
+    expr = VAR_MATCHER.sub(matcher, expr)
     rate_interval = max(step + scrape, 4 * scrape)
-    for macro, value in (
-        ("$__rate_interval", f"{rate_interval}s"),
-        ("${__rate_interval}", f"{rate_interval}s"),
-        ("$__interval", f"{step}s"),
-        ("${__interval}", f"{step}s"),
-    ):
-        expr = expr.replace(macro, value)
-    return expr
+    return fill_variables(expr, {"__rate_interval": f"{rate_interval}s", "__interval": f"{step}s"})
 
 
 def dashboard_queries(dashboards: dict[str, dict[str, Any]], rules: Sequence[Rule]) -> list[PanelQuery]:
@@ -139,15 +133,7 @@ def dashboard_queries(dashboards: dict[str, dict[str, Any]], rules: Sequence[Rul
 
 
 def _selectors(expr: str) -> list[str]:
-    ast, _ = parse_query(expr)
-    found: list[str] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, pp.VectorSelector):
-            found.append(str(node))
-
-    pp.walk(ast, pre_visit=visit)
-    return found
+    return [str(vs) for vs in vector_selectors(parse_query(expr)[0])]
 
 
 def _time(prom: Prometheus, expr: str, start: float, end: float, step: int, calls: int) -> list[float]:
@@ -207,18 +193,6 @@ def build_tsdb(
     return start, end, samples
 
 
-def _selector_names(expr: str) -> set[str]:
-    ast, _ = parse_query(expr)
-    names: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, pp.VectorSelector) and node.name:
-            names.add(str(node.name))
-
-    pp.walk(ast, pre_visit=visit)
-    return names
-
-
 def _wait_compacted(tsdb: Path, timeout: float) -> int:
     """Wait until the block count is stable for a minute (vertical compaction of the backfilled rule
     blocks into the raw ones has finished), so timing does not race the compactor."""
@@ -226,17 +200,19 @@ def _wait_compacted(tsdb: Path, timeout: float) -> int:
     def count() -> int:
         return sum(1 for p in tsdb.iterdir() if p.is_dir() and len(p.name) == 26 and (p / "meta.json").exists())
 
-    deadline = time.monotonic() + timeout
-    last, stable_since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(10)
+    seen = {"blocks": count(), "since": time.monotonic()}
+
+    def settled() -> bool:
         now = count()
         busy = any(p.name.endswith(".tmp-for-creation") for p in tsdb.iterdir())
-        if now != last or busy:
-            last, stable_since = now, time.monotonic()
-        elif time.monotonic() - stable_since >= 60:
-            break
-    return last
+        if now != seen["blocks"] or busy:
+            seen.update(blocks=now, since=time.monotonic())
+            return False
+        return time.monotonic() - seen["since"] >= 60
+
+    with contextlib.suppress(WaitTimeout):  # still compacting: time it anyway, as before a deadline
+        wait_until(settled, timeout=timeout, interval=10, what="TSDB compaction")
+    return int(seen["blocks"])
 
 
 def run(
@@ -257,8 +233,6 @@ def run(
     dashboards: dict[str, dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> BenchReport:
-    from tars_1002_grafana.plugin import dashboard_files
-
     setup = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="tars-1002-bench-")) if workdir is None else workdir
     try:
@@ -275,7 +249,7 @@ def run(
         dashes = dashboards or {n: json.loads(t) for n, t in dashboard_files().items()}
         queries = dashboard_queries(dashes, rules)
         timed = [q for q in queries if not panels_only or q.panel in panels_only]
-        used = {name for q in queries if q.recorded for name in _selector_names(q.recorded)}
+        used = {name for q in queries if q.recorded for name in selector_names(parse_query(q.recorded)[0])}
         needed = [r for r in rules if r.record in used]
         rule_file = tmp / "backfill-rules.yml"
         # Evaluate every group at the query step: promtool backfills at each group's own interval
@@ -342,15 +316,15 @@ def run(
                     raw = grafana_expr(q.raw, qstep, resolution, selected)
                     row: dict[str, Any] = {"dashboard": q.dashboard, "panel": q.panel, "ref": q.ref, "raw": raw}
                     t_raw = _time(prom, raw, qstart, end, qstep, calls)
-                    row["raw_p50_ms"], row["raw_p95_ms"] = _pct(t_raw, 0.5), _pct(t_raw, 0.95)
+                    row["raw_p50_ms"], row["raw_p95_ms"] = percentile(t_raw, 50), percentile(t_raw, 95)
                     row["raw_series"] = sum(prom.series_count(s, qstart, end) for s in _selectors(raw))
                     if q.recorded:
                         rec = grafana_expr(q.recorded, qstep, resolution, selected)
                         t_rec = _time(prom, rec, qstart, end, qstep, calls)
                         row.update(
                             recorded=rec,
-                            rec_p50_ms=_pct(t_rec, 0.5),
-                            rec_p95_ms=_pct(t_rec, 0.95),
+                            rec_p50_ms=percentile(t_rec, 50),
+                            rec_p95_ms=percentile(t_rec, 95),
                             rec_series=sum(prom.series_count(s, qstart, end) for s in _selectors(rec)),
                         )
                     panels.append(row)
@@ -405,14 +379,13 @@ def run(
 SEED_PANEL = "Evaluation latency p95 by agent"
 
 
-def summary_metrics(report: BenchReport) -> list[Any]:
+def summary_metrics(report: BenchReport) -> list[Metric]:
     """The headline before/after figures.
 
     * the seed's own example panel (p95 by agent and region): raw vs recorded query_range p50;
     * latency panels (every rewritten ``histogram_quantile`` query): median of the per-panel speed-ups;
     * the slowest panel query and the whole dashboard with all panels in flight at once.
     """
-    from tars_core import Metric
 
     def ratio(p: dict[str, Any]) -> float:
         return float(p["raw_p50_ms"] / p["rec_p50_ms"]) if p.get("rec_p50_ms") else math.nan
@@ -474,6 +447,17 @@ def summary_metrics(report: BenchReport) -> list[Any]:
 
 
 def markdown(report: BenchReport) -> str:
+    """The per-panel figures (the core report renders the headline metrics; this is the evidence behind them)."""
+    rows = []
+    for p in report.panels:
+        raw = [format_number(p["raw_p50_ms"]), format_number(p["raw_p95_ms"]), format_number(p["raw_series"])]
+        if "recorded" in p:
+            speedup = p["raw_p50_ms"] / p["rec_p50_ms"] if p["rec_p50_ms"] else math.nan
+            rec = [format_number(p[k]) for k in ("rec_p50_ms", "rec_p95_ms", "rec_series")]
+            rows.append([f"{p['panel']} [{p['ref']}]", *raw, *rec, f"{format_number(speedup)}x"])
+        else:
+            rows.append([f"{p['panel']} [{p['ref']}] (not rewritten)", *raw, "", "", "", ""])
+    headers = ("panel", "raw p50 ms", "raw p95 ms", "raw series", "recorded p50 ms", "recorded p95 ms")
     lines = [
         f"{report.agents} agents x {report.regions} regions, {report.hours:g} h sampled every "
         f"{report.resolution_s} s; dashboard range {report.range_hours:g} h, step {report.step_s} s; "
@@ -481,24 +465,7 @@ def markdown(report: BenchReport) -> str:
         f"{report.samples_total:,} raw samples, "
         f"{report.evaluations:,.0f} evaluations in the window.",
         "",
-        "| panel | raw p50 ms | raw p95 ms | raw series | recorded p50 ms | recorded p95 ms | recorded series "
-        "| speed-up |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in report.panels:
-        if "recorded" in p:
-            sp = p["raw_p50_ms"] / p["rec_p50_ms"] if p["rec_p50_ms"] else math.nan
-            lines.append(
-                f"| {p['panel']} [{p['ref']}] | {p['raw_p50_ms']:.1f} | {p['raw_p95_ms']:.1f} | "
-                f"{p['raw_series']:,} | {p['rec_p50_ms']:.1f} | {p['rec_p95_ms']:.1f} | "
-                f"{p['rec_series']:,} | {sp:.0f}x |"
-            )
-        else:
-            lines.append(
-                f"| {p['panel']} [{p['ref']}] (not rewritten) | {p['raw_p50_ms']:.1f} | "
-                f"{p['raw_p95_ms']:.1f} | {p['raw_series']:,} | | | | |"
-            )
-    lines += [
+        markdown_table((*headers, "recorded series", "speed-up"), rows),
         "",
         f"Whole dashboard load (all {len(report.panels)} queries at once), median of "
         f"{len(report.dashboard_raw_ms)}: raw {statistics.median(report.dashboard_raw_ms):.0f} ms "
@@ -517,11 +484,9 @@ def markdown(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def benchmark_hook(ctx: Any) -> Any:
+def benchmark_hook(ctx: Context) -> BenchmarkResult:
     """The ``tars_benchmark`` hook: a shorter run sized by the config (default 100 agents, 5 regions, 2 h)."""
-    from tars_core import BenchmarkResult
-
-    c = ctx.config
+    c: GrafanaConfig = ctx.config
     report = run(
         agents=c.benchmark_agents,
         regions=c.benchmark_regions,

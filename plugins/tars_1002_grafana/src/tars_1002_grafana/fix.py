@@ -4,25 +4,30 @@ Order matters and follows the issue: the rule file is checked by ``promtool`` be
 it, written atomically, Prometheus is reloaded and we wait until every rule reports healthy; only then
 are the dashboards rewritten, so a Grafana that re-reads its provisioning folder never shows a panel
 whose recorded series does not exist yet. Whatever was there before (the previous rule file, or none,
-and every dashboard file we touch) is copied under ``ctx.state_dir/backup`` first; rollback puts exactly
-that back and reloads.
+and every dashboard file we touch) is copied under ``ctx.state_dir/backup`` first, with the list of what
+was copied kept in ``ctx.state``; rollback puts exactly that back and reloads.
+
+The functions here block (HTTP, promtool, file writes); the hooks are plain functions so the core runs
+them in a worker thread that it waits for after a timeout instead of abandoning it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
 import re
+import shutil
 import signal
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from tars_1002_grafana.patcher import Change, dumps, iter_panels, patch_dashboard
-from tars_1002_grafana.prom import Prometheus, PrometheusError, PrometheusUnreachable, atomic_write, wait_for
+from tars_1002_grafana.config import GrafanaConfig
+from tars_1002_grafana.patcher import VAR_MATCHER, Change, dumps, fill_variables, iter_panels, patch_dashboard
+from tars_1002_grafana.prom import Prometheus, PrometheusError, PrometheusUnreachable
 from tars_1002_grafana.rules import (
     PromtoolError,
     Rule,
@@ -31,10 +36,10 @@ from tars_1002_grafana.rules import (
     group_intervals,
     render_rule_file,
 )
-from tars_core import ApplyResult, FixError, TargetError, VerifyResult
+from tars_core import ApplyResult, Context, FixError, TargetError, Targets, VerifyResult
+from tars_core.waiting import WaitTimeout, wait_until
 
-BACKUP = "backup"
-MANIFEST = "manifest.json"
+BACKUP = "backup"  # the folder under ctx.state_dir holding the copies, and the ctx.state key listing them
 
 
 @attrs.define
@@ -63,20 +68,20 @@ def _dashboard_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.json") if p.is_file())
 
 
-def all_rules(config: Any) -> list[Rule]:
+def all_rules(config: GrafanaConfig) -> list[Rule]:
     """The built-in rules plus the site's ``extra_rules`` from the config (validated like the others)."""
     extra = [Rule(e.record, e.expr, e.group, (), ()) for e in config.extra_rules]
     return build_rules() + extra
 
 
-def _intervals(config: Any) -> dict[str, str]:
+def _intervals(config: GrafanaConfig) -> dict[str, str]:
     intervals = group_intervals()
     for e in config.extra_rules:
         intervals.setdefault(e.group, e.interval)
     return intervals
 
 
-def _target_dir(targets: Any, key: str) -> Path:
+def _target_dir(targets: Targets, key: str) -> Path:
     """A folder the config names: missing or not a folder is bad input (exit 2), not a failed fix."""
     path = Path(targets.require(key))
     if not path.is_dir():
@@ -93,7 +98,7 @@ def _check_writable(*paths: Path) -> None:
             raise TargetError(f"{path} is not writable by this user: fix its permissions or the targets path")
 
 
-def make_plan(config: Any, targets: Any, rules: list[Rule] | None = None) -> Plan:
+def make_plan(config: GrafanaConfig, targets: Targets, rules: list[Rule] | None = None) -> Plan:
     rules = all_rules(config) if rules is None else rules
     rules_dir = _target_dir(targets, "prometheus_rules_dir")
     dash_dir = _target_dir(targets, "grafana_dashboards_dir")
@@ -120,7 +125,7 @@ def make_plan(config: Any, targets: Any, rules: list[Rule] | None = None) -> Pla
     return Plan(rules_path, text, current != text, dashboards, changes)
 
 
-def _reload(prom: Prometheus, config: Any) -> None:
+def _reload(prom: Prometheus, config: GrafanaConfig) -> None:
     if config.reload_method == "sighup":
         if not config.prometheus_pid_file:
             raise FixError("reload_method sighup needs prometheus_pid_file in the tars-1002-grafana config")
@@ -157,22 +162,32 @@ def rule_health(prom: Prometheus, rules: list[Rule]) -> dict[str, str]:
 def _wait_healthy(prom: Prometheus, rules: list[Rule], timeout: float) -> dict[str, str]:
     """Wait for every rule's first evaluation. A reload is synchronous, so rules that are all still
     missing a few seconds later were not loaded at all (the folder is not in ``rule_files``): fail fast."""
-    loaded = wait_for(lambda: not all(v == "missing" for v in rule_health(prom, rules).values()), 5.0, 0.5)
-    if not loaded:
-        return rule_health(prom, rules)
 
-    def done() -> dict[str, str] | None:
-        h = rule_health(prom, rules)
-        return h if all(v == "ok" or v.startswith("error") for v in h.values()) else None
+    def loaded() -> bool:
+        return any(v != "missing" for v in rule_health(prom, rules).values())
 
-    return wait_for(done, timeout, 1.0) or rule_health(prom, rules)
+    def evaluated() -> bool:
+        return all(v == "ok" or v.startswith("error") for v in rule_health(prom, rules).values())
+
+    with contextlib.suppress(WaitTimeout):
+        wait_until(loaded, timeout=5.0, interval=0.5, what="rules loaded")
+        wait_until(evaluated, timeout=timeout, interval=1.0, what="rules evaluated")
+    return rule_health(prom, rules)
 
 
 def _wait_absent(prom: Prometheus, rules: list[Rule], timeout: float) -> bool:
-    return bool(wait_for(lambda: all(v == "missing" for v in rule_health(prom, rules).values()), timeout, 0.5))
+    try:
+        return wait_until(
+            lambda: all(v == "missing" for v in rule_health(prom, rules).values()),
+            timeout=timeout,
+            interval=0.5,
+            what="rules unloaded",
+        )
+    except WaitTimeout:
+        return False
 
 
-def connect(targets: Any) -> Prometheus:
+def connect(targets: Targets) -> Prometheus:
     try:
         prom = Prometheus(targets.require("prometheus_url"))
     except PrometheusUnreachable as exc:
@@ -188,14 +203,15 @@ def connect(targets: Any) -> Prometheus:
     return prom
 
 
-def apply(ctx: Any) -> ApplyResult:
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = ctx.log
-    rules = all_rules(ctx.config)
+def apply(ctx: Context) -> ApplyResult:
+    log = ctx.log
+    config: GrafanaConfig = ctx.config
+    rules = all_rules(config)
     try:
-        check_rules_text(render_rule_file(rules, _intervals(ctx.config)))
+        check_rules_text(render_rule_file(rules, _intervals(config)))
     except PromtoolError as exc:
         raise FixError(f"promtool refused the generated rule file, nothing was changed: {exc}") from None
-    plan = make_plan(ctx.config, ctx.targets, rules)
+    plan = make_plan(config, ctx.targets, rules)
     with connect(ctx.targets) as prom:
         if not plan.changed:
             health = rule_health(prom, rules)
@@ -209,20 +225,18 @@ def apply(ctx: Any) -> ApplyResult:
                         log.info("dry run: %s: %s [%s]: %s -> %s", path.name, c.panel, c.ref, c.before, c.after)
             return ApplyResult(changed=False, detail="dry run: " + plan.summary())
         _check_writable(plan.rules_path.parent, *{p.parent for p in plan.dashboards})
-        _backup(ctx.state_dir, plan)
+        _backup(ctx, plan)
         previous = plan.rules_path.read_text(encoding="utf-8") if plan.rules_path.exists() else None
         if plan.rules_changed:
             atomic_write(plan.rules_path, plan.rules_text)
         try:
-            _reload(prom, ctx.config)
+            _reload(prom, config)
         except (PrometheusError, FixError) as exc:
             _restore_file(plan.rules_path, previous)
-            try:
-                _reload(prom, ctx.config)
-            except (PrometheusError, FixError):
-                pass
+            with contextlib.suppress(PrometheusError, FixError):
+                _reload(prom, config)
             raise FixError(f"Prometheus did not take the rules, previous rule file restored: {exc}") from None
-        health = _wait_healthy(prom, rules, ctx.config.reload_timeout_s)
+        health = _wait_healthy(prom, rules, config.reload_timeout_s)
         bad = {k: v for k, v in health.items() if v != "ok"}
         if bad:
             if all(v == "missing" for v in bad.values()):
@@ -238,13 +252,29 @@ def apply(ctx: Any) -> ApplyResult:
     return ApplyResult(changed=True, detail=f"{len(rules)} recording rules loaded and healthy; " + plan.summary())
 
 
-def _backup(state_dir: Path, plan: Plan) -> None:
-    """Keep the pre-fix state once: a later apply (new version) must not overwrite the original backup."""
-    bdir = state_dir / BACKUP
-    manifest_path = bdir / MANIFEST
-    manifest: dict[str, Any] = (
-        json.loads(manifest_path.read_text()) if manifest_path.exists() else {"rules": None, "dashboards": {}}
-    )
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _backup(ctx: Context, plan: Plan) -> None:
+    """Keep the pre-fix state once: a later apply (new version) must not overwrite the original backup.
+
+    The copies are files under ``state_dir/backup``; what they are copies of is recorded in ``ctx.state``
+    after they are written, so a crash midway leaves at worst unreferenced copies, never a dangling list.
+    """
+    bdir = ctx.state_dir / BACKUP
+    manifest: dict[str, Any] = ctx.state.get(BACKUP) or {"rules": None, "dashboards": {}}
     bdir.mkdir(parents=True, exist_ok=True)
     if manifest["rules"] is None:
         existed = plan.rules_path.exists()
@@ -257,7 +287,7 @@ def _backup(state_dir: Path, plan: Plan) -> None:
         name = f"dashboard-{len(manifest['dashboards'])}-{path.name}"
         (bdir / name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
         manifest["dashboards"][str(path)] = name
-    atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    ctx.state[BACKUP] = manifest
 
 
 def _restore_file(path: Path, text: str | None) -> None:
@@ -268,13 +298,13 @@ def _restore_file(path: Path, text: str | None) -> None:
         atomic_write(path, text)
 
 
-def rollback(ctx: Any) -> ApplyResult:
+def rollback(ctx: Context) -> ApplyResult:
+    config: GrafanaConfig = ctx.config
     bdir = ctx.state_dir / BACKUP
-    manifest_path = bdir / MANIFEST
-    if not manifest_path.exists():
-        ctx.log.warning("tars-1002-grafana: nothing to roll back (no backup in %s)", bdir)
+    manifest = ctx.state.get(BACKUP)
+    if manifest is None:
+        ctx.log.warning("tars-1002-grafana: nothing to roll back (no backup recorded in %s)", ctx.state.path)
         return ApplyResult(changed=False, detail="not applied")
-    manifest = json.loads(manifest_path.read_text())
     if ctx.dry_run:
         ctx.log.info(
             "dry run: would restore %s and %d dashboard(s)", manifest["rules"]["path"], len(manifest["dashboards"])
@@ -287,20 +317,17 @@ def rollback(ctx: Any) -> ApplyResult:
         atomic_write(Path(path), (bdir / name).read_text(encoding="utf-8"))
     with connect(ctx.targets) as prom:
         try:
-            _reload(prom, ctx.config)
+            _reload(prom, config)
         except PrometheusError as exc:
             raise FixError(f"files restored but Prometheus did not reload: {exc}") from None
-        if not rules_info["existed"] and not _wait_absent(prom, all_rules(ctx.config), ctx.config.reload_timeout_s):
+        if not rules_info["existed"] and not _wait_absent(prom, all_rules(config), config.reload_timeout_s):
             raise FixError("files restored but Prometheus still serves the TARS-1002 rules after reload")
-    for f in bdir.iterdir():
-        f.unlink()
-    bdir.rmdir()
+    del ctx.state[BACKUP]
+    shutil.rmtree(bdir, ignore_errors=True)
     return ApplyResult(changed=True, detail=f"restored {rules_path} and {len(manifest['dashboards'])} dashboard(s)")
 
 
 # -- verify --------------------------------------------------------------------------------------------
-
-_VAR_IN_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
 
 
 def instantiate(expr: str, dashboard: dict[str, Any]) -> str:
@@ -310,30 +337,22 @@ def instantiate(expr: str, dashboard: dict[str, Any]) -> str:
         label, op = m.group(1), m.group(2)
         return f'{label}!~""' if op in ("=", "=~") else f'{label}=~".*"'
 
-    expr = _VAR_IN_MATCHER.sub(matcher, expr)
-    for macro, value in (
-        ("$__rate_interval", "1m"),
-        ("${__rate_interval}", "1m"),
-        ("$__interval", "30s"),
-        ("${__interval}", "30s"),
-        ("$__range", "1h"),
-    ):
-        expr = expr.replace(macro, value)
+    expr = VAR_MATCHER.sub(matcher, expr)
+    expr = fill_variables(expr, {"__rate_interval": "1m", "__interval": "30s", "__range": "1h"})
     current = {
         str(v.get("name")): (v.get("current") or {}).get("value")
         for v in (dashboard.get("templating") or {}).get("list") or []
     }
-    for name, val in current.items():
-        if isinstance(val, str) and val and not val.startswith("$"):
-            expr = expr.replace(f"${{{name}}}", val).replace(f"${name}", val)
-    return expr
+    chosen = {k: v for k, v in current.items() if isinstance(v, str) and v and not v.startswith("$")}
+    return fill_variables(expr, chosen)
 
 
-def verify(ctx: Any) -> VerifyResult:
-    rules = all_rules(ctx.config)
+def verify(ctx: Context) -> VerifyResult:
+    config: GrafanaConfig = ctx.config
+    rules = all_rules(config)
     checks: dict[str, str] = {}
     try:
-        plan = make_plan(ctx.config, ctx.targets, rules)
+        plan = make_plan(config, ctx.targets, rules)
     except TargetError:
         raise
     except FixError as exc:
@@ -358,15 +377,15 @@ def verify(ctx: Any) -> VerifyResult:
             f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""
         )
         no_data: list[str] = []
-        if not bad and ctx.config.verify_data:
+        if not bad and config.verify_data:
             # Healthy rules loaded seconds ago (a fresh apply, a new sandbox) have not been evaluated over
             # enough scrapes yet: give them up to data_timeout_s before calling the fix broken.
-            no_data = wait_until_data(prom, rules, ctx.config.data_timeout_s)
+            no_data = wait_until_data(prom, rules, config.data_timeout_s)
             checks["rules with data"] = f"{len(rules) - len(no_data)}/{len(rules)}" + (
                 f"; none for {', '.join(no_data[:3])}" if no_data else ""
             )
         empty_panels: list[str] = []
-        if not bad and ctx.config.verify_data and not plan.dashboards:
+        if not bad and config.verify_data and not plan.dashboards:
             for path in plan.changes:
                 dash = json.loads(path.read_text(encoding="utf-8"))
                 for panel in iter_panels(dash):
@@ -390,11 +409,14 @@ def verify(ctx: Any) -> VerifyResult:
 def wait_until_data(prom: Prometheus, rules: list[Rule], timeout: float) -> list[str]:
     """Rules still without data after ``timeout`` (used by tests and the sandbox seed)."""
     names = "|".join(re.escape(r.record) for r in rules)
+    query = f'group by (__name__) ({{__name__=~"{names}"}})'
     missing: list[str] = [r.record for r in rules]
-    deadline = time.monotonic() + timeout
-    while missing and time.monotonic() < deadline:
-        have = {s["metric"]["__name__"] for s in prom.query(f'group by (__name__) ({{__name__=~"{names}"}})')}
-        missing = [r.record for r in rules if r.record not in have]
-        if missing:
-            time.sleep(1)
+
+    def all_recorded() -> bool:
+        have = {s["metric"]["__name__"] for s in prom.query(query)}
+        missing[:] = [r.record for r in rules if r.record not in have]
+        return not missing
+
+    with contextlib.suppress(WaitTimeout):
+        wait_until(all_recorded, timeout=timeout, interval=1.0, what="recorded data")
     return missing

@@ -25,7 +25,7 @@ import copy
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +40,8 @@ _MACRO_RE = re.compile(r"\$\{?(__rate_interval|__interval|__range|__interval_ms|
 _RANGE_VAR_RE = re.compile(r"(?<=[\[:])\s*(\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\])\s*(?=[\]:])")
 # Dashboard variables: $name, ${name}, ${name:format}, [[name]]
 _VAR_RE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]")
+# a dashboard variable as the whole value of a label matcher: agent_id=~"$agent", job="[[job]]"
+VAR_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
 _LABEL_LIST_RE = re.compile(r"(\b(?:by|without|on|ignoring|group_left|group_right)\s*\()([^()]*)(?=\))")
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _PLACEHOLDER_BASE = 987_600  # sentinel seconds; a rule with an 11-day window would be needed to collide
@@ -79,7 +81,6 @@ class _Placeholders:
         name = "$" + (match.group(2) or match.group(3) or match.group(4))
         if name in self.macro_windows or macro in self.macro_windows:
             return self.macro_windows.get(name) or self.macro_windows[macro]
-            return self.macro_windows[name]
         for secs, text in self.seconds.items():
             if text == macro:
                 return f"{secs}s"
@@ -91,13 +92,7 @@ class _Placeholders:
 
     def substitute(self, expr: str) -> str:
         """Replace macros and variables outside string literals; quoted label values keep theirs."""
-        out, pos = [], 0
-        for m in _STRING_RE.finditer(expr):
-            out.append(self._code(expr[pos : m.start()]))
-            out.append(m.group(0))
-            pos = m.end()
-        out.append(self._code(expr[pos:]))
-        return "".join(out)
+        return _outside_strings(expr, self._code)
 
     def _code(self, text: str) -> str:
         text = _RANGE_VAR_RE.sub(self._duration, text)
@@ -113,13 +108,7 @@ class _Placeholders:
 
     def restore(self, printed: str) -> str:
         """Put macros and variables back into a printed expression, and drop the printer's bare ``{}``."""
-        out, pos = [], 0
-        for m in _STRING_RE.finditer(printed):
-            out.append(self._restore_code(printed[pos : m.start()]))
-            out.append(m.group(0))
-            pos = m.end()
-        out.append(self._restore_code(printed[pos:]))
-        return "".join(out)
+        return _outside_strings(printed, self._restore_code)
 
     def _restore_code(self, text: str) -> str:
         for printed, macro in self.durations.items():
@@ -130,6 +119,16 @@ class _Placeholders:
             text = text.replace(ident + "{}", original)
             text = re.sub(r"(?<![\w.])" + re.escape(ident) + r"(?![\w.])", original.replace("\\", "\\\\"), text)
         return re.sub(r"([A-Za-z_:][A-Za-z0-9_:]*)\{\}", r"\1", text)
+
+
+def _outside_strings(text: str, fn: Callable[[str], str]) -> str:
+    """``text`` with ``fn`` applied to each stretch between string literals; the literals stay as they are."""
+    out, pos = [], 0
+    for m in _STRING_RE.finditer(text):
+        out += [fn(text[pos : m.start()]), m.group(0)]
+        pos = m.end()
+    out.append(fn(text[pos:]))
+    return "".join(out)
 
 
 def parse_query(expr: str, macro_windows: Mapping[str, str] | None = None) -> tuple[Any, _Placeholders]:
@@ -426,7 +425,7 @@ def rewrite_query(
 
     out = pp.transform(ast, pre_visit=pre)
     if not used:
-        names = _selector_names(ast)
+        names = selector_names(ast)
         if names and names <= index.records:
             return None, "already uses recorded series", ()
         if reasons:
@@ -445,18 +444,32 @@ def rewrite_query(
     return ph.restore(str(out)), "same computation as " + ", ".join(dict.fromkeys(used)), tuple(used)
 
 
-def _selector_names(ast: Any) -> set[str]:
-    names: set[str] = set()
+def vector_selectors(ast: Any) -> list[Any]:
+    """Every vector selector of a parsed query (``pp.VectorSelector``), in walk order."""
+    found: list[Any] = []
 
     def visit(node: Any) -> None:
-        if isinstance(node, pp.VectorSelector) and node.name:
-            names.add(str(node.name))
+        if isinstance(node, pp.VectorSelector):
+            found.append(node)
 
     pp.walk(ast, pre_visit=visit)
-    return names
+    return found
+
+
+def selector_names(ast: Any) -> set[str]:
+    """The metric names a parsed query reads."""
+    return {str(vs.name) for vs in vector_selectors(ast) if vs.name}
 
 
 # -- dashboards ----------------------------------------------------------------------------------------
+
+
+def fill_variables(expr: str, values: Mapping[str, str]) -> str:
+    """``expr`` with each variable or macro of ``values`` (name without ``$``) replaced, in both spellings
+    (``$name`` and ``${name}``): how Grafana's query text becomes what it sends."""
+    for name, value in values.items():
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    return expr
 
 
 def iter_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
