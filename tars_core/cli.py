@@ -1,9 +1,10 @@
 """``tars-run``: the command line of the hotfix framework.
 
-Contract (DESIGN.md): exit 0 success, 1 a fix failed (rolled back by policy), 2 bad input, 3 another
-run holds the lock, 4 a rollback failed (manual action), 130 interrupted by Ctrl-C/SIGTERM (rolled back by
-policy). ``--format json`` prints exactly one JSON document on stdout; everything for people (progress,
-errors) goes to stderr, one line per error, no traceback unless ``--debug``.
+Contract (DESIGN.md): the exit codes are :class:`tars_core.model.ExitCode` (0 success, 1 a fix failed and
+was rolled back by policy, 2 bad input, 3 another run holds the lock, 4 manual action needed: a rollback
+failed or a hook would not stop, 130 interrupted by Ctrl-C/SIGTERM and rolled back by policy).
+``--format json`` prints exactly one JSON document on stdout; everything for people (progress, errors)
+goes to stderr, one line per error, no traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tars_core.errors import LockHeld, RollbackFailed, UsageError
+from tars_core.model import ExitCode, PluginState
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import RedactingFilter, Redactor
 
@@ -38,7 +41,6 @@ COMMANDS = (
     "new-plugin",
 )
 NEEDS_TARGETS = ("apply", "verify", "rollback", "benchmark")
-EXIT_NAMES = {0: "ok", 1: "failed", 2: "bad input", 3: "locked", 4: "rollback failed", 130: "interrupted"}
 
 
 def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -68,7 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tars-run",
         description="Apply, verify and roll back T.A.R.S. hotfix plugins as one release.",
-        epilog="exit codes: 0 ok, 1 fix failed (rolled back), 2 bad input, 3 lock held, 4 rollback failed",
+        epilog="exit codes: " + ", ".join(f"{int(c)} {c.meaning}" for c in ExitCode),
     )
     _options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -123,22 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(redactor, args.debug)
     blocked = [b[3:] if b.startswith("no:") else b for b in args.block]
     try:
-        return _main(args, blocked, redactor)
+        return int(_main(args, blocked, redactor))
     except UsageError as exc:  # ConfigError and LedgerError are UsageErrors too
         _stderr(f"tars-run: error: {redactor(str(exc))}")
-        return 2
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         _stderr("tars-run: interrupted")
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:
         if isinstance(exc, LockHeld):
             _stderr(f"tars-run: {redactor(str(exc))}")
-            return 3
+            return ExitCode.LOCKED
         if args.debug:
             raise
         text = redactor(f"{type(exc).__name__}: {exc}".splitlines()[0])
         _stderr(f"tars-run: internal error: {text} (run with --debug for the traceback)")
-        return 1
+        return ExitCode.FAILED
 
 
 def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> int:
@@ -148,7 +150,7 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
 
         path = new_plugin(args.name, args.dir or root / args.name)
         _stderr(f"created {path}: pip install -e {path}[test] && pytest {path}/tests")
-        return 0
+        return ExitCode.OK
     host = PluginHost(blocked=blocked)
     host.load_entry_points()
     if args.command == "list":
@@ -196,6 +198,38 @@ def _sandbox_config(host: PluginHost, root: Path, *, start: bool) -> Path | None
 
 
 async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlugin]) -> int:
+    """The command with Ctrl-C/SIGTERM routed to the runner from the start, ledger waits included."""
+    import anyio
+
+    code = ExitCode.OK
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, runner)
+        try:
+            code = await _with_ledger(runner, args, plugins)
+        except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
+            error = exc
+        tg.cancel_scope.cancel()
+    if runner.stuck:
+        _exit_now(code)
+    if error is not None:
+        raise error
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without waiting for a hook that would not stop.
+
+    Its worker (a thread, or a job in the event loop's executor) would otherwise hold the interpreter
+    open at exit, for as long as it runs. The ledger is closed and says ``unknown``; the final line has
+    told the user to check the target.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
+
+
+async def _with_ledger(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlugin]) -> ExitCode:
     import anyio
 
     from tars_core.ledger import Holder
@@ -209,20 +243,17 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
             await ledger.acquire(Holder.me(f"tars-run {cmd}"))
             await ledger.start_run(runner.run_id, runner.release, cmd)
         started = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, runner)
-            try:
-                code = await _command(runner, args, plugins, writes)
-            except RollbackFailed as exc:
-                _stderr(f"tars-run: {exc}; manual action needed")
-                code = 4
-            tg.cancel_scope.cancel()
+        try:
+            code = ExitCode(await _command(runner, args, plugins, writes))
+        except RollbackFailed as exc:
+            _stderr(f"tars-run: {exc}; manual action needed")
+            code = ExitCode.MANUAL_ACTION
         if writes:
-            await ledger.end_run(runner.run_id, EXIT_NAMES.get(code, str(code)))
+            await ledger.end_run(runner.run_id, code.name.lower())
         if cmd in NEEDS_TARGETS:
-            message = getattr(runner, "final_message", "")
+            message = runner.final_message
             _stderr(
-                f"tars-run: {cmd} {EXIT_NAMES.get(code, code)} after {time.monotonic() - started:.1f}s"
+                f"tars-run: {cmd}: {code.meaning} after {time.monotonic() - started:.1f}s"
                 + (f": {message}" if message else "")
             )
         return code
@@ -239,7 +270,7 @@ async def _watch_signals(runner: Runner) -> None:
             runner.interrupt()
 
 
-async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPlugin], writes: bool) -> int:
+async def _command(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlugin], writes: bool) -> int:
     cmd, fmt = args.command, args.format
     if writes:
         recovered = await runner.resolve_crashed()
@@ -261,8 +292,8 @@ async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPl
         "release": runner.release,
         "run_id": runner.run_id,
         "dry_run": runner.dry_run,
-        "exit_code": out.exit_code,
-        "result": EXIT_NAMES.get(out.exit_code, str(out.exit_code)),
+        "exit_code": int(out.exit_code),
+        "result": out.exit_code.meaning,
         "message": out.message,
         "recovered": recovered,
         "rolled_back": out.rolled_back,
@@ -270,14 +301,14 @@ async def _command(runner: Any, args: argparse.Namespace, plugins: list[LoadedPl
     }
     runner.final_message = out.message
     text = "\n".join(
-        f"{s.plugin:24} {s.phase:9} {s.outcome:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
+        f"{s.plugin:24} {s.phase:9} {s.outcome!s:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
         for s in out.steps
     )
     _emit(fmt, doc, text)
     return int(out.exit_code)
 
 
-async def _with_applied_dependents(runner: Any, plugins: list[LoadedPlugin]) -> list[LoadedPlugin]:
+async def _with_applied_dependents(runner: Runner, plugins: list[LoadedPlugin]) -> list[LoadedPlugin]:
     """Rolling back a fix that another applied fix requires would pull the ground from under it."""
     states = await runner.ledger.states(runner.release)
     names = {p.name for p in plugins}
@@ -285,7 +316,7 @@ async def _with_applied_dependents(runner: Any, plugins: list[LoadedPlugin]) -> 
     while changed:
         changed = False
         for p in runner.host.plugins.values():
-            if p.name not in names and states.get(p.name, {}).get("state") == "applied":
+            if p.name not in names and states.get(p.name, {}).get("state") == PluginState.APPLIED:
                 if any(r in names for r in p.info.requires):
                     names.add(p.name)
                     changed = True
@@ -332,72 +363,74 @@ def _list(host: PluginHost, fmt: str) -> int:
     _emit(fmt, {"plugins": rows}, text)
     for f in host.failures.values():
         _stderr(f"tars-run: warning: {f.message()}")
-    return 0
+    return ExitCode.OK
 
 
-async def _plan_or_status(runner: Any, plugins: list[LoadedPlugin], cmd: str, fmt: str) -> int:
+def _plan_row(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> dict[str, Any]:
+    applied = st.get("state") == PluginState.APPLIED
+    if applied and _same(runner, p, st):
+        action = "verify; skip apply if still verified"
+    elif applied:
+        action = "re-apply (version or config changed)"
+    else:
+        action = "apply, then verify"
+    return {
+        "plugin": p.name,
+        "fix_id": p.info.fix_id,
+        "requires": list(p.info.requires),
+        "state": st.get("state", str(PluginState.NOT_APPLIED)),
+        "action": action,
+    }
+
+
+def _status_row(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> dict[str, Any]:
+    return {
+        "plugin": p.name,
+        "fix_id": p.info.fix_id,
+        "version": p.version,
+        "state": st.get("state", str(PluginState.NOT_APPLIED)),
+        "applied_version": st.get("version"),
+        "updated_at": st.get("updated_at"),
+        "config_changed": bool(st) and not _same(runner, p, st),
+    }
+
+
+def _same(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> bool:
+    return st.get("version") == p.version and st.get("config_digest") == runner.digest(p)
+
+
+async def _plan_or_status(runner: Runner, plugins: list[LoadedPlugin], cmd: str, fmt: str) -> int:
     import attrs
 
-    holder = None
     states = await runner.ledger.states(runner.release)
-    rows = []
-    for p in plugins:
-        st = states.get(p.name, {})
-        same = st.get("version") == p.version and st.get("config_digest") == runner.digest(p)
-        if cmd == "plan":
-            if st.get("state") == "applied" and same:
-                action = "verify; skip apply if still verified"
-            elif st.get("state") == "applied":
-                action = "re-apply (version or config changed)"
-            else:
-                action = "apply, then verify"
-            rows.append(
-                {
-                    "plugin": p.name,
-                    "fix_id": p.info.fix_id,
-                    "requires": list(p.info.requires),
-                    "state": st.get("state", "not_applied"),
-                    "action": action,
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "plugin": p.name,
-                    "fix_id": p.info.fix_id,
-                    "version": p.version,
-                    "state": st.get("state", "not_applied"),
-                    "applied_version": st.get("version"),
-                    "updated_at": st.get("updated_at"),
-                    "config_changed": bool(st) and not same,
-                }
-            )
+    row = _plan_row if cmd == "plan" else _status_row
+    rows = [row(runner, p, states.get(p.name, {})) for p in plugins]
     doc: dict[str, Any] = {
         "command": cmd,
         "release": runner.release,
         "ledger": runner.ledger.location,
         "plugins": rows,
     }
-    if cmd == "status":
-        doc["last_run"] = await runner.ledger.last_run()
-        holder = await runner.ledger.holder()
-        doc["lock"] = attrs.asdict(holder) if holder else None
     if cmd == "plan":
         text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
-    else:
-        text = "\n".join(
-            f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}" for r in rows
-        )
-        last = doc["last_run"]
-        if last:
-            text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
-        text += f"\nlock: {holder.describe() if holder else 'free'}"
+        _emit(fmt, doc, text)
+        return ExitCode.OK
+    doc["last_run"] = last = await runner.ledger.last_run()
+    holder = await runner.ledger.holder()
+    doc["lock"] = attrs.asdict(holder) if holder else None
+    text = "\n".join(
+        f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}" for r in rows
+    )
+    if last:
+        text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
+    text += f"\nlock: {holder.describe() if holder else 'free'}"
     _emit(fmt, doc, text)
-    return 0
+    return ExitCode.OK
 
 
-async def _report(runner: Any, plugins: list[LoadedPlugin], fmt: str) -> int:
+async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
     from tars_core.config import converter
+    from tars_core.hookcall import HookStillRunning
     from tars_core.report import build_release, write_report
 
     ledger = runner.ledger
@@ -416,13 +449,14 @@ async def _report(runner: Any, plugins: list[LoadedPlugin], fmt: str) -> int:
     for p in plugins:
         if not runner.host.has_hook(p.name, "tars_report"):
             continue
+        timeout = runner.cfg.timeout(p.name, "report")
         try:
-            result = await runner.host.call(
-                p.name, "tars_report", timeout=runner.cfg.timeout(p.name, "report"), release=release
-            )
+            result = await runner.host.call(p.name, "tars_report", timeout=timeout, grace=runner.grace, release=release)
             results = result if isinstance(result, list) else [result]
             sections[p.name] = next((r for r in results if r is not None), None)
         except Exception as exc:
+            if isinstance(exc, HookStillRunning):
+                runner.stuck.append(p.name)  # the process must not wait for it at exit
             sections[p.name] = runner.redact(f"tars_report failed: {type(exc).__name__}: {exc}")
     paths = write_report(release, sections, runner.redact, {p.name: p.version for p in plugins})
     _stderr(f"tars-run: report written to {paths['md']}")
@@ -436,7 +470,7 @@ async def _report(runner: Any, plugins: list[LoadedPlugin], fmt: str) -> int:
         },
         str(paths["md"]),
     )
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,12 +40,40 @@ class Timeouts:
     sandbox: float = 600.0
 
 
+TIMED_PHASES = tuple(a.name for a in attrs.fields(Timeouts))
+
+
+@attrs.define
+class PluginTimeouts:
+    """One plugin's own timeouts (``release.plugin_timeouts.<name>``); ``None``: the release-wide one."""
+
+    apply: float | None = None
+    verify: float | None = None
+    rollback: float | None = None
+    benchmark: float | None = None
+    report: float | None = None
+    sandbox: float | None = None
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0 seconds, got {value:g}")
+
+
 @attrs.define
 class ReleaseConfig:
+    """The ``release`` section.
+
+    ``timeout_grace``: after a hook's timeout (or Ctrl-C) the runner waits this long for the hook's worker
+    to stop before anything else touches the target; a worker still running then leaves the plugin
+    ``unknown``, not rolled back, exit 4.
+    """
+
     name: str = "v1.0.1"
     rollback: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
-    plugin_timeouts: dict[str, float] = attrs.field(factory=dict)
+    plugin_timeouts: dict[str, PluginTimeouts] = attrs.field(factory=dict)
+    timeout_grace: float = attrs.field(default=30.0, validator=_not_negative)
     progress_every: float = 15.0  # seconds between "still running" lines during a long phase
 
 
@@ -63,9 +91,70 @@ class TarsConfig:
     source: str = "<defaults>"
 
     def timeout(self, plugin: str, phase: str) -> float:
-        if plugin in self.release.plugin_timeouts:
-            return self.release.plugin_timeouts[plugin]
+        """The plugin's own timeout for ``phase`` if it has one, else the release-wide one."""
+        own = getattr(self.release.plugin_timeouts.get(plugin), phase, None)
+        if own is not None:
+            return float(own)
         return float(getattr(self.release.timeouts, phase, self.release.timeouts.apply))
+
+
+# What a mapping section looks like, for the error when a config gives a scalar or a list instead.
+_SECTION_EXAMPLES = {
+    "release": "{name: v1.0.1}",
+    "state": "{url: sqlite:///.tars/state.db}",
+    "targets": "{postgres: postgresql://db/tars}",
+    "plugins": "{tars-1004-db: {lock_timeout_ms: 2000}}",
+    "release.timeouts": "{apply: 900}",
+    "release.plugin_timeouts": "{tars-1004-db: {apply: 1800}}",
+}
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _mapping(value: object, path: str) -> dict[Any, Any]:
+    """``value`` as a section mapping (``None``, an empty YAML key, is an empty one), or a ConfigError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping such as {_SECTION_EXAMPLES[path]}, got {_kind(value)}")
+    return value
+
+
+def _shape(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check every core section is a mapping and normalise ``release.plugin_timeouts``, before cattrs.
+
+    cattrs would report a scalar section as "unknown error ('str' object has no attribute 'keys')". A
+    plugin's timeouts may be one number (every phase) or a mapping of phases; a phase that is not one
+    of the timed phases is refused with its path, since a misspelt phase would silently keep the default.
+    """
+    body = {k: _mapping(v, k) if k in _SECTION_EXAMPLES else v for k, v in raw.items() if k != "plugins"}
+    release = body.get("release", {})
+    if "timeouts" in release:
+        release["timeouts"] = _mapping(release["timeouts"], "release.timeouts")
+    if "plugin_timeouts" in release:
+        per_plugin = _mapping(release["plugin_timeouts"], "release.plugin_timeouts")
+        for plugin, value in per_plugin.items():
+            where = f"release.plugin_timeouts.{plugin}"
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                per_plugin[plugin] = dict.fromkeys(TIMED_PHASES, value)
+            elif not isinstance(value, dict):
+                raise ConfigError(
+                    f"{where}: expected seconds for every phase (1800) or a mapping such as {{apply: 1800}}, "
+                    f"got {_kind(value)}"
+                )
+            else:
+                for phase in value:
+                    if phase not in TIMED_PHASES:
+                        raise ConfigError(f"{where}.{phase}: unknown phase; expected one of {', '.join(TIMED_PHASES)}")
+    return body
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)
@@ -119,6 +208,7 @@ def describe_errors(exc: Exception, root: str) -> str:
         msg, _, where = line.rpartition(" @ ")
         if not msg:
             msg, where = line, root
+        where = re.sub(r"\['([^']*)'\]", r".\1", where)  # plugin_timeouts['tars-x'] -> plugin_timeouts.tars-x
         out.append(f"{where.lstrip('$.') or root}: {msg}")
     return "; ".join(out)
 
@@ -144,10 +234,14 @@ def load_config(path: Path | None, redactor: Redactor | None = None) -> tuple[Ta
         raise ConfigError(f"config {path}: top level must be a mapping with release/state/targets/plugins")
     raw = interpolate(raw, redactor)
     redactor.collect(raw)
-    plugins = raw.get("plugins") or {}
-    if not isinstance(plugins, dict) or not all(isinstance(v, (dict, type(None))) for v in plugins.values()):
-        raise ConfigError(f"config {path}: plugins must map each plugin name to a mapping of its settings")
-    body = {k: v for k, v in raw.items() if k != "plugins"}
+    try:
+        plugins = _mapping(raw.get("plugins"), "plugins")
+        for name, section in plugins.items():
+            if not isinstance(section, dict | None):
+                raise ConfigError(f"plugins.{name}: expected a mapping of the plugin's settings, got {_kind(section)}")
+        body = _shape(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
     try:
         cfg = converter.structure(body, TarsConfig)
     except Exception as exc:

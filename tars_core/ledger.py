@@ -9,6 +9,10 @@ loss), which is how crash recovery finds the work it must resolve.
 Locking: SQLite uses ``flock`` on a sibling ``.lock`` file (released by the kernel when the holder dies);
 PostgreSQL uses a session advisory lock (released when the holder's connection drops). In both cases the
 holder writes who it is (host, pid, start time) so a refused run can name it.
+
+Every write is one statement or one transaction (a row is replaced with an upsert, never DELETE then
+INSERT), so a SIGKILL at any instant leaves the old row or the new one. Outcomes and states are the
+enums of :mod:`tars_core.model`, stored as their string values.
 """
 
 from __future__ import annotations
@@ -16,21 +20,29 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import sqlite3
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import attrs
 
 from tars_core.errors import LedgerError, LockHeld
-from tars_core.model import PhaseRecord
+from tars_core.model import Outcome, PhaseRecord, PluginState
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
+BUSY_TIMEOUT = 30.0  # seconds a SQLite write waits for another process's write lock before giving up
+CRASHED = "crashed"  # tars_runs.outcome of a run whose process died; the others are ExitCode names
 
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS tars_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -75,9 +87,15 @@ class Holder:
 
 
 class Ledger(ABC):
-    """Backend-neutral ledger API; every method is async because the PostgreSQL backend is."""
+    """Backend-neutral ledger API; every method is async because the PostgreSQL backend is.
+
+    ``on_wait`` (if set) is told, every ``on_wait_every`` seconds, how long a write has been waiting for
+    a lock another process holds, so the runner can say why nothing moves.
+    """
 
     location: str
+    on_wait: Callable[[float], None] | None = None
+    on_wait_every: float = 5.0
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -105,6 +123,10 @@ class Ledger(ABC):
     @abstractmethod
     async def _insert_phase(self, values: Sequence[Any]) -> int: ...
 
+    @abstractmethod
+    async def _atomic(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run ``statements`` in one transaction: all of them or none."""
+
     # -- runs and phases -------------------------------------------------------------------------
     async def start_run(self, run_id: str, release: str, command: str) -> None:
         await self._execute(
@@ -118,15 +140,18 @@ class Ledger(ABC):
         )
 
     async def end_run(self, run_id: str, outcome: str) -> None:
+        """Close the run; ``outcome`` is an ``ExitCode`` name in lower case (``ok``, ``manual_action``...)."""
         await self._execute("UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id)
 
     async def phase_start(self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str) -> int:
-        return await self._insert_phase((run_id, release, plugin, phase, "running", now(), version, digest))
+        return await self._insert_phase((run_id, release, plugin, phase, str(Outcome.RUNNING), now(), version, digest))
 
-    async def phase_end(self, phase_id: int, outcome: str, error: str | None = None, detail: str | None = None) -> None:
+    async def phase_end(
+        self, phase_id: int, outcome: Outcome, error: str | None = None, detail: str | None = None
+    ) -> None:
         await self._execute(
             "UPDATE tars_phases SET outcome=$1, ended_at=$2, error=$3, detail=$4 WHERE id=$5",
-            outcome,
+            str(outcome),
             now(),
             error,
             detail,
@@ -136,15 +161,20 @@ class Ledger(ABC):
     async def unfinished(self) -> list[tuple[int, PhaseRecord, str]]:
         """Phases left ``running`` by a dead run, with their row id and release."""
         rows = await self._fetch(
-            f"SELECT id, release, {_PHASE_COLS} FROM tars_phases WHERE outcome='running' ORDER BY id"
+            f"SELECT id, release, {_PHASE_COLS} FROM tars_phases WHERE outcome=$1 ORDER BY id", str(Outcome.RUNNING)
         )
         return [(int(r[0]), PhaseRecord(*r[2:]), str(r[1])) for r in rows]
 
     async def close_dead_runs(self, current: str) -> list[str]:
         """Mark runs that never ended (their process died) as crashed; called with the lock held."""
         rows = await self._fetch("SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current)
-        for (run_id,) in rows:
-            await self.end_run(run_id, "crashed")
+        if rows:
+            await self._execute(
+                "UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE ended_at IS NULL AND run_id <> $3",
+                now(),
+                CRASHED,
+                current,
+            )
         return [r[0] for r in rows]
 
     async def phases(self, release: str) -> list[PhaseRecord]:
@@ -160,14 +190,17 @@ class Ledger(ABC):
         return dict(zip(keys, rows[0], strict=True)) if rows else None
 
     # -- per-plugin state ------------------------------------------------------------------------
-    async def set_state(self, release: str, plugin: str, state: str, version: str, digest: str, run_id: str) -> None:
-        await self._execute("DELETE FROM tars_state WHERE release=$1 AND plugin=$2", release, plugin)
+    async def set_state(
+        self, release: str, plugin: str, state: PluginState, version: str, digest: str, run_id: str
+    ) -> None:
         await self._execute(
             "INSERT INTO tars_state (release, plugin, state, version, config_digest, updated_at, run_id) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (release, plugin) DO UPDATE SET state=excluded.state, "
+            "version=excluded.version, config_digest=excluded.config_digest, updated_at=excluded.updated_at, "
+            "run_id=excluded.run_id",
             release,
             plugin,
-            state,
+            str(state),
             version,
             digest,
             now(),
@@ -183,9 +216,9 @@ class Ledger(ABC):
         return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
 
     async def save_benchmark(self, release: str, plugin: str, run_id: str, data: dict[str, Any]) -> None:
-        await self._execute("DELETE FROM tars_benchmarks WHERE release=$1 AND plugin=$2", release, plugin)
         await self._execute(
-            "INSERT INTO tars_benchmarks (release, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5)",
+            "INSERT INTO tars_benchmarks (release, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5) "
+            "ON CONFLICT (release, plugin) DO UPDATE SET run_id=excluded.run_id, at=excluded.at, data=excluded.data",
             release,
             plugin,
             run_id,
@@ -198,6 +231,7 @@ class Ledger(ABC):
         return {r[0]: json.loads(r[1]) for r in rows}
 
     async def _migrate(self) -> None:
+        """Create the schema in one transaction, so a killed first run leaves all of it or none."""
         await self._execute(_TABLES[0])
         rows = await self._fetch("SELECT value FROM tars_meta WHERE key='schema_version'")
         if rows and int(rows[0][0]) > SCHEMA_VERSION:
@@ -205,16 +239,28 @@ class Ledger(ABC):
                 f"ledger {self.location} has schema {rows[0][0]}, newer than this tars-run ({SCHEMA_VERSION}); "
                 "upgrade tars-core"
             )
-        for ddl in _TABLES[1:]:
-            await self._execute(ddl.format(serial=self._serial))
-        if not rows:
-            await self._execute("INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1)", str(SCHEMA_VERSION))
+        if rows:
+            return
+        statements: list[tuple[str, Sequence[Any]]] = [(ddl.format(serial=self._serial), ()) for ddl in _TABLES[1:]]
+        statements.append(
+            (
+                "INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+        )
+        await self._atomic(statements)
 
     _serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
 
 class SQLiteLedger(Ledger):
-    """The embedded default; SQLite's own locking is per transaction, so the run lock is a flock."""
+    """The embedded default; SQLite's own locking is per transaction, so the run lock is a flock.
+
+    Every statement runs in a worker thread, one at a time on one connection, so the event loop keeps
+    serving Ctrl-C and progress while SQLite waits for a write lock another process holds. The wait is
+    cut into short busy timeouts, retried (a statement refused with SQLITE_BUSY did nothing) and reported
+    through ``on_wait``, up to :data:`BUSY_TIMEOUT`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -222,13 +268,15 @@ class SQLiteLedger(Ledger):
         self.lock_path = path.with_name(path.name + ".lock")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def open(self) -> None:
+        self._limiter = anyio.CapacityLimiter(1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.2, check_same_thread=False)
+            await self._call(lambda db: db.execute("PRAGMA journal_mode=WAL"))
+            await self._call(lambda db: db.execute("PRAGMA synchronous=NORMAL"))
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}; check --state and permissions") from None
         await self._migrate()
@@ -236,8 +284,32 @@ class SQLiteLedger(Ledger):
     async def close(self) -> None:
         await self.release_lock()
         if self._db is not None:
-            self._db.close()
+            await self._call(lambda db: db.close())
             self._db = None
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._db is not None and self._limiter is not None
+        return await anyio.to_thread.run_sync(self._patiently, fn, limiter=self._limiter)
+
+    def _patiently(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the worker thread, retrying while another process holds the write lock."""
+        assert self._db is not None
+        start = told = time.monotonic()
+        while True:
+            try:
+                return fn(self._db)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            waited = time.monotonic() - start
+            if waited >= BUSY_TIMEOUT:
+                raise LedgerError(
+                    f"ledger {self.location} stayed locked by another process for {BUSY_TIMEOUT:g}s; "
+                    f"find it (fuser {self.location}) and run again"
+                )
+            if self.on_wait is not None and time.monotonic() - told >= self.on_wait_every:
+                told = time.monotonic()
+                self.on_wait(waited)
 
     async def acquire(self, holder: Holder) -> None:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -278,28 +350,36 @@ class SQLiteLedger(Ledger):
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _sql(self, sql: str) -> str:
+    @staticmethod
+    def _sql(sql: str) -> str:
         # The statements are written with PostgreSQL placeholders; SQLite accepts ?NNN.
-        import re
-
         return re.sub(r"\$(\d+)", r"?\1", sql)
 
     async def _execute(self, sql: str, *args: Any) -> None:
-        assert self._db is not None
-        self._db.execute(self._sql(sql), args)
+        await self._call(lambda db: db.execute(self._sql(sql), args))
 
     async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        assert self._db is not None
-        return list(self._db.execute(self._sql(sql), args).fetchall())
+        return await self._call(lambda db: list(db.execute(self._sql(sql), args).fetchall()))
 
     async def _insert_phase(self, values: Sequence[Any]) -> int:
-        assert self._db is not None
-        cur = self._db.execute(
+        sql = (
             "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version, config_digest)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            tuple(values),
+            " VALUES (?,?,?,?,?,?,?,?)"
         )
-        return int(cur.lastrowid or 0)
+        return await self._call(lambda db: int(db.execute(sql, tuple(values)).lastrowid or 0))
+
+    async def _atomic(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock first: SQLITE_BUSY here has changed nothing
+            try:
+                for sql, args in statements:
+                    db.execute(self._sql(sql), tuple(args))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        await self._call(run)
 
 
 class PostgresLedger(Ledger):
@@ -339,9 +419,10 @@ class PostgresLedger(Ledger):
             row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
             raise LockHeld(Holder(**dict(row)) if row else None, self.location)
         self._locked = True
-        await self._conn.execute("DELETE FROM tars_lock WHERE id=1")
         await self._conn.execute(
-            "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4)",
+            "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4) ON CONFLICT (id) "
+            "DO UPDATE SET host=excluded.host, pid=excluded.pid, started_at=excluded.started_at, "
+            "command=excluded.command",
             holder.host,
             holder.pid,
             holder.started_at,
@@ -368,6 +449,11 @@ class PostgresLedger(Ledger):
 
     async def _fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def _atomic(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        async with self._conn.transaction():
+            for sql, args in statements:
+                await self._conn.execute(sql, *args)
 
     async def _insert_phase(self, values: Sequence[Any]) -> int:
         return int(

@@ -365,25 +365,28 @@ class PluginHost:
             self._callers[key] = self.pm.subset_hook_caller(hook, self._others(self.plugins[name].obj))
         return self._callers[key]
 
-    async def call(self, name: str, hook: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(
+        self, name: str, hook: str, *, timeout: float | None = None, grace: float = 0.0, **kwargs: Any
+    ) -> Any:
         """Call one plugin's ``hook`` and await its result, within ``timeout`` seconds.
 
-        Sync implementations run in a worker thread so a blocking hook cannot freeze the event loop
-        (and so the timeout can give up on it); async ones are awaited on the loop.
+        Sync implementations run in a worker thread so a blocking hook cannot freeze the event loop;
+        async ones run as their own task. After a timeout (``TimeoutError``) or a cancellation the
+        worker, and any ``asyncio.to_thread`` job it started, is awaited for up to ``grace`` seconds, so
+        nothing that runs next (a rollback) races it; one still running then raises
+        :class:`tars_core.hookcall.HookStillRunning` (see that module for why and how).
         """
-        import anyio
-        import anyio.to_thread
+        from tars_core.hookcall import run_hook
 
         caller = self.caller(name, hook)
         impl = getattr(self.plugins[name].obj, hook, None)
-        with anyio.fail_after(timeout):
-            if inspect.iscoroutinefunction(impl):
-                result = caller(**kwargs)
-            else:
-                result = await anyio.to_thread.run_sync(lambda: caller(**kwargs), abandon_on_cancel=True)
-            while inspect.isawaitable(result):
-                result = await result
-        return result
+        return await run_hook(
+            lambda: caller(**kwargs),
+            in_thread=not inspect.iscoroutinefunction(impl),
+            hook=hook,
+            timeout=timeout,
+            grace=grace,
+        )
 
     async def notify(self, hook: str, *, timeout: float = OBSERVER_TIMEOUT, **kwargs: Any) -> None:
         """Call every implementation of an observer hook (``tars_phase_started``/``_finished``).

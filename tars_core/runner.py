@@ -15,8 +15,9 @@ import attrs
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
 from tars_core.errors import FixError, RollbackFailed, TargetError
 from tars_core.flags import FeatureFlags
+from tars_core.hookcall import HookStillRunning
 from tars_core.ledger import Ledger
-from tars_core.model import Context
+from tars_core.model import Context, ExitCode, Outcome, PluginState
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import Redactor
 
@@ -48,26 +49,29 @@ def build_context(
     )
 
 
+NOT_STARTED = "not started: the run was interrupted"
+NOTHING_TO_UNDO = "apply never reached the target; nothing to undo"
+_DONE = (Outcome.OK, Outcome.DRY_RUN)
+
+
 @attrs.define
 class Step:
     """What one phase of one plugin did in this run (the runner's answer, printed and reported)."""
 
     plugin: str
     phase: str
-    outcome: str  # ok | failed | skipped | interrupted | dry-run | resolved
+    outcome: Outcome
     seconds: float = 0.0
     error: str | None = None
     detail: str | None = None
     checks: dict[str, str] = attrs.field(factory=dict)  # VerifyResult.checks: which property held
 
 
-class Interrupted(Exception):
-    pass
-
-
 @attrs.define
-class Outcome:
-    exit_code: int
+class RunResult:
+    """What a command did: its exit code, every step, what was rolled back, and one line for people."""
+
+    exit_code: ExitCode
     steps: list[Step]
     rolled_back: list[str] = attrs.field(factory=list)
     message: str = ""
@@ -79,6 +83,12 @@ class Runner:
     The ledger is written before and after each hook call (``running`` then the outcome), so the
     ledger is consistent at every instant a SIGKILL may hit: at worst a phase stays ``running`` and
     the next run resolves it (``resolve_crashed``).
+
+    A hook that does not stop within ``release.timeout_grace`` after its timeout or Ctrl-C leaves its
+    plugin ``unknown`` and the run stops there, exit 4, rolling back nothing at all: the stuck hook may
+    still be writing the target, and rollbacks run in reverse dependency order, so undoing the fixes
+    applied before it would pull the ground from under a plugin that is still changing things. Whoever
+    checks the target decides; ``tars-run rollback`` then undoes everything in order.
     """
 
     def __init__(
@@ -111,9 +121,13 @@ class Runner:
         self.interrupted = False
         self.final_message = ""
         self.bad_target = False  # a hook raised TargetError: the run ends with exit 2 (bad input)
+        self.unreached: set[str] = set()  # apply raised TargetError in this run: its rollback is a no-op
+        self.stuck: list[str] = []  # plugins whose hook would not stop: the process must not wait for them
         self.tick_every = cfg.release.progress_every
-        self._contexts: dict[tuple[str, str], Context] = {}
+        self.grace = cfg.release.timeout_grace
         self._digests: dict[str, str] = {}
+        ledger.on_wait = self._ledger_waiting
+        ledger.on_wait_every = self.tick_every
 
     # -- plumbing --------------------------------------------------------------------------------
     def interrupt(self) -> None:
@@ -125,6 +139,15 @@ class Runner:
         self.progress("tars: interrupted; stopping the step in flight and rolling back by policy")
         if self._scope is not None:
             self._scope.cancel()
+
+    def _stamp(self) -> str:
+        return f"[{time.monotonic() - self._t0:7.2f}s]"
+
+    def _ledger_waiting(self, waited: float) -> None:
+        self.progress(
+            f"{self._stamp()} waiting for the ledger {self.ledger.location}: another process holds its "
+            f"write lock ({waited:.0f}s)"
+        )
 
     def context(self, plugin: LoadedPlugin, phase: str) -> Context:
         ctx = build_context(plugin, self.cfg, root=self.root, phase=phase, dry_run=self.dry_run)
@@ -144,14 +167,16 @@ class Runner:
         text = f"{type(exc).__name__}: {exc}"
         return self.redact(text.splitlines()[0] if text.strip() else type(exc).__name__)
 
+    def _note(self, step: Step) -> Step:
+        self.steps.append(step)
+        return step
+
     async def phase(self, plugin: LoadedPlugin, phase: str, *, record: bool = True) -> tuple[Step, Any]:
         """Call one hook of one plugin with its timeout, ledger rows around it, progress on stderr."""
-        hook = f"tars_{phase}"
-        timeout = self.cfg.timeout(plugin.name, phase)
         if self.interrupted and phase != "rollback":
-            step = Step(plugin.name, phase, "interrupted", error="not started: the run was interrupted")
-            self.steps.append(step)
-            return step, None
+            return self._note(Step(plugin.name, phase, Outcome.INTERRUPTED, error=NOT_STARTED)), None
+        if phase == "rollback" and plugin.name in self.unreached:
+            return await self._nothing_to_undo(plugin), None
         ctx = self.context(plugin, phase)
         phase_id = None
         if record and not self.dry_run:
@@ -159,52 +184,100 @@ class Runner:
                 self.run_id, self.release, plugin.name, phase, plugin.version, self.digest(plugin)
             )
         start = time.monotonic()
-        self.progress(f"[{start - self._t0:7.2f}s] {plugin.name}: {phase} ...")
-        result: Any = None
-        error: str | None = None
-        outcome = "ok"
+        self.progress(f"{self._stamp()} {plugin.name}: {phase} ...")
         try:
-            if not self.host.has_hook(plugin.name, hook):
-                if phase in ("apply", "rollback", "verify"):
-                    raise FixError(f"plugin {plugin.name} does not implement {hook}")
-                outcome = "skipped"
-            else:
-                with anyio.CancelScope() as scope:
-                    # A rollback is never cancelled by Ctrl-C: it is what Ctrl-C asks for.
-                    self._scope = scope if phase != "rollback" else None
-                    result = await self._with_ticker(
-                        f"{plugin.name}: {phase}",
-                        start,
-                        lambda: self.host.call(plugin.name, hook, timeout=timeout, ctx=ctx),
-                    )
-                self._scope = None
-                if scope.cancelled_caught:
-                    outcome, error = "interrupted", f"{hook} interrupted by the user"
-                elif phase == "verify" and not getattr(result, "ok", False):
-                    outcome = "failed"
-                    error = self.redact(getattr(result, "detail", "") or "verify reported the fix is not in place")
-        except Exception as exc:
-            self._scope = None
-            outcome, error = "failed", self._error_text(exc, hook, timeout)
-            if isinstance(exc, TargetError):
-                self.bad_target = True
-            if self.debug:
-                log.exception("%s %s failed", plugin.name, hook)
+            outcome, error, result = await self._invoke(plugin, phase, ctx)
         finally:
-            await ctx.flags.aclose()
+            with anyio.CancelScope(shield=True):
+                await ctx.flags.aclose()
         seconds = time.monotonic() - start
         detail = self.redact(getattr(result, "detail", "") or "") or None
-        if self.dry_run and outcome == "ok":
-            outcome = "dry-run"
         if phase_id is not None:
             with anyio.CancelScope(shield=True):
                 await self.ledger.phase_end(phase_id, outcome, error, detail)
         checks = {str(k): self.redact(str(v)) for k, v in (getattr(result, "checks", None) or {}).items()}
-        step = Step(plugin.name, phase, outcome, seconds, error, detail, checks)
-        self.steps.append(step)
+        step = self._note(Step(plugin.name, phase, outcome, seconds, error, detail, checks))
         tail = f"{outcome} ({seconds:.2f}s)" + (f": {error}" if error else "")
-        self.progress(f"[{time.monotonic() - self._t0:7.2f}s] {plugin.name}: {phase} {tail}")
+        self.progress(f"{self._stamp()} {plugin.name}: {phase} {tail}")
         return step, result
+
+    async def _invoke(self, plugin: LoadedPlugin, phase: str, ctx: Context) -> tuple[Outcome, str | None, Any]:
+        """The awaited hook call, with the observer hooks right around it; every ending becomes an outcome."""
+        hook = f"tars_{phase}"
+        if not self.host.has_hook(plugin.name, hook):
+            if phase in ("apply", "rollback", "verify"):
+                return Outcome.FAILED, f"plugin {plugin.name} does not implement {hook}", None
+            return Outcome.SKIPPED, None, None
+        timeout = self.cfg.timeout(plugin.name, phase)
+        outcome, result = Outcome.INTERRUPTED, None
+        error: str | None = f"{hook} interrupted"
+        await self.host.notify("tars_phase_started", plugin=plugin.name, phase=phase, ctx=ctx)
+        start = time.monotonic()
+        try:
+            with anyio.CancelScope() as scope:
+                # A rollback is never cancelled by Ctrl-C: it is what Ctrl-C asks for.
+                self._scope = scope if phase != "rollback" else None
+                result = await self._with_ticker(
+                    f"{plugin.name}: {phase}",
+                    start,
+                    lambda: self.host.call(plugin.name, hook, timeout=timeout, grace=self.grace, ctx=ctx),
+                )
+            if scope.cancelled_caught:
+                outcome, error = Outcome.INTERRUPTED, f"{hook} interrupted by the user"
+            elif phase == "verify" and not getattr(result, "ok", False):
+                detail = getattr(result, "detail", "") or "verify reported the fix is not in place"
+                outcome, error = Outcome.FAILED, self.redact(detail)
+            else:
+                outcome, error = (Outcome.DRY_RUN if self.dry_run else Outcome.OK), None
+        except HookStillRunning as exc:
+            outcome, error = Outcome.UNKNOWN, self._stuck(plugin, phase, exc)
+        except Exception as exc:
+            outcome, error = self._failure(plugin, phase, exc, timeout)
+        finally:
+            self._scope = None
+            seconds = time.monotonic() - start
+            with anyio.CancelScope(shield=True):
+                await self.host.notify(
+                    "tars_phase_finished",
+                    plugin=plugin.name,
+                    phase=phase,
+                    outcome=str(outcome),
+                    seconds=seconds,
+                    error=error,
+                )
+        return outcome, error, result
+
+    def _failure(self, plugin: LoadedPlugin, phase: str, exc: Exception, timeout: float) -> tuple[Outcome, str]:
+        """A hook that raised: ``unreached`` when apply stopped at an unusable target, else ``failed``."""
+        if self.debug:
+            log.exception("%s tars_%s failed", plugin.name, phase)
+        error = self._error_text(exc, f"tars_{phase}", timeout)
+        if not isinstance(exc, TargetError):
+            return Outcome.FAILED, error
+        self.bad_target = True
+        if phase != "apply":
+            return Outcome.FAILED, error
+        self.unreached.add(plugin.name)  # TargetError from apply: raised before it changed anything
+        return Outcome.UNREACHED, error
+
+    def _stuck(self, plugin: LoadedPlugin, phase: str, exc: HookStillRunning) -> str:
+        self.stuck.append(plugin.name)
+        after = f"its {exc.timeout:g}s timeout" if exc.timeout is not None else "it was interrupted"
+        undone = "nothing more rolled back" if phase == "rollback" else "not rolled back"
+        return (
+            f"{plugin.name}: {phase} did not stop within {exc.grace:g}s after {after}; state unknown, {undone}: "
+            "check the target, then run tars-run rollback"
+        )
+
+    async def _nothing_to_undo(self, plugin: LoadedPlugin) -> Step:
+        """The rollback of a plugin whose apply never reached the target: recorded, the hook not called."""
+        if not self.dry_run:
+            phase_id = await self.ledger.phase_start(
+                self.run_id, self.release, plugin.name, "rollback", plugin.version, self.digest(plugin)
+            )
+            await self.ledger.phase_end(phase_id, Outcome.SKIPPED, None, NOTHING_TO_UNDO)
+        self.progress(f"{self._stamp()} {plugin.name}: rollback {Outcome.SKIPPED}: {NOTHING_TO_UNDO}")
+        return self._note(Step(plugin.name, "rollback", Outcome.SKIPPED, detail=NOTHING_TO_UNDO))
 
     async def _with_ticker(self, label: str, start: float, call: Callable[[], Awaitable[Any]]) -> Any:
         """Await ``call`` while printing a "still running" line every ``tick_every`` seconds.
@@ -217,9 +290,7 @@ class Runner:
         async def tick() -> None:
             while True:
                 await anyio.sleep(self.tick_every)
-                self.progress(
-                    f"[{time.monotonic() - self._t0:7.2f}s] {label} still running ({time.monotonic() - start:.0f}s)"
-                )
+                self.progress(f"{self._stamp()} {label} still running ({time.monotonic() - start:.0f}s)")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tick)
@@ -233,7 +304,7 @@ class Runner:
             raise error
         return result
 
-    async def set_state(self, plugin: LoadedPlugin, state: str) -> None:
+    async def set_state(self, plugin: LoadedPlugin, state: PluginState) -> None:
         if not self.dry_run:
             await self.ledger.set_state(
                 self.release, plugin.name, state, plugin.version, self.digest(plugin), self.run_id
@@ -245,7 +316,7 @@ class Runner:
         said: list[str] = []
         dead = await self.ledger.close_dead_runs(self.run_id)
         for phase_id, rec, _release in await self.ledger.unfinished():
-            await self.ledger.phase_end(phase_id, "interrupted", "the run died during this phase")
+            await self.ledger.phase_end(phase_id, Outcome.INTERRUPTED, "the run died during this phase")
             plugin = self.host.plugins.get(rec.plugin)
             if plugin is None:
                 said.append(f"{rec.plugin}: {rec.phase} was interrupted; plugin not installed, left as is")
@@ -255,20 +326,24 @@ class Runner:
                 continue
             if rec.phase in ("apply", "verify"):
                 step, _ = await self.phase(plugin, "verify")
-                if step.outcome == "ok":
-                    await self.set_state(plugin, "applied")
+                if step.outcome == Outcome.OK:
+                    await self.set_state(plugin, PluginState.APPLIED)
                     said.append(
                         f"{rec.plugin}: {rec.phase} was interrupted by a crash; verify says the fix is "
                         "in place, recorded as applied"
                     )
                     continue
+                if step.outcome == Outcome.UNKNOWN:
+                    await self.set_state(plugin, PluginState.UNKNOWN)
+                    raise RollbackFailed([rec.plugin], step.error or "")
             step, _ = await self.phase(plugin, "rollback")
-            if step.outcome != "ok":
-                await self.set_state(plugin, "rollback_failed")
+            if step.outcome != Outcome.OK:
+                unknown = step.outcome == Outcome.UNKNOWN
+                await self.set_state(plugin, PluginState.UNKNOWN if unknown else PluginState.ROLLBACK_FAILED)
                 raise RollbackFailed(
                     [rec.plugin], f"{rec.plugin}: resolving a crashed {rec.phase} failed: {step.error}"
                 )
-            await self.set_state(plugin, "rolled_back")
+            await self.set_state(plugin, PluginState.ROLLED_BACK)
             said.append(
                 f"{rec.plugin}: {rec.phase} was interrupted by a crash and the fix is not in place; rolled back"
             )
@@ -278,104 +353,134 @@ class Runner:
             self.progress(f"tars: recovered: {line}")
         return said
 
-    async def apply(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
+    async def _still_applied(self, plugin: LoadedPlugin, st: dict[str, str] | None) -> Step | None:
+        """For a plugin the ledger records as applied with this version and config: its verify step."""
+        if not st or st["state"] != PluginState.APPLIED:
+            return None
+        if st["version"] != plugin.version or st["config_digest"] != self.digest(plugin):
+            return None
+        step, _ = await self.phase(plugin, "verify")
+        return step
+
+    async def apply(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         applied: list[LoadedPlugin] = []
         states = await self.ledger.states(self.release)
         for plugin in plugins:
-            st = states.get(plugin.name)
-            if (
-                st
-                and st["state"] == "applied"
-                and st["version"] == plugin.version
-                and st["config_digest"] == self.digest(plugin)
-            ):
-                step, _ = await self.phase(plugin, "verify")
-                if step.outcome in ("ok", "dry-run"):
-                    self.steps.append(
-                        Step(plugin.name, "apply", "skipped", 0.0, detail="already applied and still verified")
-                    )
-                    self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
-                    continue
-                if self.interrupted:
-                    return await self._fail(plugin, applied, "interrupted")
+            check = await self._still_applied(plugin, states.get(plugin.name))
+            if check is not None and check.outcome in _DONE:
+                self._note(Step(plugin.name, "apply", Outcome.SKIPPED, detail="already applied and still verified"))
+                self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
+                continue
+            if check is not None and check.outcome == Outcome.UNKNOWN:
+                return await self._fail(plugin, applied, check)
             step, _ = await self.phase(plugin, "apply")
-            if step.outcome not in ("ok", "dry-run"):
-                return await self._fail(plugin, applied, step.error or step.outcome)
+            if step.outcome not in _DONE:
+                return await self._fail(plugin, applied, step)
             if self.dry_run:
                 continue
-            await self.set_state(plugin, "applying")
+            await self.set_state(plugin, PluginState.APPLYING)
             step, _ = await self.phase(plugin, "verify")
-            if step.outcome != "ok":
-                return await self._fail(plugin, applied, step.error or step.outcome)
-            await self.set_state(plugin, "applied")
+            if step.outcome != Outcome.OK:
+                return await self._fail(plugin, applied, step)
+            await self.set_state(plugin, PluginState.APPLIED)
             applied.append(plugin)
-        return Outcome(0, self.steps)
+        return RunResult(ExitCode.OK, self.steps)
 
-    def _failure_code(self) -> int:
-        return 130 if self.interrupted else 2 if self.bad_target else 1
+    def _failure_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        return ExitCode.BAD_INPUT if self.bad_target else ExitCode.FAILED
 
-    async def _fail(self, failed: LoadedPlugin, applied: list[LoadedPlugin], why: str) -> Outcome:
+    async def _fail(self, failed: LoadedPlugin, applied: list[LoadedPlugin], step: Step) -> RunResult:
+        """Stop the release at ``step`` of ``failed`` and roll back by policy (nothing if a hook is stuck)."""
+        why = step.error or str(step.outcome)
+        if step.outcome == Outcome.UNKNOWN:
+            await self.set_state(failed, PluginState.UNKNOWN)
+            left = f" (also left as they are: {', '.join(p.name for p in reversed(applied))})" if applied else ""
+            return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=why + left)
         code = self._failure_code()
         if self.dry_run:
-            return Outcome(1, self.steps, message=f"{failed.name}: {why}")
+            return RunResult(ExitCode.FAILED, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
-            await self.set_state(failed, "failed")
-            return Outcome(code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is")
-        order = [failed, *reversed(applied)]
+            await self.set_state(failed, PluginState.FAILED)
+            return RunResult(code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is")
+        # A plugin whose phase never started has nothing of this run to undo.
+        order = [failed, *reversed(applied)] if step.error != NOT_STARTED else list(reversed(applied))
         with anyio.CancelScope(shield=True):
             out = await self._rollback_all(order)
-        out.exit_code = 4 if out.exit_code else code
+        if out.exit_code == ExitCode.OK:
+            out.exit_code = code
         out.message = f"{failed.name} failed ({why}); " + out.message
         return out
 
-    async def _rollback_all(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
-        done, broken = [], []
-        for plugin in plugins:
+    async def _rollback_all(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
+        """Roll back ``plugins`` in this order; stop at a rollback that would not stop (see the class doc)."""
+        done: list[str] = []
+        broken: list[str] = []
+        nothing: list[str] = []
+        for i, plugin in enumerate(plugins):
             step, _ = await self.phase(plugin, "rollback")
-            if step.outcome == "ok":
-                await self.set_state(plugin, "rolled_back")
+            if step.outcome in _DONE:
+                await self.set_state(plugin, PluginState.ROLLED_BACK)
                 done.append(plugin.name)
+            elif step.outcome == Outcome.SKIPPED:
+                nothing.append(plugin.name)  # apply never reached the target: its state row stays as it was
+            elif step.outcome == Outcome.UNKNOWN:
+                await self.set_state(plugin, PluginState.UNKNOWN)
+                rest = [p.name for p in plugins[i + 1 :]]
+                left = f" (also left as they are: {', '.join(rest)})" if rest else ""
+                return RunResult(ExitCode.MANUAL_ACTION, self.steps, done, (step.error or "") + left)
             else:
-                await self.set_state(plugin, "rollback_failed")
+                await self.set_state(plugin, PluginState.ROLLBACK_FAILED)
                 broken.append(f"{plugin.name} ({step.error})")
         if broken:
             msg = f"rollback FAILED for {', '.join(broken)}: manual action needed"
-            return Outcome(4, self.steps, done, msg)
-        return Outcome(0, self.steps, done, f"rolled back {', '.join(done) or 'nothing'}")
+            return RunResult(ExitCode.MANUAL_ACTION, self.steps, done, msg)
+        msg = f"rolled back {', '.join(done) or 'nothing'}"
+        if nothing:
+            msg += f"; nothing to undo for {', '.join(nothing)} (apply never reached the target)"
+        return RunResult(ExitCode.OK, self.steps, done, msg)
 
-    async def rollback(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
+    async def rollback(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         out = await self._rollback_all(list(reversed(plugins)))
-        if out.exit_code == 0 and self.interrupted:
-            out.exit_code = 130
+        if out.exit_code == ExitCode.OK and self.interrupted:
+            out.exit_code = ExitCode.INTERRUPTED
         return out
 
-    async def verify(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
+    async def verify(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         failed = []
         for plugin in plugins:
             step, _ = await self.phase(plugin, "verify")
-            if step.outcome not in ("ok", "dry-run"):
+            if step.outcome == Outcome.UNKNOWN:
+                return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=step.error or "")
+            if step.outcome not in _DONE:
                 failed.append(f"{plugin.name} ({step.error})")
             if self.interrupted:
-                return Outcome(130, self.steps, message="interrupted")
+                return RunResult(ExitCode.INTERRUPTED, self.steps, message="interrupted")
         if failed:
-            return Outcome(self._failure_code(), self.steps, message=f"verify failed: {', '.join(failed)}")
-        return Outcome(0, self.steps)
+            return RunResult(self._failure_code(), self.steps, message=f"verify failed: {', '.join(failed)}")
+        return RunResult(ExitCode.OK, self.steps)
 
-    async def benchmark(self, plugins: Sequence[LoadedPlugin]) -> Outcome:
+    async def benchmark(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         failed = []
         for plugin in plugins:
             step, result = await self.phase(plugin, "benchmark")
-            if step.outcome == "failed":
+            if step.outcome == Outcome.UNKNOWN:
+                return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=step.error or "")
+            if step.outcome not in (*_DONE, Outcome.SKIPPED):
                 failed.append(f"{plugin.name} ({step.error})")
             elif result is not None and not self.dry_run:
-                data = converter.unstructure(result)
-                await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
-                for m in getattr(result, "metrics", ()):
-                    before = "n/a" if m.before is None else f"{m.before:g}"
-                    verdict = "" if m.met is None else (" (target met)" if m.met else " (TARGET MISSED)")
-                    self.progress(f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}")
+                await self._save_benchmark(plugin, result)
             if self.interrupted:
-                return Outcome(130, self.steps, message="interrupted")
+                return RunResult(ExitCode.INTERRUPTED, self.steps, message="interrupted")
         if failed:
-            return Outcome(self._failure_code(), self.steps, message=f"benchmark failed: {', '.join(failed)}")
-        return Outcome(0, self.steps)
+            return RunResult(self._failure_code(), self.steps, message=f"benchmark failed: {', '.join(failed)}")
+        return RunResult(ExitCode.OK, self.steps)
+
+    async def _save_benchmark(self, plugin: LoadedPlugin, result: Any) -> None:
+        data = converter.unstructure(result)
+        await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
+        for m in getattr(result, "metrics", ()):
+            before = "n/a" if m.before is None else f"{m.before:g}"
+            verdict = "" if m.met is None else (" (target met)" if m.met else " (TARGET MISSED)")
+            self.progress(f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}")

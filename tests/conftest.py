@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,21 @@ class Project:
     def dist(self, dist: str, plugins: dict[str, list[str]], **kw: object) -> None:
         write_dist(self.site, dist, plugins, **kw)  # type: ignore[arg-type]
         self.plugins += list(plugins)
+
+    def module(self, name: str, source: str, *, release: bool = True) -> None:
+        """Install plugin ``name`` whose entry-point module is ``source`` (its own one-plugin distribution).
+
+        ``release=False`` is an observer or wrapper: loaded by every command, never selected or configured.
+        """
+        module = "tpx_" + name.replace("-", "_")
+        (self.site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = self.site / f"{module}-0.1.0.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[tars.plugins]\n{name} = {module}\n")
+        (info / "RECORD").write_text("")
+        if release:
+            self.plugins.append(name)
 
     def config(self, plugins: dict[str, dict[str, object]] | None = None, **extra: object) -> Path:
         doc: dict[str, object] = {"plugins": {n: {"dir": str(self.work)} for n in self.plugins}}

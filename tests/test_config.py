@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
@@ -91,3 +92,66 @@ def test_validator_message_is_kept(tmp_path: Path) -> None:
     cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 0}\n"))
     with pytest.raises(ConfigError, match=r"plugins\.tars-x: attempts must be > 0, got 0"):
         plugin_config(INFO, cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("release: v1.0.1\n", "release: expected a mapping such as {name: v1.0.1}, got a string"),
+        ("state: 5\n", "state: expected a mapping such as {url: sqlite:///.tars/state.db}, got a number"),
+        ("targets: [a, b]\n", "targets: expected a mapping such as {postgres: postgresql://db/tars}, got a list"),
+        (
+            "plugins: yes\n",
+            "plugins: expected a mapping such as {tars-1004-db: {lock_timeout_ms: 2000}}, got a boolean",
+        ),
+        ("plugins: {tars-x: 3}\n", "plugins.tars-x: expected a mapping of the plugin's settings, got a number"),
+        ("release: {timeouts: 60}\n", "release.timeouts: expected a mapping such as {apply: 900}, got a number"),
+    ],
+)
+def test_a_scalar_where_a_section_belongs_is_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value) == f"config {tmp_path / 'tars.yaml'}: {expected}"
+
+
+def test_an_empty_section_is_the_defaults(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "release:\nstate:\n"))
+    assert cfg.release.name == "v1.0.1" and cfg.state.url is None
+
+
+def test_plugin_timeouts_per_phase_or_one_number_for_every_phase(tmp_path: Path) -> None:
+    cfg, _ = load_config(
+        write(
+            tmp_path,
+            "release:\n  timeouts: {verify: 200}\n  plugin_timeouts: {tars-x: {apply: 1800}, tars-y: 42}\n",
+        )
+    )
+    assert cfg.timeout("tars-x", "apply") == 1800
+    assert cfg.timeout("tars-x", "verify") == 200  # the release-wide one where the plugin has none
+    assert cfg.timeout("tars-x", "rollback") == 900
+    assert [cfg.timeout("tars-y", p) for p in ("apply", "verify", "rollback", "benchmark")] == [42] * 4
+    assert cfg.timeout("tars-z", "apply") == 900
+    assert cfg.release.timeout_grace == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "{tars-x: {aply: 1800}}",
+            "release.plugin_timeouts.tars-x.aply: unknown phase; expected one of apply, verify, rollback, "
+            "benchmark, report, sandbox",
+        ),
+        ("{tars-x: {apply: soon}}", "release.plugin_timeouts.tars-x.apply: invalid value for type"),
+        ("{tars-x: soon}", "release.plugin_timeouts.tars-x: expected seconds for every phase (1800) or a mapping"),
+        ("1800", "release.plugin_timeouts: expected a mapping such as {tars-1004-db: {apply: 1800}}, got a number"),
+    ],
+)
+def test_wrong_plugin_timeouts_name_the_path(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, f"release:\n  plugin_timeouts: {text}\n"))
+
+
+def test_negative_grace_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"release: timeout_grace must be >= 0 seconds, got -1"):
+        load_config(write(tmp_path, "release: {timeout_grace: -1}\n"))

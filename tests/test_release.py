@@ -132,7 +132,7 @@ def test_failed_rollback_exits_4_and_names_the_plugin(three: Project) -> None:
 
 
 def test_hook_timeout_fails_the_step_and_rolls_back(three: Project) -> None:
-    three.config({"fix-b": {"sleep_apply": 60}}, release={"plugin_timeouts": {"fix-b": 0.5}})
+    three.config({"fix-b": {"sleep_apply": 60}}, release={"plugin_timeouts": {"fix-b": {"apply": 0.5}}})
     res = three.run("--format", "json", "apply")
     assert res.returncode == 1
     doc = json.loads(res.stdout)
@@ -412,6 +412,30 @@ def test_unreachable_target_is_bad_input_and_rolls_back_earlier_fixes(three: Pro
     three.config({"fix-b": {"unreachable": True}})
     res = three.run("--format", "json", "apply")
     assert res.returncode == 2
-    assert json.loads(res.stdout)["rolled_back"] == ["fix-b", "fix-a"]
-    assert "cannot reach the fix-b target" in one_clear_line(res.stderr)
+    doc = json.loads(res.stdout)
+    assert doc["rolled_back"] == ["fix-a"]
+    line = one_clear_line(res.stderr)
+    assert "cannot reach the fix-b target" in line and "nothing to undo for fix-b" in line
     assert three.applied() == set()
+    # fix-b's apply stopped at the target, so its rollback is a recorded no-op: the hook is not called
+    assert three.calls() == ["apply fix-a", "verify fix-a", "apply fix-b", "rollback fix-a"]
+    db = sqlite3.connect(three.work / ".tars" / "state.db")
+    rows = db.execute("SELECT phase, outcome, detail FROM tars_phases WHERE plugin='fix-b' ORDER BY id").fetchall()
+    assert rows == [
+        ("apply", "unreached", None),
+        ("rollback", "skipped", "apply never reached the target; nothing to undo"),
+    ]
+    assert db.execute("SELECT plugin, state FROM tars_state").fetchall() == [("fix-a", "rolled_back")]
+    db.close()
+    step = next(s for s in doc["steps"] if (s["plugin"], s["phase"]) == ("fix-b", "rollback"))
+    assert step["outcome"] == "skipped"
+
+
+def test_dry_run_rollback_is_not_a_failed_rollback(three: Project) -> None:
+    three.config()
+    assert three.run("apply").returncode == 0
+    code, doc = three.json("--dry-run", "rollback")
+    assert code == 0, doc
+    assert {s["outcome"] for s in doc["steps"]} == {"dry-run"}  # type: ignore[union-attr]
+    _, status = three.json("status")
+    assert {r["state"] for r in status["plugins"]} == {"applied"}  # type: ignore[union-attr]
