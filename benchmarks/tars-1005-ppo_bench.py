@@ -15,16 +15,20 @@ leaky, mean return >= 195 within 100,000 steps. Writes ``summary.json`` and ``rs
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import cattrs
 from tars_1005_ppo.config import PPOConfig
-from tars_1005_ppo.soak import plot_comparison, read_samples, soak_subprocess
+from tars_1005_ppo.soak import Verdict, plot_comparison, read_samples, soak_subprocess
+
+from tars_core.report import format_number, markdown_table, verdict
 
 
 def main() -> int:
@@ -48,8 +52,15 @@ def main() -> int:
     wall = {}
     for impl in ("legacy", "fixed"):
         started = time.monotonic()
-        verdicts[impl] = soak_subprocess(
-            args.out / impl, impl=impl, config=config, iterations=iterations, warmup=args.warmup, timeout_s=args.timeout
+        verdicts[impl] = asyncio.run(
+            soak_subprocess(
+                args.out / impl,
+                impl=impl,
+                config=config,
+                iterations=iterations,
+                warmup=args.warmup,
+                timeout_s=args.timeout,
+            )
         )
         wall[impl] = time.monotonic() - started
         print(f"  {impl}: done in {wall[impl]:.0f} s", file=sys.stderr)
@@ -57,20 +68,22 @@ def main() -> int:
     plot_comparison(runs, args.out / "rss-compare.png")
 
     kb = 1024.0
-    print(f"\n{'':34}{'v1.0.0 (leaky)':>22}{'fixed':>22}")
-    rows = [
-        ("RSS slope, KB/iteration", lambda v: f"{v.slope_bytes_per_iter / kb:+.1f}"),
-        ("  95% interval", lambda v: f"[{v.slope_lower / kb:+.1f}, {v.slope_upper / kb:+.1f}]"),
-        ("peak RSS, MB", lambda v: f"{v.peak_rss_bytes / 2**20:.0f}"),
-        ("env steps per second", lambda v: f"{v.steps_per_s:.0f}"),
+    rows: list[tuple[str, Callable[[Verdict], str]]] = [
+        ("RSS slope, KB/iteration", lambda v: format_number(v.slope_bytes_per_iter / kb)),
+        ("  95% interval", lambda v: f"[{format_number(v.slope_lower / kb)}, {format_number(v.slope_upper / kb)}]"),
+        ("peak RSS, MB", lambda v: format_number(v.peak_rss_bytes / 2**20)),
+        ("env steps per second", lambda v: format_number(v.steps_per_s)),
         ("tf.function tracings (after warm-up)", lambda v: f"{v.tracing_counts[0]} -> {v.tracing_counts[1]}"),
-        ("mean return, last 100 episodes", lambda v: f"{v.mean_return:.1f}"),
-        ("first step with mean return >= 195", lambda v: str(v.steps_to_return_target or "never")),
-        ("environment steps", lambda v: str(v.global_step)),
+        ("mean return, last 100 episodes", lambda v: format_number(v.mean_return)),
+        (
+            "first step with mean return >= 195",
+            lambda v: "never" if v.steps_to_return_target is None else format_number(v.steps_to_return_target),
+        ),
+        ("environment steps", lambda v: format_number(v.global_step)),
         ("soak judge", lambda v: "PASS" if v.ok else "FAIL"),
     ]
-    for label, fmt in rows:
-        print(f"{label:34}{fmt(verdicts['legacy']):>22}{fmt(verdicts['fixed']):>22}")
+    table = [(label, fmt(verdicts["legacy"]), fmt(verdicts["fixed"])) for label, fmt in rows]
+    print("\n" + markdown_table(("", "v1.0.0 (leaky)", "fixed"), table))
     leaky, fixed = verdicts["legacy"], verdicts["fixed"]
     targets = {
         "fixed slope upper bound < 50 KB/iteration": fixed.slope_upper < 50 * kb,
@@ -79,9 +92,7 @@ def main() -> int:
         "fixed steps/s >= leaky": fixed.steps_per_s >= leaky.steps_per_s,
         "fixed mean return >= 195 within 100k steps": (fixed.steps_to_return_target or math.inf) <= 100_000,
     }
-    print()
-    for name, met in targets.items():
-        print(f"{'met ' if met else 'MISSED'}  {name}")
+    print("\n" + markdown_table(("target", "verdict"), [(name, verdict(met)) for name, met in targets.items()]))
     summary = {
         "config": cattrs.unstructure(config),
         "iterations": iterations,

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from tars_1005_ppo.soak import Sample, judge, load_verdict, read_samples
 
 from tars_core import Targets
 from tars_core.testing import make_context
+from tars_core.waiting import wait_until
 
 MB = 2**20
 
@@ -131,10 +131,12 @@ def test_sigterm_stops_cleanly_and_resume_continues(tmp_path: Path, small_config
         text=True,
     )
     csv_path = tmp_path / "samples.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not csv_path.exists() or len(csv_path.read_text().splitlines()) < 8):
+
+    def sampled() -> bool:
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.3)
+        return csv_path.exists() and len(csv_path.read_text().splitlines()) >= 8
+
+    wait_until(sampled, timeout=120, interval=0.3, what="7 samples written")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err

@@ -7,11 +7,12 @@ classes before anything runs, so a bad value fails early with its path.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any, Literal
 
 import attrs
+
+from tars_core.flags import enabled_for
 
 Implementation = Literal["fixed", "legacy"]
 
@@ -86,7 +87,7 @@ class PPOFixConfig:
     flag: str = FLAG_NAME
     status_prefix: str = STATUS_PREFIX
     # 0 switches every trainer at once; a fraction in (0, 1) first switches only the trainers whose stable
-    # hash bucket falls under it, watches them for canary_observe_s, then switches the rest.
+    # bucket under the flag falls under it, watches them for canary_observe_s, then switches the rest.
     canary_fraction: float = attrs.field(default=0.0, validator=_unit_interval)
     canary_observe_s: float = attrs.field(default=10.0, validator=_non_negative)
     switch_timeout_s: float = attrs.field(default=90.0, validator=_positive)
@@ -101,24 +102,11 @@ class PPOFixConfig:
     trainer: PPOConfig = attrs.field(factory=PPOConfig)
 
 
-def canary_bucket(trainer_id: str) -> float:
-    """A stable position in [0, 1) for a trainer, so a canary fraction always picks the same trainers."""
-    digest = hashlib.sha256(trainer_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def implementation_for(flag_value: str | None, trainer_id: str) -> Implementation:
-    """Which trainer a service runs for a flag value: on/off, or a canary fraction such as ``"0.25"``."""
-    value = (flag_value or "").strip().lower()
-    if value in ("on", "true", "1", "yes"):
-        return "fixed"
-    if value in ("", "off", "false", "0", "no"):
-        return "legacy"
-    try:
-        fraction = float(value)
-    except ValueError:
-        return "legacy"  # an unreadable flag must never switch running code
-    return "fixed" if canary_bucket(trainer_id) < fraction else "legacy"
+def implementation_for(flag_value: str | None, flag: str, trainer_id: str) -> Implementation:
+    """Which trainer a service runs for a value of ``flag``: on, off, or a canary fraction such as ``"0.25"``,
+    which runs the fixed trainer on the trainers whose stable bucket (:func:`tars_core.flags.canary_bucket`
+    of the flag and the trainer id) falls under it."""
+    return "fixed" if enabled_for(flag_value, flag, trainer_id) else "legacy"
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")

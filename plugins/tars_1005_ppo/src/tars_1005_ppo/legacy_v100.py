@@ -1,3 +1,5 @@
+# tensorflow ships no type information: its imports are Any, the rest of this module stays strict
+# mypy: disable-error-code="import-untyped"
 """A faithful reproduction of the T.A.R.S. v1.0.0 PPO trainer *with its memory leak*. Not for production.
 
 It exists so that the soak judge can be shown to fail, the benchmark's "before" column is measured rather
@@ -29,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tars_1005_ppo.config import PPOConfig
-from tars_1005_ppo.trainer import IterationStats, _log_softmax, _TrainerBase
+from tars_1005_ppo.trainer import IterationStats, _log_softmax, _TrainerBase, gae_into
 
 
 class LeakyPPOTrainer(_TrainerBase):
@@ -40,9 +42,6 @@ class LeakyPPOTrainer(_TrainerBase):
 
     def __init__(self, config: PPOConfig | None = None) -> None:
         super().__init__(config or PPOConfig())
-        self.optimizer = tf.keras.optimizers.Adam(learning_rate=self.config.learning_rate, epsilon=1e-5)
-        self.variables = [*self.actor.trainable_variables, *self.critic.trainable_variables]
-        self.optimizer.build(self.variables)
         # Leak 1: the rollout "memory", appended to forever.
         self.states: list[tf.Tensor] = []
         self.actions: list[tf.Tensor] = []
@@ -66,26 +65,8 @@ class LeakyPPOTrainer(_TrainerBase):
         lr: float,
         clip: float,
     ) -> tf.Tensor:
-        cfg = self.config
         self.optimizer.learning_rate.assign(lr)
-        adv = (adv - tf.reduce_mean(adv)) / (tf.math.reduce_std(adv) + 1e-8)
-        with tf.GradientTape() as tape:
-            logp_all = tf.nn.log_softmax(self.actor(obs, training=True))
-            logp = tf.gather(logp_all, actions, batch_dims=1)
-            log_ratio = logp - old_logp
-            ratio = tf.exp(log_ratio)
-            clipped = tf.clip_by_value(ratio, 1.0 - clip, 1.0 + clip)
-            policy_loss = -tf.reduce_mean(tf.minimum(ratio * adv, clipped * adv))
-            entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(logp_all) * logp_all, axis=-1))
-            values = tf.squeeze(self.critic(obs, training=True), -1)
-            value_loss = 0.5 * tf.reduce_mean(tf.square(returns - values))
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
-        grads = tape.gradient(loss, self.variables)
-        grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm)
-        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
-        approx_kl = tf.reduce_mean((ratio - 1.0) - log_ratio)
-        clip_fraction = tf.reduce_mean(tf.cast(tf.abs(ratio - 1.0) > clip, tf.float32))
-        return tf.stack([loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction])
+        return self._ppo_update(obs, actions, old_logp, adv, returns, clip)
 
     def tracing_count(self) -> int:
         return int(self._train_step.experimental_get_tracing_count())
@@ -130,15 +111,8 @@ class LeakyPPOTrainer(_TrainerBase):
         rewards_a = tf.stack(self.rewards[-n:]).numpy()
         ends_a = tf.stack(self.ends[-n:]).numpy()
         values_a = tf.stack(self.values[-n:]).numpy()
-        advantages = np.zeros_like(rewards_a)
-        last = np.zeros_like(last_values)
-        next_values = last_values
-        for t in reversed(range(n)):
-            nonterminal = 1.0 - ends_a[t]
-            delta = rewards_a[t] + cfg.gamma * next_values * nonterminal - values_a[t]
-            last = delta + cfg.gamma * cfg.gae_lambda * nonterminal * last
-            advantages[t] = last
-            next_values = values_a[t]
+        advantages = np.zeros_like(rewards_a)  # new arrays every iteration, as v1.0.0 did
+        gae_into(advantages, rewards_a, ends_a, values_a, last_values, cfg.gamma, cfg.gae_lambda)
         returns = advantages + values_a
 
         old_actor = tf.keras.models.clone_model(self.actor)  # leak 3
@@ -171,24 +145,7 @@ class LeakyPPOTrainer(_TrainerBase):
                 )
         mean = tf.reduce_mean(tf.stack(results), axis=0)
         self.history.append({"loss": mean[0], "entropy": mean[3], "all": tf.stack(results)})  # leak 5
-        totals = mean.numpy()
-        self.iteration += 1
-        seconds = time.perf_counter() - started
-        return IterationStats(
-            iteration=self.iteration,
-            global_step=self.global_step,
-            seconds=seconds,
-            steps_per_s=cfg.batch_size / seconds if seconds > 0 else float("nan"),
-            mean_return=self.mean_return,
-            episodes=self.episodes,
-            loss=float(totals[0]),
-            policy_loss=float(totals[1]),
-            value_loss=float(totals[2]),
-            entropy=float(totals[3]),
-            approx_kl=float(totals[4]),
-            clip_fraction=float(totals[5]),
-            tracing_count=self.tracing_count(),
-        )
+        return self._finish_iteration(started, mean.numpy())
 
     def _checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(actor=self.actor, critic=self.critic, optimizer=self.optimizer)

@@ -1,3 +1,5 @@
+# scipy ships no type information: its import is Any, the rest of this module stays strict
+# mypy: disable-error-code="import-untyped"
 """Soak harness: run a trainer for minutes (CI, verify) or 48 hours (staging) and judge its memory by RSS.
 
     python -m tars_1005_ppo.soak --duration 10m --sample-every 5 --out DIR [--impl fixed|legacy]
@@ -22,9 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -189,8 +189,8 @@ def judge(
     seen = f"constant at {traces[0]}" if tracing_constant else f"{min(traces)} -> {max(traces)}"
     checks["tracing"] = f"{'ok' if tracing_constant else 'FAIL'}: tf.function tracing count after warm-up {seen}"
     last = samples[-1]
-    train_s = sum(_segment_train_seconds(samples))
-    steps = sum(_segment_steps(samples))
+    train_s = _segment_growth(samples, "train_seconds")
+    steps = _segment_growth(samples, "global_step")
     hit = next((s.global_step for s in samples if s.mean_return >= RETURN_TARGET), None)
     return Verdict(
         ok=bool(enough and slope_ok and peak < peak_budget_bytes and tracing_constant),
@@ -218,20 +218,15 @@ def judge(
     )
 
 
-def _segment_steps(samples: Sequence[Sample]) -> list[int]:
-    out: dict[int, tuple[int, int]] = {}
+def _segment_growth(samples: Sequence[Sample], field: str) -> float:
+    """How much a cumulative counter grew within the segments, summed (a resume restarts the counting)."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
     for s in samples:
-        lo, _ = out.get(s.segment, (s.global_step, s.global_step))
-        out[s.segment] = (lo, s.global_step)
-    return [hi - lo for lo, hi in out.values()]
-
-
-def _segment_train_seconds(samples: Sequence[Sample]) -> list[float]:
-    out: dict[int, tuple[float, float]] = {}
-    for s in samples:
-        lo, _ = out.get(s.segment, (s.train_seconds, s.train_seconds))
-        out[s.segment] = (lo, s.train_seconds)
-    return [hi - lo for lo, hi in out.values()]
+        value = float(getattr(s, field))
+        first.setdefault(s.segment, value)
+        last[s.segment] = value
+    return sum(last[seg] - first[seg] for seg in first)
 
 
 def read_samples(path: Path) -> list[Sample]:
@@ -413,7 +408,7 @@ def _checkpoint(
     tmp.replace(state_file)
 
 
-def soak_subprocess(
+async def soak_subprocess(
     out: Path,
     *,
     impl: str,
@@ -425,10 +420,20 @@ def soak_subprocess(
     peak_budget_mb: float = 1024.0,
     timeout_s: float = 900.0,
 ) -> Verdict:
-    """Run a soak in its own process, so its RSS is the trainer's alone, and return its verdict."""
+    """Run a soak in its own process, so its RSS is the trainer's alone, and return its verdict.
+
+    Awaited rather than run in a thread: when the caller is cancelled (a hook timeout, Ctrl-C) or the soak
+    overruns ``timeout_s``, the soak process and anything it started are stopped, not left training.
+    """
+    from tars_core.errors import FixError
+    from tars_core.processes import spawn, tail, terminate
+    from tars_core.waiting import WaitTimeout, await_until
+
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "trainer-config.json"
     cfg_file.write_text(json.dumps(cattrs.unstructure(config)))
+    verdict_file = out / "verdict.json"
+    verdict_file.unlink(missing_ok=True)  # a verdict left by an earlier soak must not pass for this one
     argv = [
         sys.executable,
         "-m",
@@ -452,13 +457,16 @@ def soak_subprocess(
         "--checkpoint-every",
         "0",
     ]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    )
-    verdict_file = out / "verdict.json"
-    if proc.returncode not in (0, 1) or not verdict_file.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"soak of {impl} exited {proc.returncode}: {' | '.join(tail)}")
+    log = out / "soak.log"
+    ident = spawn(argv, log=log, env={"TF_CPP_MIN_LOG_LEVEL": "2"}, banner=f"{impl} soak")
+    try:
+        await await_until(lambda: not ident.alive(), timeout=timeout_s, interval=0.5, what=f"{impl} soak")
+    except WaitTimeout:
+        raise FixError(f"soak of {impl} still running after {timeout_s:g} s ({tail(log)}); see {log}") from None
+    finally:
+        terminate(ident, timeout=5.0)  # nothing left when it ended; stops it when it overran or we were cancelled
+    if not verdict_file.exists():
+        raise FixError(f"soak of {impl} ended without a verdict ({tail(log) or 'no output'}); see {log}")
     return load_verdict(verdict_file)
 
 

@@ -1,3 +1,5 @@
+# tensorflow ships no type information: its imports are Any, the rest of this module stays strict
+# mypy: disable-error-code="import-untyped"
 """The fixed PPO trainer (TARS-1005): memory that stays flat for as long as the trainer runs.
 
 v1.0.0 grew by megabytes per iteration (see ``tars_1005_ppo.legacy_v100``). Each fix here answers one
@@ -160,16 +162,30 @@ class RolloutBuffer:
         self.pos += 1
 
     def compute_gae(self, last_values: np.ndarray, gamma: float, lam: float) -> None:
-        """Generalised advantage estimation in place (Schulman et al. 2016), returns = advantages + values."""
-        last = np.zeros_like(last_values, dtype=np.float32)
-        next_values = last_values.astype(np.float32)
-        for t in reversed(range(self.n_steps)):
-            nonterminal = 1.0 - self.ends[t]
-            delta = self.rewards[t] + gamma * next_values * nonterminal - self.values[t]
-            last = delta + gamma * lam * nonterminal * last
-            self.advantages[t] = last
-            next_values = self.values[t]
+        """Advantages and returns (advantages + values) into the buffer's own arrays."""
+        gae_into(self.advantages, self.rewards, self.ends, self.values, last_values, gamma, lam)
         np.add(self.advantages, self.values, out=self.returns)
+
+
+def gae_into(
+    advantages: np.ndarray,
+    rewards: np.ndarray,
+    ends: np.ndarray,
+    values: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
+    lam: float,
+) -> None:
+    """Generalised advantage estimation (Schulman et al. 2016) over ``(n_steps, num_envs)`` arrays, written
+    into ``advantages`` so a caller that owns a preallocated buffer allocates nothing per iteration."""
+    last = np.zeros_like(last_values, dtype=np.float32)
+    next_values = last_values.astype(np.float32)
+    for t in reversed(range(len(rewards))):
+        nonterminal = 1.0 - ends[t]
+        delta = rewards[t] + gamma * next_values * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        advantages[t] = last
+        next_values = values[t]
 
 
 @attrs.frozen
@@ -198,7 +214,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class _TrainerBase:
-    """Environment stepping, action sampling, episode bookkeeping and checkpoints shared by both trainers.
+    """Models, optimiser, environment stepping, action sampling, the PPO update, episode bookkeeping and
+    checkpoints shared by both trainers.
 
     Kept common so the benchmark compares the leak, not two different algorithms.
     """
@@ -223,6 +240,9 @@ class _TrainerBase:
         self._next_obs = self._next_obs.astype(np.float32)
         self.actor = build_mlp(self.obs_dim, self.n_actions, config.hidden, 0.01, "actor")
         self.critic = build_mlp(self.obs_dim, 1, config.hidden, 1.0, "critic")
+        self.optimizer = tf.keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-5)
+        self.variables = [*self.actor.trainable_variables, *self.critic.trainable_variables]
+        self.optimizer.build(self.variables)
         self._ckpt: tf.train.Checkpoint | None = None
         self._manager: tf.train.CheckpointManager | None = None
 
@@ -272,6 +292,54 @@ class _TrainerBase:
 
     def train_iteration(self) -> IterationStats:
         raise NotImplementedError
+
+    def _ppo_update(
+        self, obs: tf.Tensor, actions: tf.Tensor, old_logp: tf.Tensor, adv: tf.Tensor, returns: tf.Tensor, clip: Any
+    ) -> tf.Tensor:
+        """One clipped-surrogate gradient step on a minibatch; called inside each trainer's ``tf.function``.
+
+        ``clip`` is what separates the trainers: a ``tf.Variable`` in the fixed one (traced once), a Python
+        float in v1.0.0 (a new graph per value). Returns the six losses and diagnostics stacked.
+        """
+        cfg = self.config
+        adv = (adv - tf.reduce_mean(adv)) / (tf.math.reduce_std(adv) + 1e-8)
+        with tf.GradientTape() as tape:
+            logp_all = tf.nn.log_softmax(self.actor(obs, training=True))
+            logp = tf.gather(logp_all, actions, batch_dims=1)
+            log_ratio = logp - old_logp
+            ratio = tf.exp(log_ratio)
+            clipped = tf.clip_by_value(ratio, 1.0 - clip, 1.0 + clip)
+            policy_loss = -tf.reduce_mean(tf.minimum(ratio * adv, clipped * adv))
+            entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(logp_all) * logp_all, axis=-1))
+            values = tf.squeeze(self.critic(obs, training=True), -1)
+            value_loss = 0.5 * tf.reduce_mean(tf.square(returns - values))
+            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+        grads = tape.gradient(loss, self.variables)
+        grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm)
+        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        approx_kl = tf.reduce_mean((ratio - 1.0) - log_ratio)
+        clip_fraction = tf.reduce_mean(tf.cast(tf.abs(ratio - 1.0) > clip, tf.float32))
+        return tf.stack([loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction])
+
+    def _finish_iteration(self, started: float, totals: np.ndarray) -> IterationStats:
+        """Count the iteration and describe it in plain floats (``totals``: the mean of the update outputs)."""
+        self.iteration += 1
+        seconds = time.perf_counter() - started
+        return IterationStats(
+            iteration=self.iteration,
+            global_step=self.global_step,
+            seconds=seconds,
+            steps_per_s=self.config.batch_size / seconds if seconds > 0 else float("nan"),
+            mean_return=self.mean_return,
+            episodes=self.episodes,
+            loss=float(totals[0]),
+            policy_loss=float(totals[1]),
+            value_loss=float(totals[2]),
+            entropy=float(totals[3]),
+            approx_kl=float(totals[4]),
+            clip_fraction=float(totals[5]),
+            tracing_count=self.tracing_count(),
+        )
 
     def tracing_count(self) -> int:
         raise NotImplementedError
@@ -367,9 +435,6 @@ class PPOTrainer(_TrainerBase):
         gc.collect()
         super().__init__(config)
         self.buffer = RolloutBuffer(config.n_steps, config.num_envs, self.obs_dim)
-        self.optimizer = tf.keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=1e-5)
-        self.variables = [*self.actor.trainable_variables, *self.critic.trainable_variables]
-        self.optimizer.build(self.variables)
         self.clip_range = tf.Variable(config.clip_range, trainable=False, dtype=tf.float32)
         obs_spec = tf.TensorSpec([None, self.obs_dim], tf.float32)
         vec = tf.TensorSpec([None], tf.float32)
@@ -389,25 +454,7 @@ class PPOTrainer(_TrainerBase):
     def _train_step_impl(
         self, obs: tf.Tensor, actions: tf.Tensor, old_logp: tf.Tensor, adv: tf.Tensor, returns: tf.Tensor
     ) -> tf.Tensor:
-        cfg = self.config
-        adv = (adv - tf.reduce_mean(adv)) / (tf.math.reduce_std(adv) + 1e-8)
-        with tf.GradientTape() as tape:
-            logp_all = tf.nn.log_softmax(self.actor(obs, training=True))
-            logp = tf.gather(logp_all, actions, batch_dims=1)
-            log_ratio = logp - old_logp
-            ratio = tf.exp(log_ratio)
-            clipped = tf.clip_by_value(ratio, 1.0 - self.clip_range, 1.0 + self.clip_range)
-            policy_loss = -tf.reduce_mean(tf.minimum(ratio * adv, clipped * adv))
-            entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(logp_all) * logp_all, axis=-1))
-            values = tf.squeeze(self.critic(obs, training=True), -1)
-            value_loss = 0.5 * tf.reduce_mean(tf.square(returns - values))
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
-        grads = tape.gradient(loss, self.variables)
-        grads, _ = tf.clip_by_global_norm(grads, cfg.max_grad_norm)
-        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))
-        approx_kl = tf.reduce_mean((ratio - 1.0) - log_ratio)
-        clip_fraction = tf.reduce_mean(tf.cast(tf.abs(ratio - 1.0) > self.clip_range, tf.float32))
-        return tf.stack([loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction])
+        return self._ppo_update(obs, actions, old_logp, adv, returns, self.clip_range)
 
     # -- public API ---------------------------------------------------------------------------------
     def tracing_count(self) -> int:
@@ -460,24 +507,7 @@ class PPOTrainer(_TrainerBase):
                 idx = order[start : start + mb]
                 totals += self._train_step(flat_obs[idx], *(a[idx] for a in flat)).numpy()
                 updates += 1
-        totals /= max(updates, 1)
-        self.iteration += 1
-        seconds = time.perf_counter() - started
-        return IterationStats(
-            iteration=self.iteration,
-            global_step=self.global_step,
-            seconds=seconds,
-            steps_per_s=cfg.batch_size / seconds if seconds > 0 else float("nan"),
-            mean_return=self.mean_return,
-            episodes=self.episodes,
-            loss=float(totals[0]),
-            policy_loss=float(totals[1]),
-            value_loss=float(totals[2]),
-            entropy=float(totals[3]),
-            approx_kl=float(totals[4]),
-            clip_fraction=float(totals[5]),
-            tracing_count=self.tracing_count(),
-        )
+        return self._finish_iteration(started, totals / max(updates, 1))
 
     def _checkpoint(self) -> tf.train.Checkpoint:
         return tf.train.Checkpoint(

@@ -1,11 +1,15 @@
+# tensorflow ships no type information: its imports are Any, the rest of this module stays strict
+# mypy: disable-error-code="import-untyped"
 """A long-running PPO trainer process that obeys the TARS-1005 feature flag (the sandbox's trainer).
 
     python -m tars_1005_ppo.trainer_service --redis redis://127.0.0.1:6379/0 --trainer-id t1 --port 9105
 
 Before every iteration it reads the flag (``tars-1005-ppo-fixed`` in the ``tars:feature_flags`` hash):
 ``on`` runs :class:`~tars_1005_ppo.PPOTrainer`, ``off``/absent runs the v1.0.0 reproduction, and a fraction
-such as ``0.25`` runs the fixed trainer only if this trainer's stable hash bucket falls under it (the
-canary). A change of implementation rebuilds the trainer, the one place where ``clear_session()`` belongs.
+such as ``0.25`` runs the fixed trainer only if this trainer's stable bucket under the flag
+(:func:`tars_core.flags.canary_bucket` of the trainer id) falls under it: the canary. While Redis is away
+it keeps the value it read last. A change of implementation rebuilds the trainer, the one place where
+``clear_session()`` belongs.
 
 After every iteration it reports what it actually runs to Redis, so ``tars_apply``/``tars_verify`` judge the
 running process, not the flag: the hash ``<prefix>:trainer:<id>`` (implementation, RSS, tracing count,
@@ -36,6 +40,7 @@ import cattrs
 
 from tars_1005_ppo import __version__
 from tars_1005_ppo.config import FLAG_NAME, STATUS_PREFIX, PPOConfig, describe_config_error, implementation_for
+from tars_core.flags import FlagReader
 
 log = logging.getLogger("tars_1005_ppo.trainer_service")
 
@@ -70,8 +75,10 @@ class TrainerService:
         import redis
 
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+        # ttl 0: read once per iteration, which is already the pace; an outage keeps the last value seen
+        self.flags = FlagReader(redis_url, flags_key, ttl=0.0)
         self.trainer_id = trainer_id
-        self.flags_key, self.flag, self.prefix = flags_key, flag, prefix
+        self.flag, self.prefix = flag, prefix
         self.config = config
         self.pause_s = pause_s
         self.max_rss_bytes = max_rss_bytes
@@ -126,18 +133,9 @@ class TrainerService:
         self.impl_iterations = 0
         self.redis.delete(f"{status_key(self.prefix, self.trainer_id)}:samples")
 
-    def _read_flag(self) -> str | None:
-        import redis
-
-        try:
-            value = self.redis.hget(self.flags_key, self.flag)
-            self.flag_value = None if value is None else str(value)
-        except redis.RedisError as exc:
-            log.warning("cannot read flag %s (%s); keeping %s", self.flag, exc, self.impl or "legacy")
-        return self.flag_value
-
     def step(self) -> None:
-        want = implementation_for(self._read_flag(), self.trainer_id)
+        self.flag_value = self.flags.value(self.flag)
+        want = implementation_for(self.flag_value, self.flag, self.trainer_id)
         if self.fixed_available is False and want == "fixed":
             want = "legacy"
         if want != self.impl:
@@ -234,6 +232,7 @@ class TrainerService:
             )
         except Exception as exc:
             log.warning("cannot report stop: %s", exc)
+        self.flags.close()
         if self.trainer is not None:
             self.trainer.close()
 
