@@ -58,7 +58,7 @@ def tars_plugin_info() -> PluginInfo:
         config=PPOFixConfig,
         description="Switches PPO trainers to the fixed TensorFlow trainer behind the flag "
         f"{FLAG_NAME!r}; verify soaks it and judges RSS slope, peak and tracing count.",
-        risk="changes runtime behaviour of training: canary fraction first, rollback turns the flag off",
+        risk="changes runtime behaviour of training: canary fraction first, rollback restores the flag",
     )
 
 
