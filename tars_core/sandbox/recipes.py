@@ -221,7 +221,7 @@ def _postgres(bins: Binaries, paths: Paths, pg_dir: Path, port: int, user: str |
         argv += ["-c", f"{key}={value}"]
     log_ = str(paths.logs / "postgres.log")
     # SIGINT is the "fast" shutdown; SIGTERM would wait for clients to leave
-    return ServiceRecord("postgres", argv, port, "pg", log_, cwd=str(pg_dir), user=user, stop_signal=signal.SIGINT)
+    return ServiceRecord("postgres", argv, port, "pg", log_, cwd=str(pg_dir), user=user, stop_signal=int(signal.SIGINT))
 
 
 def create_database(state: State) -> None:
