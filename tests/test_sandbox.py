@@ -505,16 +505,26 @@ def test_a_state_written_by_the_previous_format_keeps_its_running_services(
     assert box.pids() == before
 
 
-def test_a_plugin_that_fails_to_load_keeps_its_place_and_an_uninstalled_one_leaves(box: Box) -> None:
+def test_a_plugin_not_loaded_this_time_keeps_its_place_and_an_uninstalled_one_leaves(box: Box) -> None:
+    """Failing to load, or left out by TARS_LOAD_PLUGINS, a plugin is still installed: its services stay."""
     box.ensure()
     tree = box.pids()["sbx-beta.tree"]
     box.host.unregister("sbx-beta")
-    box.host.failures["sbx-beta"] = LoadFailure("sbx-beta", "sbx-beta", "0.1", "ImportError: half-done edit")
-    try:
+
+    def up_keeps_beta() -> None:
         assert sandbox.run_command(box.host, box.root, "up", "json") == 0
         assert box.pids()["sbx-beta.tree"] == tree and "sbx-beta" in box.state()["contributed"]
+
+    box.host.failures["sbx-beta"] = LoadFailure("sbx-beta", "sbx-beta", "0.1", "ImportError: half-done edit")
+    try:
+        up_keeps_beta()
     finally:
         del box.host.failures["sbx-beta"]
+    box.host.not_allowed["sbx-beta"] = "sbx-beta"
+    try:
+        up_keeps_beta()
+    finally:
+        del box.host.not_allowed["sbx-beta"]
 
     assert sandbox.run_command(box.host, box.root, "up", "json") == 0  # now it is really gone
     assert "sbx-beta.tree" not in box.pids() and "sbx-beta" not in box.state()["contributed"]

@@ -139,10 +139,11 @@ def join(host: PluginHost, paths: Paths, state: State, names: Sequence[str]) -> 
 def leave(host: PluginHost, state: State) -> None:
     """Plugins uninstalled since they joined leave: their services stop, their config section goes.
 
-    A blocked plugin (``-p no:NAME``) is only skipped for this invocation, and one that failed to load
-    is still installed (a half-done edit must not cost it its seeded data): both stay.
+    A plugin blocked (``-p no:NAME``) or left out by ``TARS_LOAD_PLUGINS`` is only skipped for this
+    invocation, and one that failed to load is still installed (a half-done edit must not cost it its
+    seeded data): they stay.
     """
-    installed = {*host.plugins, *host.blocked, *host.failures}
+    installed = {*host.plugins, *host.blocked, *host.not_allowed, *host.failures}
     for name in [n for n in state.contributed if n not in installed]:
         gone = state.contributed.pop(name)
         for rec in [s for s in state.services if s.name in gone.services]:
