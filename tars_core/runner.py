@@ -399,18 +399,20 @@ class Runner:
             left = f" (also left as they are: {', '.join(p.name for p in reversed(applied))})" if applied else ""
             return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=why + left)
         code = self._failure_code()
+        started = step.error != NOT_STARTED  # a phase that never started has nothing of this run to undo
+        what = f"{failed.name} failed ({why})" if started else f"interrupted before {failed.name} started"
         if self.dry_run:
             return RunResult(ExitCode.FAILED, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
-            await self.set_state(failed, PluginState.FAILED)
-            return RunResult(code, self.steps, message=f"{failed.name} failed ({why}); --no-rollback: left as is")
-        # A plugin whose phase never started has nothing of this run to undo.
-        order = [failed, *reversed(applied)] if step.error != NOT_STARTED else list(reversed(applied))
+            if started:
+                await self.set_state(failed, PluginState.FAILED)
+            return RunResult(code, self.steps, message=f"{what}; --no-rollback: left as is")
+        order = [failed, *reversed(applied)] if started else list(reversed(applied))
         with anyio.CancelScope(shield=True):
             out = await self._rollback_all(order)
         if out.exit_code == ExitCode.OK:
             out.exit_code = code
-        out.message = f"{failed.name} failed ({why}); " + out.message
+        out.message = f"{what}; {out.message}"
         return out
 
     async def _rollback_all(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
