@@ -19,14 +19,24 @@ PLUGINS = sorted(
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["core", "plugin", "lint", "typecheck"]
+nox.options.sessions = ["core", "plugin", "together", "lint", "typecheck"]
 
 
 @nox.session(tags=["tests"])
 def core(session: nox.Session) -> None:
     """The core's own tests (real tars-run binary, real PostgreSQL for the shared ledger)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-p", "no:cacheprovider", "tests", *session.posargs)
+    # no plugin is installed here: the discovery test checks that "none" is what tars-run sees
+    session.run("pytest", "-p", "no:cacheprovider", "tests", *session.posargs, env={"TARS_EXPECT_NO_PLUGINS": "1"})
+
+
+@nox.session(tags=["tests"])
+def together(session: nox.Session) -> None:
+    """Every plugin of the repo installed at once: discovery loads them all, none imports anything heavy,
+    and their entry points, hook names and config sections do not collide."""
+    editable = [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
+    session.install("-e", ".[test]", *editable)
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_contract_testing.py", *session.posargs)
 
 
 @nox.session(tags=["tests"])
