@@ -7,7 +7,6 @@ library modules are imported inside the hooks.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -16,7 +15,6 @@ from tars_core import (
     ApplyResult,
     BenchmarkResult,
     Context,
-    FixError,
     PluginInfo,
     Release,
     ReportSection,
@@ -32,9 +30,6 @@ if TYPE_CHECKING:
     from tars_1004_db.indexes import BuildSettings
 
 NAME = "tars-1004-db"
-# present while the last apply never reached the server (goes once the runner records such an apply as
-# "unreached" and skips its rollback)
-UNREACHED_FILE = "apply-unreached.json"
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -112,17 +107,9 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    try:
-        conn = await _connect(ctx, cfg)
-    except FixError as exc:
-        if not ctx.dry_run:
-            ctx.state_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.state_dir / UNREACHED_FILE).write_text(json.dumps({"at": _now(), "error": str(exc)}))
-        raise
-    (ctx.state_dir / UNREACHED_FILE).unlink(missing_ok=True)
-    if not ctx.dry_run and "builds" not in ctx.state:
-        # from here on a rollback must reach the server to be sure, even if this apply fails half-way
-        ctx.state.update(applied_at=None, schema=cfg.schema, builds=[])
+    # an unreachable server raises TargetError here, before anything changed: the runner records the
+    # apply as unreached and skips this plugin's rollback
+    conn = await _connect(ctx, cfg)
     try:
         records, plan = await indexes.apply(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
@@ -177,13 +164,7 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    try:
-        conn = await _connect(ctx, cfg)
-    except FixError:
-        if "builds" not in ctx.state and (ctx.state_dir / UNREACHED_FILE).exists():
-            ctx.log.warning("PostgreSQL is unreachable, but the last apply never reached it: nothing to undo")
-            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached PostgreSQL")
-        raise
+    conn = await _connect(ctx, cfg)
     try:
         dropped = await indexes.rollback(
             conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
