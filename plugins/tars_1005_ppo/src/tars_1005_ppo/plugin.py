@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tars_1005_ppo.config import FLAG_NAME, STATUS_PREFIX, PPOFixConfig, implementation_for
@@ -108,9 +107,8 @@ async def _wait_switch(client: Any, cfg: PPOFixConfig, value: str | None, traine
                 pending[tid] = f"runs {st.get('implementation')!r} (flag seen {st.get('flag_value')!r})"
         return not pending
 
-    check: Callable[[], bool | Awaitable[bool]] = switched  # spelled out: mypy cannot infer await_until's T
     try:
-        await await_until(check, timeout=cfg.switch_timeout_s, interval=0.5, what="trainers switch")
+        await await_until(switched, timeout=cfg.switch_timeout_s, interval=0.5, what="trainers switch")
     except WaitTimeout:
         detail = "; ".join(f"{t}: {why}" for t, why in pending.items())
         raise FixError(
