@@ -18,6 +18,22 @@ from typing import Any
 from tars_core.errors import FixError
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers (Prometheus, Grafana, the next run) see the old
+    content or the new, never half: temp file in the same folder, fsync, rename over the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class PluginStateStore(MutableMapping[str, Any]):
     """A JSON object on disk, read on every access (cheap: a few hundred bytes) so runs never go stale.
 
@@ -42,17 +58,7 @@ class PluginStateStore(MutableMapping[str, Any]):
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tars_1002_grafana.rules import (
     render_rule_file,
 )
 from tars_core import ApplyResult, Context, FixError, TargetError, Targets, VerifyResult
+from tars_core.state import atomic_write_text
 from tars_core.waiting import WaitTimeout, wait_until
 
 BACKUP = "backup"  # the folder under ctx.state_dir holding the copies, and the ctx.state key listing them
@@ -228,7 +228,7 @@ def apply(ctx: Context) -> ApplyResult:
         _backup(ctx, plan)
         previous = plan.rules_path.read_text(encoding="utf-8") if plan.rules_path.exists() else None
         if plan.rules_changed:
-            atomic_write(plan.rules_path, plan.rules_text)
+            atomic_write_text(plan.rules_path, plan.rules_text)
         try:
             _reload(prom, config)
         except (PrometheusError, FixError) as exc:
@@ -247,24 +247,9 @@ def apply(ctx: Context) -> ApplyResult:
             name, state = next(iter(bad.items()))
             raise FixError(f"{len(bad)} recording rules are not healthy after reload (e.g. {name}: {state})")
         for path, text in plan.dashboards.items():
-            atomic_write(path, text)
+            atomic_write_text(path, text)
     log.info("applied: %s", plan.summary())
     return ApplyResult(changed=True, detail=f"{len(rules)} recording rules loaded and healthy; " + plan.summary())
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _backup(ctx: Context, plan: Plan) -> None:
@@ -295,7 +280,7 @@ def _restore_file(path: Path, text: str | None) -> None:
         if path.exists():
             path.unlink()
     else:
-        atomic_write(path, text)
+        atomic_write_text(path, text)
 
 
 def rollback(ctx: Context) -> ApplyResult:
@@ -314,7 +299,7 @@ def rollback(ctx: Context) -> ApplyResult:
     rules_path = Path(rules_info["path"])
     _restore_file(rules_path, (bdir / "rules.yml").read_text(encoding="utf-8") if rules_info["existed"] else None)
     for path, name in manifest["dashboards"].items():
-        atomic_write(Path(path), (bdir / name).read_text(encoding="utf-8"))
+        atomic_write_text(Path(path), (bdir / name).read_text(encoding="utf-8"))
     with connect(ctx.targets) as prom:
         try:
             _reload(prom, config)
