@@ -28,7 +28,6 @@ from tars_core import (
     ReportSection,
     SandboxContribution,
     ServiceSpec,
-    TargetError,
     VerifyResult,
     hookimpl,
 )
@@ -152,21 +151,10 @@ async def _wait_for_services(client: Any, cfg: JaegerConfig, want: str) -> list[
     return problems
 
 
-# Interim, until tars_core.runner records an apply that raised TargetError as "unreached" and skips its
-# rollback: without it a dead Redis turns a failed apply into "rollback failed" (exit 4) instead of exit 2.
-UNREACHED = "apply_unreached"
-
-
 @hookimpl
 async def tars_apply(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
-    try:
-        before = await ctx.flags.get(cfg.flag)
-    except TargetError as exc:
-        if not ctx.dry_run:
-            ctx.state[UNREACHED] = str(exc)
-        raise
-    ctx.state.pop(UNREACHED, None)
+    before = await ctx.flags.get(cfg.flag)  # an unusable Redis: TargetError here, before anything changed
     client = _client(ctx)
     try:
         problems = _service_problems(await _registry(client, cfg), cfg, None)
@@ -197,13 +185,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
 @hookimpl
 async def tars_rollback(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
-    try:
-        current = await ctx.flags.get(cfg.flag)
-    except TargetError:
-        if UNREACHED in ctx.state:
-            ctx.log.warning("Redis is unreachable, but the last apply never reached it: nothing to undo")
-            return ApplyResult(changed=False, detail="nothing to undo: the last apply never reached Redis")
-        raise
+    current = await ctx.flags.get(cfg.flag)
     if not is_on(current):
         ctx.log.warning("flag %s is not on (%r): nothing to roll back", cfg.flag, current)
         return ApplyResult(changed=False, detail=f"flag {cfg.flag} already off")
