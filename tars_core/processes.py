@@ -64,7 +64,7 @@ class ProcessId:
         _reap(self.pid)
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            if not _same_start(proc.create_time(), self.create_time) or proc.status() == psutil.STATUS_ZOMBIE:
                 return None
         except psutil.Error:
             return None
@@ -72,6 +72,14 @@ class ProcessId:
 
     def alive(self) -> bool:
         return self.process() is not None
+
+
+def _same_start(a: float, b: float) -> bool:
+    """Same process start? psutil derives create time from the boot time, which another process may
+    compute up to a second apart (clock adjustments, rounding of /proc/stat's btime), while the kernel
+    hands out the same pid again only after cycling through the whole pid space: a 1.5 s tolerance
+    cannot confuse two processes and does not lose a sandbox service after an NTP step."""
+    return abs(a - b) < 1.5
 
 
 def _reap(pid: int) -> None:
@@ -243,7 +251,7 @@ def _session_members(ident: ProcessId) -> list[psutil.Process]:
     names a *new* leader (create time differs): then our session is empty and nothing is ours.
     """
     with contextlib.suppress(psutil.Error):
-        if abs(psutil.Process(ident.pid).create_time() - ident.create_time) > 0.01:
+        if not _same_start(psutil.Process(ident.pid).create_time(), ident.create_time):
             return []
     members = []
     for proc in psutil.process_iter(["pid"]):

@@ -12,28 +12,39 @@ from collections.abc import Mapping
 from typing import Any
 
 SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|credential)", re.I)
+# a secret-named query parameter anywhere in text: ``?password=x``, ``&sslpassword=x``, ``;token=x``
+QUERY_SECRET = re.compile(r"([?&;][\w.-]*(?:pass(?:word)?|secret|token|api[_-]?key)[\w.-]*)=([^&;\s#]+)", re.I)
+SECRET_KEYWORD = re.compile(r"\b((?:pass(?:word)?|secret|token|api[_-]?key)\w*)\s*=\s*('[^']*'|\S+)", re.I)
 URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<post>@)", re.I)
 
 
 def safe_url(url: str) -> str:
-    """``url`` with its password (and a token in the user part) replaced by ``***``, for messages.
+    """``url`` with every credential replaced by ``***``, for messages.
 
-    Works on any scheme (``redis://``, ``postgresql://``, ``http://``) and on text that is not a URL
-    (returned unchanged), so callers never need to check first.
+    Covers the password (and a bare token) in the user part, secret-named query parameters
+    (libpq's ``?password=``, ``?token=``) and libpq keyword strings (``host=db password=x``). Works on
+    any scheme and on text that is not a URL, so callers never need to check first.
     """
     from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
     except ValueError:
-        return URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", url)
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, _pw = userinfo.partition(":")
-    # ``redis://token@host``: a bare user part is a credential for Redis and HTTP APIs, so it goes too
-    netloc = f"{user}:***@{hostport}" if sep else f"***@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return _scrub_keywords(URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", url))
+    if not parts.scheme or not parts.netloc:
+        return _scrub_keywords(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _pw = userinfo.partition(":")
+        # ``redis://token@host``: a bare user part is a credential for Redis and HTTP APIs, so it goes too
+        netloc = f"{user}:***@{hostport}" if sep else f"***@{hostport}"
+    query = QUERY_SECRET.sub(lambda m: f"{m.group(1)}=***", f"?{parts.query}")[1:]
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub_keywords(text: str) -> str:
+    return SECRET_KEYWORD.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 def host_port(url: str, default_port: int | None = None) -> str:
@@ -59,8 +70,16 @@ class Redactor:
     def add(self, value: object) -> None:
         if isinstance(value, str) and len(value) >= 3:
             self.secrets.add(value)
-            for m in URL_PASSWORD.finditer(value):
+            self.add_from_url(value)
+
+    def add_from_url(self, text: str) -> None:
+        """Remember the credentials inside URLs in ``text`` so they are scrubbed wherever they recur."""
+        for m in URL_PASSWORD.finditer(text):
+            if len(m.group("pw")) >= 3:
                 self.secrets.add(m.group("pw"))
+        for m in QUERY_SECRET.finditer(text):
+            if len(m.group(2)) >= 3:
+                self.secrets.add(m.group(2))
 
     def collect(self, node: Any, key: str = "") -> None:
         if isinstance(node, Mapping):
@@ -72,11 +91,11 @@ class Redactor:
         elif isinstance(node, str):
             if SECRET_KEY.search(key):
                 self.add(node)
-            for m in URL_PASSWORD.finditer(node):
-                self.add(m.group("pw"))
+            self.add_from_url(node)
 
     def __call__(self, text: str) -> str:
         text = URL_PASSWORD.sub(lambda m: f"{m.group('pre')}***{m.group('post')}", text)
+        text = QUERY_SECRET.sub(lambda m: f"{m.group(1)}=***", text)
         for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text

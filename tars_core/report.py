@@ -43,7 +43,8 @@ def percentile(values: Iterable[float], p: float) -> float:
 
 
 def format_number(value: float | None) -> str:
-    """One number format for every report: about four significant digits, thousands separated."""
+    """One number format for every report: about four significant digits, thousands separated, no
+    trailing zeros ("4.7", not "4.700")."""
     if value is None:
         return "n/a"
     if value == 0 or not math.isfinite(value):
@@ -53,7 +54,8 @@ def format_number(value: float | None) -> str:
     magnitude = math.floor(math.log10(abs(value)))
     if magnitude < -3:
         return f"{value:.3g}"
-    return f"{value:,.{max(0, 3 - magnitude)}f}"
+    text = f"{value:,.{max(0, 3 - magnitude)}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def verdict(met: bool | None) -> str:

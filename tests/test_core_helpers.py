@@ -150,12 +150,23 @@ async def _await_until_cases() -> None:
         ("redis://tok3n@h", "redis://***@h", "h:5432"),
         ("http://prom:9090/api/v1", "http://prom:9090/api/v1", "prom:9090"),
         ("redis://[::1]:6379", "redis://[::1]:6379", "[::1]:6379"),
+        (
+            "postgresql://db/x?user=u&password=s3cret&sslmode=require",
+            "postgresql://db/x?user=u&password=***&sslmode=require",
+            "db:5432",
+        ),
+        ("postgresql://db/x?sslpassword=s3cret", "postgresql://db/x?sslpassword=***", "db:5432"),
     ],
 )
 def test_safe_url_and_host_port_never_show_credentials(url: str, safe: str, where: str) -> None:
     assert safe_url(url) == safe
     assert host_port(url, 5432) == where
     assert "s3cret" not in Redactor()(f"cannot reach {url}")
+
+
+def test_safe_url_scrubs_libpq_keyword_strings() -> None:
+    assert safe_url("host=db port=5432 password=s3cret dbname=x") == "host=db port=5432 password=*** dbname=x"
+    assert safe_url("host=db password='s3 cret' user=u") == "host=db password=*** user=u"
 
 
 def test_state_store_is_atomic_and_reports_a_corrupt_file(tmp_path: Path) -> None:
@@ -184,9 +195,10 @@ def test_state_store_survives_sigkill_mid_write(tmp_path: Path) -> None:
         "while True:\n"
         "    s.save({'i': i, 'pad': 'x' * 200000}); i += 1\n"
     )
-    for delay in (0.05, 0.1, 0.15, 0.2, 0.3):
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
         proc = subprocess.Popen([PY, "-c", writer])
-        time.sleep(delay + 0.3)
+        wait_until(path.exists, timeout=30, what="the first complete write")  # a kill before it proves nothing
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         data = PluginStateStore(path).load()

@@ -19,7 +19,7 @@ def test_markdown_table_escapes_what_would_break_it() -> None:
     ("value", "text"),
     [
         *[(None, "n/a"), (0, "0"), (1234567.0, "1,234,567"), (152.3456, "152.3"), (1.23456, "1.235")],
-        *[(0.0123, "0.01230"), (1.2e-05, "1.2e-05"), (float("inf"), "inf")],
+        *[(0.0123, "0.0123"), (4.7, "4.7"), (0.2, "0.2"), (1.2e-05, "1.2e-05"), (float("inf"), "inf")],
     ],
 )
 def test_one_number_format(value: float | None, text: str) -> None:
