@@ -211,7 +211,9 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
             error = exc
         tg.cancel_scope.cancel()
     if runner.stuck:
-        _exit_now(code)
+        if error is not None:
+            _stderr(f"tars-run: error: {runner.redact(str(error))}")
+        _exit_now(ExitCode.MANUAL_ACTION if error is not None else code)
     if error is not None:
         raise error
     return code

@@ -232,3 +232,24 @@ def test_observers_see_every_awaited_phase_and_cannot_fail_the_release(three: Pr
     assert finished["seconds"] >= 0.3 and finished["at"] - started["at"] >= finished["seconds"]
     verify_c = next(r for r in records if r["event"] == "finished" and (r["plugin"], r["phase"]) == ("fix-c", "verify"))
     assert verify_c["outcome"] == "failed" and "verify forced to fail" in verify_c["error"]
+
+
+def test_ctrl_c_on_an_apply_that_will_not_stop_is_unknown(project: Project) -> None:
+    slow_project(project, "sync", sleep=600, grace=0.5, timeout=None)
+    proc = subprocess.Popen(
+        project.cmd("apply"), cwd=project.work, env=project.env(), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(project.work / "events.log", proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, err
+    assert "slow-db: apply did not stop within 0.5s after it was interrupted; state unknown" in one_clear_line(err)
+    assert events(project) == ["apply started"]
+    assert dict(ledger_rows(project, "SELECT plugin, state FROM tars_state")) == {
+        "fix-a": "applied",
+        "slow-db": "unknown",
+    }
