@@ -223,24 +223,15 @@ def run_once(
     timeout: float = 300.0,
 ) -> int:
     """Run a one-shot command as its server will run (``initdb`` as ``user``, output appended to ``log``);
-    returns its exit code. A :class:`ServiceError` when it cannot start or outlives ``timeout``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        try:
-            done = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                timeout=timeout,
-                **_as_user(user),
-            )
-        except OSError as exc:
-            raise ServiceError(f"cannot start {argv[0]}: {exc.strerror or exc}; is it installed?") from None
-        except subprocess.TimeoutExpired:
-            raise ServiceError(f"{argv[0]} did not finish in {timeout:g}s; see {log}") from None
-    return done.returncode
+    returns its exit code. A :class:`ServiceError` when it cannot start or outlives ``timeout`` (then
+    it and whatever it started are killed)."""
+    ident = spawn(argv, log=log, cwd=cwd, user=user)
+    proc = _CHILDREN.pop(ident.pid)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        terminate(ident, sig=signal.SIGKILL, timeout=5)
+        raise ServiceError(f"{argv[0]} did not finish in {timeout:g}s; see {log}") from None
 
 
 def _session_members(ident: ProcessId) -> list[psutil.Process]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
@@ -28,6 +28,30 @@ class WaitTimeout(TimeoutError):
         super().__init__(f"{what}: not done after {timeout:g}s{seen}")
 
 
+class _Tries:
+    """What both forms share: the deadline, what the predicate said last, and the error at the end.
+
+    Iterating yields how long to pause before each try: 0 before the first, then ``interval`` (cut to
+    the deadline), so there is always one try at the deadline itself; past it, :class:`WaitTimeout`.
+    """
+
+    def __init__(self, timeout: float, interval: float, what: str) -> None:
+        self.timeout, self.interval, self.what = timeout, interval, what
+        self.deadline = time.monotonic() + timeout
+        self.last: object = None
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[float]:
+        yield 0.0
+        while (remaining := self.deadline - time.monotonic()) > 0:
+            yield min(self.interval, remaining)
+        raise WaitTimeout(self.what, self.timeout, self.last, self.error)
+
+    def done(self, value: object) -> bool:
+        self.last, self.error = value, None
+        return bool(value)
+
+
 def wait_until(
     predicate: Callable[[], T],
     *,
@@ -42,21 +66,15 @@ def wait_until(
     the last one is named in the :class:`WaitTimeout`. The predicate is always tried at least once and
     once more at the deadline, so a slow machine does not lose a condition that became true meanwhile.
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
-    while True:
-        final = time.monotonic() >= deadline
+    tries = _Tries(timeout, interval, what)
+    for pause in tries:
+        time.sleep(pause)
         try:
-            last = predicate()
-            error = None
-            if last:
-                return last
+            if tries.done(value := predicate()):
+                return value
         except retry_on as exc:
-            error = exc
-        if final:
-            raise WaitTimeout(what, timeout, last, error)
-        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+            tries.error = exc
+    raise AssertionError("unreachable: _Tries raises at the deadline")
 
 
 @overload
@@ -93,21 +111,13 @@ async def await_until(
     the caller's cancellation (Ctrl-C, a hook timeout) interrupts the wait at once."""
     import anyio
 
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
-    while True:
-        final = time.monotonic() >= deadline
+    tries = _Tries(timeout, interval, what)
+    for pause in tries:
+        await anyio.sleep(pause)
         try:
             value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            last = value
-            error = None
-            if value:
+            if tries.done(value := (await value) if inspect.isawaitable(value) else value):
                 return value
         except retry_on as exc:
-            error = exc
-        if final:
-            raise WaitTimeout(what, timeout, last, error)
-        await anyio.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+            tries.error = exc
+    raise AssertionError("unreachable: _Tries raises at the deadline")
