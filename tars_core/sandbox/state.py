@@ -95,46 +95,21 @@ class State:
 _converter = cattrs.Converter()
 
 
-@attrs.frozen
 class Paths:
-    root: Path
+    """Where each part of the sandbox below ``root`` lives; ``pg_link`` is the cluster's folder, or a
+    link to it outside the project (see ``recipes.pg_home``)."""
 
-    @property
-    def dir(self) -> Path:
-        return self.root / ".tars" / "sandbox"
-
-    @property
-    def state(self) -> Path:
-        return self.dir / "state.json"
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "tars.yaml"
-
-    @property
-    def logs(self) -> Path:
-        return self.dir / "logs"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".tars" / "sandbox.lock"
-
-    @property
-    def prometheus(self) -> Path:
-        return self.dir / "prometheus"
-
-    @property
-    def rules(self) -> Path:
-        return self.prometheus / "rules"
-
-    @property
-    def dashboards(self) -> Path:
-        return self.dir / "grafana" / "dashboards"
-
-    @property
-    def pg_link(self) -> Path:
-        """``.tars/sandbox/pg``: the cluster's folder, or a link to it outside (see ``recipes.pg_home``)."""
-        return self.dir / "pg"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / ".tars" / "sandbox"
+        self.lock = root / ".tars" / "sandbox.lock"
+        self.state = self.dir / "state.json"
+        self.config = self.dir / "tars.yaml"
+        self.logs = self.dir / "logs"
+        self.prometheus = self.dir / "prometheus"
+        self.rules = self.prometheus / "rules"
+        self.dashboards = self.dir / "grafana" / "dashboards"
+        self.pg_link = self.dir / "pg"
 
     def plugin_dir(self, name: str) -> Path:
         return self.dir / "plugins" / name
