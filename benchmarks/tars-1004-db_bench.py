@@ -20,6 +20,7 @@ from pathlib import Path
 
 import attrs
 from tars_1004_db.bench import run_benchmark
+from tars_1004_db.config import BenchmarkConfig
 
 from tars_core.report import metric_line
 
@@ -34,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write metrics and raw percentiles here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    report = asyncio.run(
-        run_benchmark(args.dsn, rows=args.rows, runs=args.runs, page_size=args.page_size, random_seed=args.seed)
-    )
+    size = BenchmarkConfig(rows=args.rows, runs=args.runs, page_size=args.page_size, random_seed=args.seed)
+    report = asyncio.run(run_benchmark(args.dsn, size))
     print(report.markdown())
     print()
     for m in report.metrics():

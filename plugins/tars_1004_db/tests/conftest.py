@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from tars_1004_db import db
 from tars_1004_db import plugin as plugin_module
@@ -34,11 +33,8 @@ def dsn_for(database: str) -> str:
 
 
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(SERVER)
-    try:
+    async with db.connected(SERVER) as conn:
         await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -53,11 +49,8 @@ def template_db() -> Iterator[str]:
 
     async def create() -> None:
         await _admin(f'CREATE DATABASE "{name}"')
-        conn = await db.connect(dsn_for(name))
-        try:
+        async with db.connected(dsn_for(name)) as conn:
             await db.seed(conn, TEST_ROWS)
-        finally:
-            await conn.close()
 
     asyncio.run(create())
     yield name

@@ -26,6 +26,7 @@ import asyncpg
 import attrs
 
 from tars_1004_db import db, indexes
+from tars_1004_db.config import BenchmarkConfig, BuildSettings
 from tars_1004_db.indexes import Log
 from tars_1004_db.pagination import COLUMNS, HOT_QUERIES, HotQuery
 from tars_core import FixError, Metric
@@ -61,9 +62,7 @@ class QueryFigures:
 
 @attrs.frozen
 class BenchReport:
-    rows: int
-    runs: int
-    page_size: int
+    size: BenchmarkConfig
     seed_seconds: float
     server_version: str
     queries: Sequence[QueryFigures]
@@ -113,8 +112,9 @@ class BenchReport:
         ]
         return "\n".join(
             [
-                f"{format_number(self.rows)} evaluations (seeded by COPY in {format_number(self.seed_seconds)} s), "
-                f"{self.runs} runs per figure, page size {self.page_size}, {self.server_version}.",
+                f"{format_number(self.size.rows)} evaluations "
+                f"(seeded by COPY in {format_number(self.seed_seconds)} s), "
+                f"{self.size.runs} runs per figure, page size {self.size.page_size}, {self.server_version}.",
                 "",
                 markdown_table(
                     (
@@ -214,18 +214,15 @@ async def _with_keys(conn: asyncpg.Connection, q: HotQuery, runs: list[_Run]) ->
 
 async def run_benchmark(
     server_dsn: str,
+    size: BenchmarkConfig,
     *,
-    rows: int = 1_000_000,
-    runs: int = 200,
-    page_size: int = 50,
-    random_seed: int = 1004,
-    settings: indexes.BuildSettings | None = None,
+    settings: BuildSettings | None = None,
     log: Log | None = None,
     connect_timeout: float = 10.0,
 ) -> BenchReport:
     """Seed a scratch database on the server of ``server_dsn``, measure before/after, drop it."""
     log = log or logging.getLogger("tars_1004_db.bench")
-    settings = settings or indexes.BuildSettings()
+    settings = settings or BuildSettings()
     admin = await db.connect(server_dsn, timeout=connect_timeout)
     scratch = f"tars1004_bench_{uuid.uuid4().hex[:10]}"
     try:
@@ -236,11 +233,8 @@ async def run_benchmark(
                 f"the benchmark needs a scratch database on the target server: {db.one_line(exc)} "
                 "(grant CREATEDB, or run benchmarks/tars-1004-db_bench.py against another server)"
             ) from None
-        conn = await db.connect(db.with_database(server_dsn, scratch), timeout=connect_timeout)
-        try:
-            return await _measure(conn, rows, runs, page_size, random_seed, settings, log)
-        finally:
-            await conn.close()
+        async with db.connected(db.with_database(server_dsn, scratch), timeout=connect_timeout) as conn:
+            return await _measure(conn, size, settings, log)
     finally:
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
@@ -248,18 +242,11 @@ async def run_benchmark(
             await admin.close()
 
 
-async def _measure(
-    conn: asyncpg.Connection,
-    rows: int,
-    runs: int,
-    page_size: int,
-    random_seed: int,
-    settings: indexes.BuildSettings,
-    log: Log,
-) -> BenchReport:
-    rng = random.Random(random_seed)
-    log.info("seeding %d evaluations", rows)
-    seed_seconds = await db.seed(conn, rows, random_seed=random_seed)
+async def _measure(conn: asyncpg.Connection, size: BenchmarkConfig, settings: BuildSettings, log: Log) -> BenchReport:
+    rng = random.Random(size.random_seed)
+    runs, page_size = size.runs, size.page_size
+    log.info("seeding %d evaluations", size.rows)
+    seed_seconds = await db.seed(conn, size.rows, random_seed=size.random_seed)
     version = str(await conn.fetchval("SELECT split_part(version(), ' on ', 1)"))
     plans: dict[str, tuple[list[_Run], list[_Run]]] = {}
     for q in HOT_QUERIES.values():
@@ -297,12 +284,4 @@ async def _measure(
                 max_depth=max(r.offset for r in deep),
             )
         )
-    return BenchReport(
-        rows=rows,
-        runs=runs,
-        page_size=page_size,
-        seed_seconds=seed_seconds,
-        server_version=version,
-        queries=figures,
-        builds=builds,
-    )
+    return BenchReport(size=size, seed_seconds=seed_seconds, server_version=version, queries=figures, builds=builds)

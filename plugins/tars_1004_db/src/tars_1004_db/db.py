@@ -13,7 +13,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -92,6 +93,18 @@ async def connect(
         ) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         raise TargetError(f"cannot connect to PostgreSQL at {where}: {one_line(exc)}") from None
+
+
+@asynccontextmanager
+async def connected(
+    dsn: str, *, timeout: float = 10.0, schema: str = "public", application_name: str = "tars-1004-db"
+) -> AsyncIterator[asyncpg.Connection]:
+    """``connect`` for an ``async with`` block: the connection is closed however the block ends."""
+    conn = await connect(dsn, timeout=timeout, schema=schema, application_name=application_name)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def one_line(exc: BaseException) -> str:

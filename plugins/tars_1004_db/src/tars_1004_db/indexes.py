@@ -30,6 +30,7 @@ from typing import Any, TypeAlias
 import asyncpg
 import attrs
 
+from tars_1004_db.config import BuildSettings
 from tars_1004_db.db import one_line, sql_text
 from tars_1004_db.pagination import HOT_QUERIES
 from tars_core import FixError
@@ -69,16 +70,6 @@ class IndexState:
     valid: bool = False
     size_bytes: int = 0
     definition: str = ""
-
-
-@attrs.frozen
-class BuildSettings:
-    """How hard to try: per-statement timeouts and the retry schedule on lock timeouts."""
-
-    lock_timeout_ms: int = 2000
-    statement_timeout_ms: int = 1_800_000
-    attempts: int = 5
-    retry_delay_s: float = 1.0
 
 
 @attrs.frozen

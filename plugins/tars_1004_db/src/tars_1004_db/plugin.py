@@ -7,68 +7,22 @@ library modules are imported inside the hooks.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from tars_core import (
-    ApplyResult,
-    BenchmarkResult,
-    Context,
-    PluginInfo,
-    Release,
-    ReportSection,
-    SandboxContribution,
-    SandboxSite,
-    VerifyResult,
-    hookimpl,
-)
+from tars_1004_db.config import DbFixConfig
+from tars_core import ApplyResult, BenchmarkResult, PluginInfo, ReportSection, VerifyResult, hookimpl
+from tars_core.model import SandboxContribution
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     import asyncpg
 
-    from tars_1004_db.indexes import BuildSettings
+    from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1004-db"
-
-
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-@attrs.define
-class BenchmarkConfig:
-    """``plugins.tars-1004-db.benchmark``: size of the scratch benchmark (see README for durations)."""
-
-    rows: int = attrs.field(default=1_000_000, validator=_positive)
-    runs: int = attrs.field(default=200, validator=_positive)
-    page_size: int = attrs.field(default=50, validator=_positive)
-    random_seed: int = 1004
-
-
-@attrs.define
-class DbFixConfig:
-    """``plugins.tars-1004-db``: how the indexes are built and how big the sandbox seed is."""
-
-    schema: str = "public"
-    lock_timeout_ms: int = attrs.field(default=2000, validator=_positive)
-    statement_timeout_ms: int = attrs.field(default=1_800_000, validator=_positive)
-    attempts: int = attrs.field(default=5, validator=_positive)
-    retry_delay_s: float = attrs.field(default=1.0, validator=_positive)
-    connect_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    seed_rows: int = attrs.field(default=1_000_000, validator=_positive)
-    benchmark: BenchmarkConfig = attrs.field(factory=BenchmarkConfig)
-
-    def build_settings(self) -> BuildSettings:
-        from tars_1004_db.indexes import BuildSettings
-
-        return BuildSettings(
-            lock_timeout_ms=self.lock_timeout_ms,
-            statement_timeout_ms=self.statement_timeout_ms,
-            attempts=self.attempts,
-            retry_delay_s=self.retry_delay_s,
-        )
 
 
 @hookimpl
@@ -96,10 +50,10 @@ def _config(ctx: Context) -> DbFixConfig:
     return ctx.config if isinstance(ctx.config, DbFixConfig) else DbFixConfig()
 
 
-async def _connect(ctx: Context, cfg: DbFixConfig) -> asyncpg.Connection:
+def _connected(ctx: Context, cfg: DbFixConfig) -> AbstractAsyncContextManager[asyncpg.Connection]:
     from tars_1004_db import db
 
-    return await db.connect(ctx.targets.require("postgres"), timeout=cfg.connect_timeout_s, schema=cfg.schema)
+    return db.connected(ctx.targets.require("postgres"), timeout=cfg.connect_timeout_s, schema=cfg.schema)
 
 
 @hookimpl
@@ -109,13 +63,8 @@ async def tars_apply(ctx: Context) -> ApplyResult:
     cfg = _config(ctx)
     # an unreachable server raises TargetError here, before anything changed: the runner records the
     # apply as unreached and skips this plugin's rollback
-    conn = await _connect(ctx, cfg)
-    try:
-        records, plan = await indexes.apply(
-            conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
-        )
-    finally:
-        await conn.close()
+    async with _connected(ctx, cfg) as conn:
+        records, plan = await indexes.apply(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: " + ("; ".join(plan) or "nothing to do"))
     if not records:
@@ -138,11 +87,8 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    conn = await _connect(ctx, cfg)
-    try:
+    async with _connected(ctx, cfg) as conn:
         ok, checks = await indexes.verify(conn, schema=cfg.schema)
-    finally:
-        await conn.close()
     names = [s.name for s in indexes.index_specs()]
     broken = [n for n in names if checks[n].startswith(("missing", "INVALID"))]
     if ok:
@@ -164,13 +110,8 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    conn = await _connect(ctx, cfg)
-    try:
-        dropped = await indexes.rollback(
-            conn, schema=cfg.schema, settings=cfg.build_settings(), log=ctx.log, dry_run=ctx.dry_run
-        )
-    finally:
-        await conn.close()
+    async with _connected(ctx, cfg) as conn:
+        dropped = await indexes.rollback(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: would drop " + (", ".join(dropped) or "nothing"))
     ctx.state.clear()
@@ -186,14 +127,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
 
     cfg = _config(ctx)
     report = await run_benchmark(
-        ctx.targets.require("postgres"),
-        rows=cfg.benchmark.rows,
-        runs=cfg.benchmark.runs,
-        page_size=cfg.benchmark.page_size,
-        random_seed=cfg.benchmark.random_seed,
-        settings=cfg.build_settings(),
-        log=ctx.log,
-        connect_timeout=cfg.connect_timeout_s,
+        ctx.targets.require("postgres"), cfg.benchmark, settings=cfg, log=ctx.log, connect_timeout=cfg.connect_timeout_s
     )
     return BenchmarkResult(metrics=report.metrics(), detail=report.markdown())
 
@@ -237,15 +171,12 @@ async def tars_sandbox_seed(ctx: Context) -> str:
     from tars_1004_db import db
 
     cfg = _config(ctx)
-    conn = await _connect(ctx, cfg)
-    try:
+    async with _connected(ctx, cfg) as conn:
         if await db.table_exists(conn, "evaluations") and await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM evaluations)"
         ):
             ctx.log.info("evaluations already seeded: skipping")
             return "already seeded"
         seconds = await db.seed(conn, cfg.seed_rows)
-    finally:
-        await conn.close()
     ctx.log.info("seeded %d evaluations in %.1f s", cfg.seed_rows, seconds)
     return f"seeded {cfg.seed_rows} evaluations in {seconds:.1f} s"
