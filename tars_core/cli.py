@@ -432,7 +432,7 @@ async def _plan_or_status(runner: Runner, plugins: list[LoadedPlugin], cmd: str,
 
 async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
     from tars_core.config import converter
-    from tars_core.hookcall import HookStillRunning
+    from tars_core.errors import HookStillRunning
     from tars_core.report import build_release, write_report
 
     ledger = runner.ledger

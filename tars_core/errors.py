@@ -60,6 +60,20 @@ class ServiceError(FixError):
     """
 
 
+class HookStillRunning(TimeoutError):
+    """A hook's worker did not stop within the grace period after its timeout (or a cancellation).
+
+    ``timeout`` is ``None`` when the call was cancelled (Ctrl-C) rather than timed out.
+    """
+
+    def __init__(self, hook: str, timeout: float | None, grace: float) -> None:
+        self.hook = hook
+        self.timeout = timeout
+        self.grace = grace
+        after = f"its {timeout:g}s timeout" if timeout is not None else "it was interrupted"
+        super().__init__(f"{hook} did not stop within {grace:g}s after {after}")
+
+
 class LockHeld(Exception):
     """Another run holds the ledger lock (exit 3); the message names the holder."""
 
@@ -80,6 +94,7 @@ class RollbackFailed(Exception):
 __all__ = [
     "ConfigError",
     "FixError",
+    "HookStillRunning",
     "LedgerError",
     "LockHeld",
     "RollbackFailed",

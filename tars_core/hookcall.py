@@ -34,25 +34,13 @@ from typing import Any, TypeVar
 
 import anyio
 
+from tars_core.errors import HookStillRunning
+
 T = TypeVar("T")
 
 _JOBS: contextvars.ContextVar[set[Future[Any]] | None] = contextvars.ContextVar("tars_hook_jobs", default=None)
 _TRACKED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _TASKS: set[asyncio.Task[None]] = set()  # asyncio keeps only weak references to running tasks
-
-
-class HookStillRunning(TimeoutError):
-    """A hook's worker did not stop within the grace period after its timeout (or a cancellation).
-
-    ``timeout`` is ``None`` when the call was cancelled (Ctrl-C) rather than timed out.
-    """
-
-    def __init__(self, hook: str, timeout: float | None, grace: float) -> None:
-        self.hook = hook
-        self.timeout = timeout
-        self.grace = grace
-        after = f"its {timeout:g}s timeout" if timeout is not None else "it was interrupted"
-        super().__init__(f"{hook} did not stop within {grace:g}s after {after}")
 
 
 class _TrackingExecutor(ThreadPoolExecutor):

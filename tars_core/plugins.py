@@ -374,7 +374,7 @@ class PluginHost:
         async ones run as their own task. After a timeout (``TimeoutError``) or a cancellation the
         worker, and any ``asyncio.to_thread`` job it started, is awaited for up to ``grace`` seconds, so
         nothing that runs next (a rollback) races it; one still running then raises
-        :class:`tars_core.hookcall.HookStillRunning` (see that module for why and how).
+        :class:`tars_core.errors.HookStillRunning` (see that module for why and how).
         """
         from tars_core.hookcall import run_hook
 

@@ -68,7 +68,7 @@ def metric_line(m: Metric) -> str:
     before = format_number(m.before)
     tail = f"; target {m.target}" if m.target else ""
     judged = verdict(m.met)
-    return f"{m.name}: {before} -> {format_number(m.after)} {m.unit}{tail}" + (f" ({judged})" if judged else "")
+    return f"{m.name}: {before} -> {format_number(m.after)} {m.unit}{tail}" + (f" (target {judged})" if judged else "")
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

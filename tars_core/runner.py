@@ -13,13 +13,13 @@ import anyio
 import attrs
 
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
-from tars_core.errors import FixError, RollbackFailed, TargetError
+from tars_core.errors import FixError, HookStillRunning, RollbackFailed, TargetError
 from tars_core.flags import FeatureFlags
-from tars_core.hookcall import HookStillRunning
 from tars_core.ledger import Ledger
 from tars_core.model import Context, ExitCode, Outcome, PluginState
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import Redactor
+from tars_core.report import metric_line
 
 log = logging.getLogger("tars")
 
@@ -483,6 +483,4 @@ class Runner:
         data = converter.unstructure(result)
         await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
         for m in getattr(result, "metrics", ()):
-            before = "n/a" if m.before is None else f"{m.before:g}"
-            verdict = "" if m.met is None else (" (target met)" if m.met else " (TARGET MISSED)")
-            self.progress(f"    {m.name}: {before} -> {m.after:g} {m.unit}; target {m.target}{verdict}")
+            self.progress(f"    {metric_line(m)}")

@@ -29,6 +29,10 @@ def targets(state: State) -> Targets:
     return Targets(**state.targets)
 
 
+# a seed that times out is waited for (like a release phase) before the sandbox reports the failure
+GRACE = TarsConfig().release.timeout_grace
+
+
 def _hook_error(paths: Paths, plugin: str, hook: str, exc: BaseException, timeout: float) -> SandboxError:
     """One line naming the plugin and hook; the traceback goes to ``logs/sandbox.log``."""
     logfile = paths.logs / "sandbox.log"
@@ -93,7 +97,7 @@ async def _contribute(host: PluginHost, paths: Paths, state: State, name: str, t
     if host.has_hook(name, "tars_sandbox"):
         site = SandboxSite(dir=site_dir, targets=targets(state), python=sys.executable)
         try:
-            contrib = await host.call(name, "tars_sandbox", timeout=timeout, site=site)
+            contrib = await host.call(name, "tars_sandbox", timeout=timeout, grace=GRACE, site=site)
         except Exception as exc:
             raise _hook_error(paths, name, "tars_sandbox", exc, timeout) from None
     joining = _record(name, host.plugins[name].version, contrib or SandboxContribution(), paths)
@@ -111,7 +115,7 @@ async def _seed(host: PluginHost, paths: Paths, state: State, names: Sequence[st
             continue
         ctx = build_context(host.plugins[name], cfg, root=paths.root, phase="sandbox_seed")
         try:
-            await host.call(name, "tars_sandbox_seed", timeout=timeout, ctx=ctx)
+            await host.call(name, "tars_sandbox_seed", timeout=timeout, grace=GRACE, ctx=ctx)
         except Exception as exc:
             raise _hook_error(paths, name, "tars_sandbox_seed", exc, timeout) from None
 
