@@ -14,6 +14,13 @@ Fixtures:
   ``redis://127.0.0.1:6379/0``); fails the test run with one line when it does not answer.
 * ``tars_redis_prefix`` (session): a key prefix owned by this test run; every key under it is deleted
   at the end, so tests never touch data they did not create.
+* ``tars_postgres_url`` (session): the real PostgreSQL server the tests use (``TARS_TEST_POSTGRES``,
+  default ``postgresql://postgres@127.0.0.1:5432/test``, a database that must exist to connect to);
+  fails the test run with one line when it does not answer.
+* ``tars_postgres_db``: a factory ``tars_postgres_db(template=None) -> url`` that creates a database
+  named ``tars_test_<random>`` (a copy of ``template`` when given) and drops it ``WITH (FORCE)`` when
+  the test ends. :func:`create_database` / :func:`drop_database` do the same for session-scoped
+  fixtures (e.g. a template seeded once per run).
 
 Functions:
 
@@ -50,6 +57,7 @@ from tars_core.config import structure_section
 from tars_core.flags import FeatureFlags
 from tars_core.model import ApplyResult, Context, PluginInfo, Targets, VerifyResult
 from tars_core.plugins import LoadedPlugin, PluginHost
+from tars_core.redact import safe_url
 
 HEAVY_MODULES = (
     "tensorflow",
@@ -315,13 +323,85 @@ def tars_redis_prefix(tars_redis_url: str) -> Iterator[str]:
         client.close()
 
 
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` pointing at database ``name`` of the same server (credentials and options kept)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def _admin(server_url: str, sql: str) -> None:
+    import anyio
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    anyio.run(run)
+
+
+def create_database(server_url: str, *, template: str | None = None, prefix: str = "tars_test") -> str:
+    """Create a database owned by this test run and return its URL; names are random so runs never meet.
+
+    With ``template`` the new database is a file-level copy of that one (fast: seed once, copy per test).
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    _admin(server_url, f'CREATE DATABASE "{name}"{copy}')
+    return database_url(server_url, name)
+
+
+def drop_database(url: str) -> None:
+    """Drop the database ``url`` names, closing its sessions first (a test that failed may hold some)."""
+    from urllib.parse import urlsplit
+
+    name = urlsplit(url).path.lstrip("/")
+    _admin(database_url(url, "postgres"), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def tars_postgres_url() -> str:
+    url = os.environ.get("TARS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        _admin(url, "SELECT 1")
+    except Exception as exc:
+        pytest.fail(
+            f"these tests need a real PostgreSQL at {safe_url(url)} ({type(exc).__name__}: {exc}); "
+            "start one or set TARS_TEST_POSTGRES",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+def tars_postgres_db(tars_postgres_url: str) -> Iterator[Callable[..., str]]:
+    made: list[str] = []
+
+    def make(template: str | None = None) -> str:
+        made.append(create_database(tars_postgres_url, template=template))
+        return made[-1]
+
+    yield make
+    for url in reversed(made):
+        drop_database(url)
+
+
 __all__ = [
     "HEAVY_MODULES",
     "assert_cheap_import",
     "assert_unreachable_target_exits_2",
     "check_conformance",
+    "create_database",
+    "database_url",
+    "drop_database",
     "make_context",
     "tars_host",
+    "tars_postgres_db",
+    "tars_postgres_url",
     "tars_redis_prefix",
     "tars_redis_url",
     "tars_register",

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from plugin_factory import write_dist
 
-PG_ADMIN = os.environ.get("TARS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TARS_RUN = shutil.which("tars-run") or "tars-run"
 
 
@@ -105,25 +102,3 @@ def three(project: Project) -> Project:
     """Three fixes a <- b <- c (c requires b requires a) in one third-party distribution."""
     project.dist("acme-fixes", {"fix-c": ["fix-b"], "fix-a": [], "fix-b": ["fix-a"]}, fix_ids={"fix-a": "ACME-1"})
     return project
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A new database on the machine's PostgreSQL, dropped afterwards; yields its DSN."""
-    import anyio
-    import asyncpg
-
-    name = f"tars_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    anyio.run(admin, f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

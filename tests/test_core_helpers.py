@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -31,6 +32,7 @@ from tars_core.processes import (
 )
 from tars_core.redact import Redactor, host_port, safe_url
 from tars_core.state import PluginStateStore
+from tars_core.testing import create_database, drop_database
 from tars_core.waiting import WaitTimeout, await_until, wait_until
 
 PY = sys.executable
@@ -260,3 +262,29 @@ def test_terminate_returns_when_the_process_is_a_zombie_its_parent_has_not_reape
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_postgres_databases_are_created_from_templates_and_dropped(
+    tars_postgres_url: str, tars_postgres_db: Callable[..., str]
+) -> None:
+    """The core's database fixtures: a fresh database per call, template copies, nothing left behind."""
+    import asyncpg
+
+    async def run(url: str, sql: str) -> object:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    template = create_database(tars_postgres_url, prefix="tars_test_tpl")
+    try:
+        anyio.run(run, template, "CREATE TABLE seeded AS SELECT 42 AS answer")
+        copy = tars_postgres_db(template=template.rsplit("/", 1)[1])
+        empty = tars_postgres_db()
+        assert anyio.run(run, copy, "SELECT answer FROM seeded") == 42
+        assert anyio.run(run, empty, "SELECT count(*) FROM pg_tables WHERE tablename = 'seeded'") == 0
+    finally:
+        drop_database(template)
+    names = anyio.run(run, tars_postgres_url, "SELECT string_agg(datname, ',') FROM pg_database")
+    assert template.rsplit("/", 1)[1] not in str(names)

@@ -91,7 +91,8 @@ def test_sqlite_rows_survive_sigkill_at_any_moment(tmp_path: Path) -> None:
     kill_loop(f"sqlite:///{path}", tmp_path, rows)
 
 
-def test_postgres_rows_survive_sigkill_at_any_moment(tmp_path: Path, pg_database: str) -> None:
+def test_postgres_rows_survive_sigkill_at_any_moment(tmp_path: Path, tars_postgres_db: Callable[..., str]) -> None:
+    pg_database = tars_postgres_db()
     import anyio
     import asyncpg
 

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -362,7 +363,8 @@ def test_benchmark_figures_reach_the_report(three: Project) -> None:
     assert data["plugins"][0]["benchmark"]["metrics"][0]["after"] == 1.0
 
 
-def test_postgres_ledger_and_advisory_lock(three: Project, pg_database: str) -> None:
+def test_postgres_ledger_and_advisory_lock(three: Project, tars_postgres_db: Callable[..., str]) -> None:
+    pg_database = tars_postgres_db()
     import anyio
     import asyncpg
 
