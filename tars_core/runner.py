@@ -444,10 +444,25 @@ class Runner:
         return RunResult(ExitCode.OK, self.steps, done, msg)
 
     async def rollback(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
+        await self._recall_unreached(plugins)
         out = await self._rollback_all(list(reversed(plugins)))
         if out.exit_code == ExitCode.OK and self.interrupted:
             out.exit_code = ExitCode.INTERRUPTED
         return out
+
+    async def _recall_unreached(self, plugins: Sequence[LoadedPlugin]) -> None:
+        """An explicit ``rollback`` of a fix whose last apply never reached the target, and which the
+        ledger does not record as applied, has nothing to undo: record a no-op instead of calling a
+        hook that would fail the same way while the target is still down (exit 4 for nothing)."""
+        states = await self.ledger.states(self.release)
+        last_apply: dict[str, str] = {}
+        for rec in await self.ledger.phases(self.release):
+            if rec.phase == "apply":
+                last_apply[rec.plugin] = rec.outcome
+        for plugin in plugins:
+            state = states.get(plugin.name, {}).get("state")
+            if state in (None, PluginState.ROLLED_BACK) and last_apply.get(plugin.name) == Outcome.UNREACHED:
+                self.unreached.add(plugin.name)
 
     async def verify(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         failed = []

@@ -433,6 +433,23 @@ def test_unreachable_target_is_bad_input_and_rolls_back_earlier_fixes(three: Pro
     assert step["outcome"] == "skipped"
 
 
+def test_explicit_rollback_after_an_unreached_apply_has_nothing_to_undo(three: Project) -> None:
+    """The target is still down when the operator rolls back: the fix never reached it, so the
+    rollback is a recorded no-op (exit 0), not a failed rollback (exit 4) of something never applied."""
+    three.config({"fix-a": {"unreachable": True}})
+    assert three.run("--plugins", "fix-a", "apply").returncode == 2
+    three.config({"fix-a": {"unreachable": True, "fail_rollback": True}})
+    res = three.run("--plugins", "fix-a", "rollback")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to undo for fix-a" in res.stderr
+    assert "rollback fix-a" not in three.calls()
+    # once a later apply succeeds, a rollback calls the hook again
+    three.config({"fix-a": {}})
+    assert three.run("--plugins", "fix-a", "apply").returncode == 0
+    assert three.run("--plugins", "fix-a", "rollback").returncode == 0
+    assert three.calls()[-1] == "rollback fix-a"
+
+
 def test_dry_run_rollback_is_not_a_failed_rollback(three: Project) -> None:
     three.config()
     assert three.run("apply").returncode == 0
