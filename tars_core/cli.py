@@ -354,10 +354,15 @@ def _list(host: PluginHost, fmt: str) -> int:
         }
         for f in host.failures.values()
     ]
+    rows += [
+        {"name": name, "distribution": dist, "status": "not_allowed", "error": "not in TARS_LOAD_PLUGINS"}
+        for name, dist in sorted(host.not_allowed.items())
+    ]
+    notes = {"broken": "  BROKEN: ", "not_allowed": "  NOT LOADED: "}
     text = (
         "\n".join(
-            f"{r['name']:24} {r['version'] or '':10} {r['kind'] or '':8} {r['fix_id'] or '':10} {r['title'] or ''}"
-            + (f"  BROKEN: {r['error']}" if r["status"] == "broken" else "")
+            f"{r['name']:24} {r.get('version') or '':10} {r.get('kind') or '':8} {r.get('fix_id') or '':10} "
+            f"{r.get('title') or ''}" + (f"{notes[r['status']]}{r['error']}" if r["status"] in notes else "")
             for r in rows
         )
         or "no plugins installed (pip install a tars plugin, e.g. plugins/tars_1004_db)"
