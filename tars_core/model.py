@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 Kind = Literal["hotfix", "monitor"]
 Phase = Literal["apply", "verify", "rollback", "benchmark"]
-PHASES: tuple[Phase, ...] = ("apply", "verify", "rollback", "benchmark")
 
 
 class _Text(str, enum.Enum):
