@@ -35,7 +35,8 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from tars_1003_jaeger.scenarios import benchmark
+import attrs
+from tars_1003_jaeger.scenarios import BenchSettings, benchmark
 
 from tars_core.processes import Service, free_port, tcp_ready
 
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="passes per mode; throughput is the median")
-    parser.add_argument("--redeliver", type=float, default=0.1, help="fraction taken over with XAUTOCLAIM")
+    parser.add_argument(
+        "--redeliver", dest="redeliver_fraction", type=float, default=0.1, help="fraction taken over with XAUTOCLAIM"
+    )
     parser.add_argument("--batch", type=int, default=100, help="XREADGROUP/XAUTOCLAIM COUNT")
     parser.add_argument("--sample-ratio", type=float, default=0.1, help="root sampling of the 'sampled' mode")
     parser.add_argument("--rtt-ms", type=float, default=0.0, help="add this round trip through a TCP proxy")
@@ -98,25 +101,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(_with_rtt(args.redis, args.rtt_ms)) if args.rtt_ms else args.redis
-        f = benchmark(
-            url,
-            prefix="tars:bench:tars1003",
-            messages=args.messages,
-            redeliver_fraction=args.redeliver,
-            rounds=args.rounds,
-            batch=args.batch,
-            sample_ratio=args.sample_ratio,
-        )
+        size = BenchSettings(**{a.name: getattr(args, a.name) for a in attrs.fields(BenchSettings)})
+        f = benchmark(url, prefix="tars:bench:tars1003", settings=size)
     tp = f.throughput
     doc = {
-        "messages": f.messages,
+        "messages": size.messages,
         "redelivered": f.redelivered,
-        "rounds": f.rounds,
+        "rounds": size.rounds,
         "throughput_msg_per_s": tp,
         "ratio_propagated_vs_plain": f.ratio,
         "ratio_propagated_vs_unpropagated": tp["propagated"] / tp["unpropagated"],
         "ratio_sampled_vs_plain": tp["sampled"] / tp["plain"],
-        "sample_ratio": f.sample_ratio,
+        "sample_ratio": size.sample_ratio,
         "client_cpu_us_per_msg": f.cpu_us,
         "cpu_ratio_propagated_vs_plain": f.cpu_ratio,
         "overhead_us_vs_plain": f.overhead_us,
@@ -132,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"TARS-1003 benchmark: {f.messages} messages per pass, {f.rounds} round(s), ", end="")
+        print(f"TARS-1003 benchmark: {size.messages} messages per pass, {size.rounds} round(s), ", end="")
         print(f"{f.redelivered} redelivered through XAUTOCLAIM, added RTT {args.rtt_ms:g} ms")
         for mode in ("plain", "unpropagated", "propagated", "sampled"):
             print(f"  {mode:<13} {tp[mode]:>10,.0f} msg/s   client CPU {f.cpu_us[mode]:>7.1f} µs/msg")
         print(f"  propagated / plain          {f.ratio:>10.1%}   (target >= 75%, aim 90%)")
         print(f"  propagated / unpropagated   {doc['ratio_propagated_vs_unpropagated']:>10.1%}")
-        print(f"  sampled ({f.sample_ratio:g}) / plain       {doc['ratio_sampled_vs_plain']:>10.1%}")
+        print(f"  sampled ({size.sample_ratio:g}) / plain       {doc['ratio_sampled_vs_plain']:>10.1%}")
         print(f"  CPU-bound ratio vs plain    {f.cpu_ratio:>10.1%}   (plain CPU/msg over propagated CPU/msg)")
         print(f"  overhead vs plain           {f.overhead_us:>10.1f} µs/msg")
         print(f"  overhead vs unpropagated    {f.propagation_overhead_us:>10.1f} µs/msg")

@@ -30,6 +30,13 @@ def _group(client: redis.Redis, stream: str, group: str = "g") -> None:
     client.xgroup_create(stream, group, id="0", mkstream=True)
 
 
+def _traced_entries(tracing: StreamTracing, client: redis.Redis, stream: str, n: int) -> None:
+    """``stream`` with group ``g`` and ``n`` entries ``{"n": i}`` sent through ``tracing``."""
+    _group(client, stream)
+    for i in range(n):
+        tracing.xadd(client, stream, {"n": str(i)})
+
+
 def _by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if s.kind is kind]
 
@@ -90,9 +97,7 @@ def test_batch_read_links_every_producer(tars_redis_url: str, prefix: str, memor
     provider, exporter = memory
     tracing = StreamTracing(provider)
     stream = f"{prefix}:batch"
-    _group(sync_client, stream)
-    for i in range(5):
-        tracing.xadd(sync_client, stream, {"n": str(i)})
+    _traced_entries(tracing, sync_client, stream, 5)
     batch = tracing.xreadgroup(sync_client, "g", "c", {stream: ">"}, count=5)
     assert len(batch) == 5
     for msg in batch:
@@ -113,9 +118,7 @@ def test_killed_consumer_entries_taken_over_with_xautoclaim(
     provider, exporter = memory
     tracing = StreamTracing(provider)
     stream = f"{prefix}:claim"
-    _group(sync_client, stream)
-    for i in range(6):
-        tracing.xadd(sync_client, stream, {"n": str(i)})
+    _traced_entries(tracing, sync_client, stream, 6)
     # a real consumer process reads four entries and is killed before it acks any of them
     doomed = textwrap.dedent(f"""
         import os, signal, redis

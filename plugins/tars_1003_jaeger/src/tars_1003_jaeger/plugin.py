@@ -19,19 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from tars_core import (
-    ApplyResult,
-    BenchmarkResult,
-    FixError,
-    Metric,
-    PluginInfo,
-    ReportSection,
-    SandboxContribution,
-    ServiceSpec,
-    VerifyResult,
-    hookimpl,
-)
+from tars_core import ApplyResult, BenchmarkResult, Metric, PluginInfo, ReportSection, VerifyResult, hookimpl
+from tars_core.errors import FixError
 from tars_core.flags import is_on
+from tars_core.model import SandboxContribution, ServiceSpec
 from tars_core.waiting import WaitTimeout, await_until
 
 if TYPE_CHECKING:
@@ -100,7 +91,8 @@ def tars_plugin_info() -> PluginInfo:
 
 
 def _client(ctx: Context) -> Any:
-    """The target Redis for the registry, probes and streams (the flag hash is on the same one).
+    """The target Redis for the registry, probes and streams (the flag hash is on the same one), used as
+    ``async with`` (which closes it).
 
     Every hook reads the flag through ``ctx.flags`` before it calls this, so an unusable
     ``targets.redis`` has already become the core's :class:`TargetError` (exit 2) and nothing changed.
@@ -155,8 +147,7 @@ async def _wait_for_services(client: Any, cfg: JaegerConfig, want: str) -> list[
 async def tars_apply(ctx: Context) -> ApplyResult:
     cfg: JaegerConfig = ctx.config
     before = await ctx.flags.get(cfg.flag)  # an unusable Redis: TargetError here, before anything changed
-    client = _client(ctx)
-    try:
+    async with _client(ctx) as client:
         problems = _service_problems(await _registry(client, cfg), cfg, None)
         if problems:
             raise FixError(
@@ -178,8 +169,6 @@ async def tars_apply(ctx: Context) -> ApplyResult:
                 f"{cfg.flag_ack_timeout_s:g}s; check the services' logs"
             )
         return ApplyResult(changed=True, detail=f"flag {cfg.flag} on; {', '.join(cfg.services)} propagating")
-    finally:
-        await client.aclose()
 
 
 @hookimpl
@@ -193,14 +182,11 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
         ctx.log.info("dry run: would turn off %s", cfg.flag)
         return ApplyResult(changed=False, detail=f"dry run: would turn off {cfg.flag}")
     await ctx.flags.restore(cfg.flag)  # the value apply replaced: "off" or absent (both off)
-    client = _client(ctx)
-    try:
+    async with _client(ctx) as client:
         lagging = await _wait_for_services(client, cfg, "off")
-        if lagging:  # the flag is off; a service that is down will read it when it starts
-            ctx.log.warning("flag %s is off but %s", cfg.flag, "; ".join(lagging))
-        return ApplyResult(changed=True, detail=f"flag {cfg.flag} off")
-    finally:
-        await client.aclose()
+    if lagging:  # the flag is off; a service that is down will read it when it starts
+        ctx.log.warning("flag %s is off but %s", cfg.flag, "; ".join(lagging))
+    return ApplyResult(changed=True, detail=f"flag {cfg.flag} off")
 
 
 async def probe_services(client: Any, cfg: JaegerConfig) -> tuple[Any, Any]:
@@ -259,9 +245,8 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 
     cfg: JaegerConfig = ctx.config
     flag = await ctx.flags.get(cfg.flag)
-    client = _client(ctx)
     checks: dict[str, str] = {}
-    try:
+    async with _client(ctx) as client:
         checks["flag"] = f"{cfg.flag}={flag!r}"
         problems = _service_problems(await _registry(client, cfg), cfg, "on")
         checks["services"] = "; ".join(problems) or f"{', '.join(cfg.services)} run the fix and propagate"
@@ -271,32 +256,24 @@ async def tars_verify(ctx: Context) -> VerifyResult:
             messages=cfg.pipeline_messages,
             links=cfg.links,
         )
-        for hop, cont in pipeline.items():
-            checks[f"library {hop}"] = str(cont) + ("" if cont.complete else f": {'; '.join(cont.failures)}")
         hop1, hop2 = await probe_services(client, cfg)
-        checks["probes hop1"] = str(hop1) + ("" if hop1.complete else f": {'; '.join(hop1.failures)}")
-        checks["probes hop2"] = str(hop2) + ("" if hop2.complete else f": {'; '.join(hop2.failures)}")
-    finally:
-        await client.aclose()
-    ok = is_on(flag) and not problems and all(c.complete for c in pipeline.values()) and hop1.complete and hop2.complete
+    hops = {f"library {hop}": cont for hop, cont in pipeline.items()} | {"probes hop1": hop1, "probes hop2": hop2}
+    checks |= {name: str(c) + ("" if c.complete else f": {'; '.join(c.failures)}") for name, c in hops.items()}
+    ok = is_on(flag) and not problems and all(c.complete for c in hops.values())
     detail = f"trace continuity {hop1.percent:.2f}% / {hop2.percent:.2f}% over {hop1.total} probes (hop 1 / hop 2)"
     return VerifyResult(ok=ok, detail=detail, checks=checks)
 
 
 @hookimpl
 async def tars_benchmark(ctx: Context) -> BenchmarkResult:
-    from tars_1003_jaeger.scenarios import benchmark
+    from tars_1003_jaeger.scenarios import BenchSettings, benchmark
 
     cfg: JaegerConfig = ctx.config
     url = ctx.targets.require("redis")
-    figures = await asyncio.to_thread(
-        benchmark,
-        url,
-        prefix=f"{cfg.scratch_prefix}:bench",
-        messages=cfg.benchmark_messages,
-        rounds=cfg.benchmark_rounds,
-        sample_ratio=cfg.benchmark_sample_ratio,
+    size = BenchSettings(
+        messages=cfg.benchmark_messages, rounds=cfg.benchmark_rounds, sample_ratio=cfg.benchmark_sample_ratio
     )
+    figures = await asyncio.to_thread(benchmark, url, prefix=f"{cfg.scratch_prefix}:bench", settings=size)
     before, after = figures.continuity_before, figures.continuity_after
     tp = figures.throughput
     metrics = [
@@ -305,7 +282,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
             before.percent,
             after.percent,
             "%",
-            target=f"100.00% over {figures.messages} messages incl. {figures.redelivered} redeliveries",
+            target=f"100.00% over {size.messages} messages incl. {figures.redelivered} redeliveries",
             met=after.complete,
         ),
         Metric(
@@ -324,7 +301,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
             target=f"cost of the fix itself; got {tp['propagated'] / tp['unpropagated']:.0%}",
         ),
         Metric(
-            f"throughput with {figures.sample_ratio:g} root sampling vs no tracing",
+            f"throughput with {size.sample_ratio:g} root sampling vs no tracing",
             tp["plain"],
             tp["sampled"],
             "msg/s",
@@ -344,7 +321,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
         Metric("extract (entry fields to context)", None, figures.extract_us, "µs/msg"),
     ]
     detail = (
-        f"{figures.messages} messages x {figures.rounds} round(s) per mode on targets.redis; "
+        f"{size.messages} messages x {size.rounds} round(s) per mode on targets.redis; "
         "full size: python benchmarks/tars-1003-jaeger_bench.py"
     )
     return BenchmarkResult(metrics=metrics, detail=detail)

@@ -284,11 +284,20 @@ def codec_overhead_us(iterations: int = 10_000) -> tuple[float, float]:
 
 
 @attrs.frozen
+class BenchSettings:
+    """What one benchmark run does: messages per pass, share redelivered, passes per mode, read size, sampling."""
+
+    messages: int = 10_000
+    redeliver_fraction: float = 0.1
+    rounds: int = 3
+    batch: int = 100  # XREADGROUP/XAUTOCLAIM COUNT
+    sample_ratio: float = 0.1  # root sampling of the 'sampled' mode
+
+
+@attrs.frozen
 class BenchFigures:
-    messages: int
+    settings: BenchSettings
     redelivered: int
-    rounds: int
-    sample_ratio: float
     throughput: dict[str, float]  # mode -> messages per second (median of rounds)
     cpu_us: dict[str, float]  # mode -> client CPU microseconds per message (median of rounds)
     continuity_before: Continuity
@@ -318,16 +327,7 @@ class BenchFigures:
         return (1 / self.throughput["propagated"] - 1 / self.throughput["unpropagated"]) * 1e6
 
 
-def benchmark(
-    redis_url: str,
-    *,
-    prefix: str,
-    messages: int = 10_000,
-    redeliver_fraction: float = 0.1,
-    rounds: int = 3,
-    batch: int = 100,
-    sample_ratio: float = 0.1,
-) -> BenchFigures:
+def benchmark(redis_url: str, *, prefix: str, settings: BenchSettings) -> BenchFigures:
     """Throughput of the four modes on the same Redis, interleaved round by round, plus continuity.
 
     Spans go to an in-memory exporter behind a BatchSpanProcessor (queue sized to hold them all), so the
@@ -335,19 +335,20 @@ def benchmark(
     request path in the exporter thread.
     """
     client = redis.Redis.from_url(redis_url)
-    redeliver = max(1, int(messages * redeliver_fraction))
+    messages = settings.messages
+    redeliver = max(1, int(messages * settings.redeliver_fraction))
     base = f"{prefix}:{uuid.uuid4().hex[:12]}"
     times: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
     spans: dict[str, list[ReadableSpan]] = {}
     try:
-        for r in range(rounds):
+        for r in range(settings.rounds):
             for mode in MODES:
-                ratio = sample_ratio if mode == "sampled" else 1.0
+                ratio = settings.sample_ratio if mode == "sampled" else 1.0
                 provider, exporter = memory_provider(batch=True, queue=messages * 4 + 1024, sample_ratio=ratio)
                 stream = f"{base}:{mode}:{r}"
                 try:
-                    wall, used = _flow(client, mode, stream, messages, redeliver, batch, provider)
+                    wall, used = _flow(client, mode, stream, messages, redeliver, settings.batch, provider)
                     times[mode].append(wall)
                     cpu[mode].append(used)
                 finally:
@@ -362,10 +363,8 @@ def benchmark(
     cpu_us = {m: percentile(t, 50) / messages * 1e6 for m, t in cpu.items()}
     inject, extract = codec_overhead_us()
     return BenchFigures(
-        messages=messages,
+        settings=settings,
         redelivered=redeliver,
-        rounds=rounds,
-        sample_ratio=sample_ratio,
         throughput=throughput,
         cpu_us=cpu_us,
         continuity_before=continuity(spans["unpropagated"]),

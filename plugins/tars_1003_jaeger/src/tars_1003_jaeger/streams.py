@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Literal, NamedTuple
 
+import attrs
 import redis.asyncio
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -139,30 +140,35 @@ def _is_async(client: Any) -> bool:
     return found
 
 
+class _Finished(NamedTuple):
+    value: Any
+
+
+def _resume(op: _Op, result: Any, error: BaseException | None) -> _Call | _Finished:
+    """The operation's next call, given what its previous call returned or raised (the drivers' shared part)."""
+    try:
+        return op.send(result) if error is None else op.throw(error)
+    except StopIteration as stop:
+        return _Finished(stop.value)
+
+
 def _run_sync(op: _Op) -> Any:
     """Drive an operation generator with a synchronous client."""
     result: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            call = op.send(result) if error is None else op.throw(error)
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(call := _resume(op, result, error), _Finished):
         try:
             result, error = call(), None
         except BaseException as exc:
             result, error = None, exc
+    return call.value
 
 
 async def _run_async(op: _Op) -> Any:
     """Drive an operation generator with ``redis.asyncio``: each yielded call returns an awaitable."""
     result: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            call = op.send(result) if error is None else op.throw(error)
-        except StopIteration as stop:
-            return stop.value
+    while not isinstance(call := _resume(op, result, error), _Finished):
         try:
             result = call()
             if inspect.isawaitable(result):  # an asyncio pipeline queues and returns itself
@@ -170,12 +176,14 @@ async def _run_async(op: _Op) -> Any:
             error = None
         except BaseException as exc:
             result, error = None, exc
+    return call.value
 
 
 def _drive(client: Any, op: _Op) -> Any:
     return _run_async(op) if _is_async(client) else _run_sync(op)
 
 
+@attrs.define(kw_only=True, eq=False)
 class StreamMessage:
     """One stream entry as a consumer received it, with the trace context its producer injected.
 
@@ -185,43 +193,16 @@ class StreamMessage:
     follows a successful block, and records the exception (without acking) when the block raises.
     """
 
-    __slots__ = (
-        "_client",
-        "_tracing",
-        "consumer",
-        "context",
-        "delivery_count",
-        "fields",
-        "group",
-        "id",
-        "stream",
-        "trace_status",
-    )
-
-    def __init__(
-        self,
-        *,
-        stream: str,
-        id: str,
-        fields: Mapping[Any, Any],
-        context: Context,
-        trace_status: TraceStatus,
-        group: str,
-        consumer: str,
-        delivery_count: int | None,
-        client: Any,
-        tracing: StreamTracing,
-    ) -> None:
-        self.stream = stream
-        self.id = id
-        self.fields = fields
-        self.context = context
-        self.trace_status = trace_status
-        self.group = group
-        self.consumer = consumer
-        self.delivery_count = delivery_count
-        self._client = client
-        self._tracing = tracing
+    stream: str
+    id: str
+    fields: Mapping[Any, Any]
+    context: Context
+    trace_status: TraceStatus
+    group: str
+    consumer: str
+    delivery_count: int | None
+    _client: Any  # keyword ``client``
+    _tracing: StreamTracing  # keyword ``tracing``
 
     def __repr__(self) -> str:
         return (
@@ -311,21 +292,37 @@ class ProcessScope:
             raise TypeError("this entry came from redis.asyncio: use 'async with msg.process()'")
         return self._start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def _settle(self, exc: BaseException | None) -> bool:
+        """After the handler: True when the XACK follows; otherwise end the span here, recording ``exc``."""
+        if exc is None and self._ack:
+            return True
         try:
             if exc is not None:
                 self._fail(exc)
-            elif self._ack:
-                try:
-                    self._msg.ack()
-                    self._msg._tracing.stats.add("acked")
-                except Exception as ack_error:
-                    self._fail(ack_error)
-                    raise
         finally:
             self._finish()
+        return False
+
+    def _acked(self, error: BaseException | None) -> None:
+        """After the XACK (``error``: what it raised): count it or record the failure, then end the span."""
+        try:
+            if error is None:
+                self._msg._tracing.stats.add("acked")
+            elif isinstance(error, Exception):
+                self._fail(error)
+        finally:
+            self._finish()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settle(exc):
+            try:
+                self._msg.ack()
+            except BaseException as ack_error:
+                self._acked(ack_error)
+                raise
+            self._acked(None)
 
     async def __aenter__(self) -> trace.Span:
         if not _is_async(self._msg._client):
@@ -335,18 +332,13 @@ class ProcessScope:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            if exc is not None:
-                self._fail(exc)
-            elif self._ack:
-                try:
-                    await self._msg.ack()
-                    self._msg._tracing.stats.add("acked")
-                except Exception as ack_error:
-                    self._fail(ack_error)
-                    raise
-        finally:
-            self._finish()
+        if self._settle(exc):
+            try:
+                await self._msg.ack()
+            except BaseException as ack_error:
+                self._acked(ack_error)
+                raise
+            self._acked(None)
 
 
 class ClaimResult(NamedTuple):
@@ -469,20 +461,12 @@ class StreamTracing:
         Claimed entries are redeliveries; their delivery count (incremented by the claim) is read with
         XPENDING so the process span shows it.
         """
-        return _drive(client, self._claim_op(client, stream, group, consumer, min_idle_time, start_id, count))
+        claim = functools.partial(client.xautoclaim, stream, group, consumer, min_idle_time, start_id, count=count)
+        return _drive(client, self._claim_op(client, stream, group, consumer, claim))
 
-    def _claim_op(
-        self,
-        client: Any,
-        stream: str | bytes,
-        group: str,
-        consumer: str,
-        min_idle_time: int,
-        start_id: str | bytes,
-        count: int | None,
-    ) -> _Op:
+    def _claim_op(self, client: Any, stream: str | bytes, group: str, consumer: str, claim: _Call) -> _Op:
         started = time.time_ns()
-        reply = yield lambda: client.xautoclaim(stream, group, consumer, min_idle_time, start_id, count=count)
+        reply = yield claim
         name = _text(stream)
         next_id, entries = _text(reply[0]), reply[1]
         deleted = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
@@ -531,6 +515,10 @@ class StreamTracing:
     ) -> list[StreamMessage]:
         out = []
         missing = malformed = 0
+        # what every entry of this read shares
+        message = functools.partial(
+            StreamMessage, stream=stream, group=group, consumer=consumer, client=client, tracing=self
+        )
         for entry_id, fields in entries:
             fields = fields or {}
             mid = _text(entry_id)
@@ -541,20 +529,8 @@ class StreamTracing:
                     status, missing = "missing", missing + 1
                 else:
                     status, malformed = "malformed", malformed + 1
-            out.append(
-                StreamMessage(
-                    stream=stream,
-                    id=mid,
-                    fields=fields,
-                    context=ctx,
-                    trace_status=status,
-                    group=group,
-                    consumer=consumer,
-                    delivery_count=None if counts is None else counts.get(mid),
-                    client=client,
-                    tracing=self,
-                )
-            )
+            delivery_count = None if counts is None else counts.get(mid)
+            out.append(message(id=mid, fields=fields, context=ctx, trace_status=status, delivery_count=delivery_count))
         self.stats.add("extracted", len(out) - missing - malformed)
         if missing:
             self.stats.add("missing", missing)
