@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 import cattrs
-from tars_1005_ppo.config import PPOConfig
+from tars_1005_ppo.config import PPOConfig, PPOFixConfig
 from tars_1005_ppo.soak import Verdict, plot_comparison, read_samples, soak_subprocess
 
 from tars_core.report import format_number, markdown_table, verdict
@@ -43,6 +43,7 @@ def main() -> int:
 
     data = json.loads(args.config.read_text()) if args.config else {}
     config = cattrs.structure({**data, "seed": args.seed}, PPOConfig)
+    fix = PPOFixConfig(trainer=config, soak_timeout_s=args.timeout)  # the default budgets: 50 KB/iteration, 1 GB
     iterations = math.ceil(args.steps / config.batch_size)
     print(
         f"{iterations} iterations x {config.batch_size} steps ({config.env_id}, seed {config.seed}) per trainer",
@@ -53,14 +54,7 @@ def main() -> int:
     for impl in ("legacy", "fixed"):
         started = time.monotonic()
         verdicts[impl] = asyncio.run(
-            soak_subprocess(
-                args.out / impl,
-                impl=impl,
-                config=config,
-                iterations=iterations,
-                warmup=args.warmup,
-                timeout_s=args.timeout,
-            )
+            soak_subprocess(args.out / impl, impl=impl, fix=fix, iterations=iterations, warmup=args.warmup)
         )
         wall[impl] = time.monotonic() - started
         print(f"  {impl}: done in {wall[impl]:.0f} s", file=sys.stderr)

@@ -20,26 +20,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tars_1005_ppo.config import FLAG_NAME, STATUS_PREFIX, PPOFixConfig, implementation_for
-from tars_core import (
-    ApplyResult,
-    BenchmarkResult,
-    Context,
-    FixError,
-    Metric,
-    PluginInfo,
-    Release,
-    ReportSection,
-    SandboxContribution,
-    SandboxSite,
-    ServiceSpec,
-    VerifyResult,
-    hookimpl,
-)
+from tars_core import ApplyResult, BenchmarkResult, Metric, PluginInfo, ReportSection, VerifyResult, hookimpl
+from tars_core.errors import FixError
 from tars_core.flags import enabled_for, is_on
+from tars_core.model import SandboxContribution, ServiceSpec
 from tars_core.waiting import WaitTimeout, await_until
+
+if TYPE_CHECKING:
+    from tars_1005_ppo.soak import Verdict
+    from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1005-ppo"
 # canary buckets under the flag 0.21 and 0.26, so the sandbox's canary fraction 0.25 switches one first
@@ -63,8 +55,8 @@ def tars_plugin_info() -> PluginInfo:
 
 # -- trainer status (the reports the trainer services write; the flag itself goes through ctx.flags) --------
 def _status_client(ctx: Context) -> Any:
-    """A client for the trainers' status keys. Hooks read the flag through ``ctx.flags`` first, so an
-    unreachable Redis has already been reported as a ``TargetError`` before this client is used."""
+    """A client for the trainers' status keys, used as ``async with`` (which closes it). Hooks read the flag
+    through ``ctx.flags`` first, so an unreachable Redis has already been reported as a ``TargetError``."""
     import redis.asyncio as aioredis
 
     url = ctx.targets.require("redis")
@@ -153,8 +145,7 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             "tars-1005-ppo with its dependencies"
         )
     current = await ctx.flags.get(cfg.flag)  # an unusable Redis is a TargetError here, before any change
-    client = _status_client(ctx)
-    try:
+    async with _status_client(ctx) as client:
         live = await _live_trainers(client, cfg)
         if len(live) < cfg.min_trainers:
             raise FixError(
@@ -211,8 +202,6 @@ async def tars_apply(ctx: Context) -> ApplyResult:
             detail=f"{len(trainers)} trainer(s) switched to the fixed trainer"
             + (f" after canary {', '.join(canary)}" if canary else ""),
         )
-    finally:
-        await client.aclose()
 
 
 @hookimpl
@@ -230,16 +219,10 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     # The soak first: while it runs the live trainers accumulate the samples judged below.
     from tars_1005_ppo.soak import soak_subprocess
 
+    warmup = str(cfg.verify_warmup)
     try:
         verdict = await soak_subprocess(
-            ctx.state_dir / "verify-soak",
-            impl="fixed",
-            config=cfg.trainer,
-            iterations=cfg.verify_iterations,
-            warmup=str(cfg.verify_warmup),
-            slope_budget_kb=cfg.slope_budget_kb,
-            peak_budget_mb=cfg.peak_budget_mb,
-            timeout_s=cfg.soak_timeout_s,
+            ctx.state_dir / "verify-soak", impl="fixed", fix=cfg, iterations=cfg.verify_iterations, warmup=warmup
         )
     except Exception as exc:
         checks["soak"] = f"FAIL: soak could not run: {exc}"
@@ -250,8 +233,7 @@ async def tars_verify(ctx: Context) -> VerifyResult:
             + "; ".join(f"{k} {v.split(': ', 1)[-1]}" for k, v in verdict.checks.items())
         )
 
-    client = _status_client(ctx)
-    try:
+    async with _status_client(ctx) as client:
         live = await _live_trainers(client, cfg)
         legacy = [t for t, st in live.items() if st.get("implementation") != "fixed"]
         enough = len(live) >= cfg.min_trainers
@@ -267,8 +249,6 @@ async def tars_verify(ctx: Context) -> VerifyResult:
             if not problems
             else "FAIL: " + "; ".join(f"{t}: {p}" for t, p in problems.items())
         )
-    finally:
-        await client.aclose()
     failed = [k for k, v in checks.items() if not v.startswith("ok")]
     return VerifyResult(
         ok=not failed,
@@ -291,19 +271,16 @@ async def tars_rollback(ctx: Context) -> ApplyResult:
         ctx.log.info("dry run: would set flag %s from %r to %r", cfg.flag, current, restore)
         return ApplyResult(changed=False, detail=f"dry run: would set flag to {restore!r}")
     restored = await ctx.flags.restore(cfg.flag)
-    client = _status_client(ctx)
-    try:
+    async with _status_client(ctx) as client:
         trainers = sorted(await _live_trainers(client, cfg))
         if trainers:
             await _wait_switch(client, cfg, restored, trainers)
-    finally:
-        await client.aclose()
     now = "cleared" if restored is None else f"back to {restored!r}"
     ctx.log.info("flag %s %s: %d trainer(s) switched back", cfg.flag, now, len(trainers))
     return ApplyResult(changed=True, detail=f"flag {now}; {len(trainers)} trainer(s) switched back")
 
 
-def _metrics(before: Any, after: Any) -> list[Metric]:
+def _metrics(before: Verdict, after: Verdict) -> list[Metric]:
     kb = 1024.0
     return [
         Metric(
@@ -344,7 +321,7 @@ def _metrics(before: Any, after: Any) -> list[Metric]:
     ]
 
 
-def _return_metric(before: Any, after: Any) -> Metric:
+def _return_metric(before: Verdict, after: Verdict) -> Metric:
     """CartPole return reached; judged only when the run reached 195 or was long enough to have to."""
     steps = after.global_step
     reached = after.steps_to_return_target
@@ -377,16 +354,7 @@ async def tars_benchmark(ctx: Context) -> BenchmarkResult:
     verdicts = {}
     for impl in ("legacy", "fixed"):
         ctx.log.info("benchmark: %s trainer, %d iterations", impl, cfg.benchmark_iterations)
-        verdicts[impl] = await soak_subprocess(
-            out / impl,
-            impl=impl,
-            config=cfg.trainer,
-            iterations=cfg.benchmark_iterations,
-            warmup="0.2",
-            slope_budget_kb=cfg.slope_budget_kb,
-            peak_budget_mb=cfg.peak_budget_mb,
-            timeout_s=cfg.soak_timeout_s,
-        )
+        verdicts[impl] = await soak_subprocess(out / impl, impl=impl, fix=cfg, iterations=cfg.benchmark_iterations)
     plot_comparison(
         {k: (read_samples(out / k / "samples.csv"), v) for k, v in verdicts.items()}, out / "rss-compare.png"
     )

@@ -35,7 +35,7 @@ import attrs
 import cattrs
 import numpy as np
 
-from tars_1005_ppo.config import PPOConfig, describe_config_error, parse_duration
+from tars_1005_ppo.config import PPOConfig, PPOFixConfig, describe_config_error, parse_duration
 
 FIELDS = (
     "segment",
@@ -409,21 +409,13 @@ def _checkpoint(
 
 
 async def soak_subprocess(
-    out: Path,
-    *,
-    impl: str,
-    config: PPOConfig,
-    iterations: int,
-    sample_every: int = 1,
-    warmup: str = "0.2",
-    slope_budget_kb: float = 50.0,
-    peak_budget_mb: float = 1024.0,
-    timeout_s: float = 900.0,
+    out: Path, *, impl: str, fix: PPOFixConfig, iterations: int, warmup: str = "0.2", sample_every: int = 1
 ) -> Verdict:
     """Run a soak in its own process, so its RSS is the trainer's alone, and return its verdict.
 
+    ``fix`` gives the trainer, the judge's budgets and the time limit, as the plugin's config sets them.
     Awaited rather than run in a thread: when the caller is cancelled (a hook timeout, Ctrl-C) or the soak
-    overruns ``timeout_s``, the soak process and anything it started are stopped, not left training.
+    overruns ``fix.soak_timeout_s``, the soak process and anything it started are stopped, not left training.
     """
     from tars_core.errors import FixError
     from tars_core.processes import spawn, tail, terminate
@@ -431,7 +423,7 @@ async def soak_subprocess(
 
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "trainer-config.json"
-    cfg_file.write_text(json.dumps(cattrs.unstructure(config)))
+    cfg_file.write_text(json.dumps(cattrs.unstructure(fix.trainer)))
     verdict_file = out / "verdict.json"
     verdict_file.unlink(missing_ok=True)  # a verdict left by an earlier soak must not pass for this one
     argv = [
@@ -447,9 +439,9 @@ async def soak_subprocess(
         "--warmup",
         warmup,
         "--slope-budget-kb",
-        str(slope_budget_kb),
+        str(fix.slope_budget_kb),
         "--peak-budget-mb",
-        str(peak_budget_mb),
+        str(fix.peak_budget_mb),
         "--config",
         str(cfg_file),
         "--out",
@@ -459,6 +451,7 @@ async def soak_subprocess(
     ]
     log = out / "soak.log"
     ident = spawn(argv, log=log, env={"TF_CPP_MIN_LOG_LEVEL": "2"}, banner=f"{impl} soak")
+    timeout_s = fix.soak_timeout_s
     try:
         await await_until(lambda: not ident.alive(), timeout=timeout_s, interval=0.5, what=f"{impl} soak")
     except WaitTimeout:
