@@ -35,7 +35,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
 from tars_1001_ws import check
+from tars_1001_ws.plugin import BenchmarkConfig
 
 from tars_core.report import metrics_table
 
@@ -46,18 +48,11 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         "websockets": __import__("websockets").__version__,
         "args": vars(args),
     }
+    size = BenchmarkConfig(**{a.name: getattr(args, a.name) for a in attrs.fields(BenchmarkConfig)})
     async with check.HubProcess(log_dir / "hub.log") as hub:
         results |= await check.measure(
             hub.url,
-            drops=args.drops,
-            detection_samples=args.detection_samples,
-            detection_interval=args.detection_interval,
-            detection_timeout=args.detection_timeout,
-            idle_clients=args.clients,
-            idle_window=args.window,
-            messages=args.messages,
-            message_drops=args.loss_drops,
-            rate=args.rate,
+            **attrs.asdict(size),
             plain_idle=not args.skip_plain_idle,
             progress=lambda line: print(line, file=sys.stderr),
         )
@@ -71,10 +66,12 @@ def main() -> None:
     parser.add_argument("--detection-interval", type=float, default=30.0, help="heartbeat interval (s)")
     parser.add_argument("--detection-timeout", type=float, default=10.0, help="heartbeat timeout (s)")
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--loss-drops", type=int, default=20)
+    parser.add_argument("--loss-drops", dest="message_drops", type=int, default=20)
     parser.add_argument("--rate", type=float, default=250.0, help="messages per second")
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--window", type=float, default=120.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--clients", dest="idle_clients", type=int, default=1000)
+    parser.add_argument(
+        "--window", dest="idle_window", type=float, default=120.0, help="seconds of idle CPU measurement"
+    )
     parser.add_argument("--skip-plain-idle", action="store_true", help="skip the plain-websockets idle run")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = parser.parse_args()

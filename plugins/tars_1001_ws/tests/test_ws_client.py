@@ -15,6 +15,7 @@ from tars_1001_ws.client import (
     Message,
     OutboxFull,
     ReconnectingWebSocketClient,
+    StateEvent,
     SyncReconnectingWebSocketClient,
 )
 from tars_1001_ws.hub import HubServer, serve
@@ -398,17 +399,22 @@ async def test_backoff_is_full_jitter_capped_and_resets_only_when_healthy():
     async def drop_at_once(ws):
         await ws.close()
 
-    async with ws_serve(drop_at_once, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as flappy:
-        port = next(iter(flappy.sockets)).getsockname()[1]
+    attempts = [e.attempt for e in await _disconnects(drop_at_once, 5, backoff_max=10.0)]
+    assert attempts[:5] == [1, 2, 3, 4, 5]
+
+
+async def _disconnects(handler, n: int, *, backoff_max: float) -> list[StateEvent]:
+    """A client's DISCONNECTED events against a v1.0.1 server running ``handler``, once there are ``n``."""
+    async with ws_serve(handler, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
         rec = Recorder()
         client = ReconnectingWebSocketClient(
-            f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0, backoff_initial=0.01, backoff_max=10.0
+            f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0, backoff_initial=0.01, backoff_max=backoff_max
         )
         client.add_listener(rec.listener)
         async with client:
-            await eventually(lambda: rec.count(S.DISCONNECTED) >= 5)
-    attempts = [e.attempt for e in rec.events if e.state is S.DISCONNECTED]
-    assert attempts[:5] == [1, 2, 3, 4, 5]
+            await eventually(lambda: rec.count(S.DISCONNECTED) >= n)
+    return [e for e in rec.events if e.state is S.DISCONNECTED]
 
 
 async def test_state_listeners_may_be_async_and_failures_are_contained(hub):
@@ -485,16 +491,7 @@ async def test_close_1013_with_retry_after_hint_is_honoured_and_keeps_escalating
     async def busy(ws):
         await ws.close(1013, "hub overloaded; retry-after=0.3")
 
-    async with ws_serve(busy, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as overloaded:
-        port = next(iter(overloaded.sockets)).getsockname()[1]
-        rec = Recorder()
-        client = ReconnectingWebSocketClient(
-            f"ws://127.0.0.1:{port}/", heartbeat_interval=5.0, backoff_initial=0.01, backoff_max=0.05
-        )
-        client.add_listener(rec.listener)
-        async with client:
-            await eventually(lambda: rec.count(S.DISCONNECTED) >= 3)
-    events = [e for e in rec.events if e.state is S.DISCONNECTED]
+    events = await _disconnects(busy, 3, backoff_max=0.05)
     assert all("1013" in (e.reason or "") for e in events)
     assert all(e.delay is not None and e.delay >= 0.3 for e in events)  # the hint, plus jitter
     assert [e.attempt for e in events[:3]] == [1, 2, 3]  # 1013 is a failure: no reset

@@ -25,26 +25,8 @@ if TYPE_CHECKING:
     from tars_1001_ws.hub import Hub, HubServer, serve
     from tars_1001_ws.proxy import FaultProxy
 
-_LAZY = {
-    **dict.fromkeys(
-        [
-            "ClientClosed",
-            "ClientError",
-            "ConnectError",
-            "ConnectionState",
-            "Message",
-            "OutboxFull",
-            "Publication",
-            "ReconnectingWebSocketClient",
-            "ResyncRequired",
-            "StateEvent",
-            "SyncReconnectingWebSocketClient",
-        ],
-        "tars_1001_ws.client",
-    ),
-    **dict.fromkeys(["Hub", "HubServer", "serve"], "tars_1001_ws.hub"),
-    "FaultProxy": "tars_1001_ws.proxy",
-}
+#: Where each exported name lives that is not in ``tars_1001_ws.client``.
+_ELSEWHERE = {"Hub": "hub", "HubServer": "hub", "serve": "hub", "FaultProxy": "proxy"}
 
 __all__ = [
     "ClientClosed",
@@ -66,9 +48,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module 'tars_1001_ws' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(f"tars_1001_ws.{_ELSEWHERE.get(name, 'client')}"), name)

@@ -327,6 +327,11 @@ async def conformance(
 
 
 # -- benchmark measurements ---------------------------------------------------------------------------
+def _through(proxy: FaultProxy, ws_url: str, **options: Any) -> ReconnectingWebSocketClient:
+    """A client of the hub at ``ws_url`` whose TCP connection goes through ``proxy`` (so faults can be injected)."""
+    return ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port, **options)
+
+
 async def reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> list[float]:
     """Seconds from a connection reset to RECOVERED (resubscribed), default backoff, ``drops`` times.
 
@@ -337,7 +342,7 @@ async def reconnect_times(ws_url: str, drops: int, *, spacing: float = 0.6) -> l
     rec = Recorder()
     times: list[float] = []
     async with FaultProxy(host, port) as proxy:
-        client = ReconnectingWebSocketClient(ws_url, host=proxy.host, port=proxy.port, stable_after=spacing * 0.8)
+        client = _through(proxy, ws_url, stable_after=spacing * 0.8)
         client.add_listener(rec.listener)
         async with client:
             await client.subscribe(f"tars-1001-bench:{uuid.uuid4().hex[:8]}", lambda m: None)
@@ -408,10 +413,9 @@ async def silent_detection_times(
     rec = Recorder()
     times: list[float] = []
     async with FaultProxy(host, port) as proxy:
-        client = ReconnectingWebSocketClient(
+        client = _through(
+            proxy,
             ws_url,
-            host=proxy.host,
-            port=proxy.port,
             heartbeat_interval=interval,
             heartbeat_timeout=timeout,
             max_missed_heartbeats=missed,
@@ -462,13 +466,8 @@ async def loss_over_drops(
             )
             sub_client = None
         else:
-            sub_client = ReconnectingWebSocketClient(
-                ws_url,
-                host=proxy.host,
-                port=proxy.port,
-                heartbeat_interval=heartbeat,
-                heartbeat_timeout=heartbeat,
-                stable_after=0.5,
+            sub_client = _through(
+                proxy, ws_url, heartbeat_interval=heartbeat, heartbeat_timeout=heartbeat, stable_after=0.5
             )
             await sub_client.start()
             await sub_client.subscribe(channel, lambda m: got.append(m.data))

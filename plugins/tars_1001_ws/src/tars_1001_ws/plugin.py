@@ -10,28 +10,18 @@ the flag off and waits until the hub has withdrawn v1.0.1.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tars_core import (
-    ApplyResult,
-    BenchmarkResult,
-    Context,
-    FixError,
-    PluginInfo,
-    Release,
-    ReportSection,
-    SandboxContribution,
-    SandboxSite,
-    ServiceSpec,
-    TargetError,
-    VerifyResult,
-    hookimpl,
-)
+from tars_core import ApplyResult, BenchmarkResult, PluginInfo, ReportSection, VerifyResult, hookimpl
+from tars_core.errors import FixError, TargetError
 from tars_core.flags import is_on
-from tars_core.model import PluginState
+from tars_core.model import PluginState, SandboxContribution, ServiceSpec
 from tars_core.waiting import WaitTimeout, await_until
+
+if TYPE_CHECKING:
+    from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1001-ws"
 
