@@ -7,25 +7,19 @@ thread and, after a timeout or Ctrl-C, waits for that thread before any rollback
 handed its work to an abandoned thread of its own would defeat.
 """
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tars_1002_grafana.config import GrafanaConfig
 from tars_1002_grafana.dashboards import dashboard_files
-from tars_core import (
-    ApplyResult,
-    BenchmarkResult,
-    Context,
-    PluginInfo,
-    Release,
-    ReportSection,
-    SandboxContribution,
-    SandboxSite,
-    ServiceSpec,
-    VerifyResult,
-    hookimpl,
-)
+from tars_core import PluginInfo, ReportSection, hookimpl
+from tars_core.model import SandboxContribution, ServiceSpec
+
+if TYPE_CHECKING:
+    from tars_core import ApplyResult, BenchmarkResult, Context, Release, SandboxSite, VerifyResult
 
 NAME = "tars-1002-grafana"
 

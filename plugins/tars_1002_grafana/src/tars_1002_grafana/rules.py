@@ -118,12 +118,17 @@ class Quantile:
 
 
 @attrs.frozen
-class Mean:
-    """Mean of a histogram: ``sum(rate(h_sum)) / sum(rate(h_count))`` (a ratio of sums)."""
+class _OfHistogram:
+    """A rule over one histogram's rates in ``window``, aggregated by the labels ``by``."""
 
     histogram: str
     by: tuple[str, ...]
     window: str = "5m"
+
+
+@attrs.frozen
+class Mean(_OfHistogram):
+    """Mean of a histogram: ``sum(rate(h_sum)) / sum(rate(h_count))`` (a ratio of sums)."""
 
     def expand(self, group: str) -> Iterable[Rule]:
         h, w = self.histogram, self.window
@@ -132,12 +137,8 @@ class Mean:
 
 
 @attrs.frozen
-class BucketRate:
+class BucketRate(_OfHistogram):
     """``sum by (by, le) (rate(h_bucket[w]))``: what heatmaps and ad-hoc quantiles read."""
-
-    histogram: str
-    by: tuple[str, ...]
-    window: str = "5m"
 
     def expand(self, group: str) -> Iterable[Rule]:
         keeps = (*self.by, "le")
