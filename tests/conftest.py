@@ -3,12 +3,15 @@ fresh PostgreSQL databases (created per test, dropped after; the machine's other
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,33 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from plugin_factory import write_dist
 
+from tars_core.waiting import wait_until
+
 TARS_RUN = shutil.which("tars-run") or "tars-run"
+
+
+class InFlight:
+    """A ``tars-run`` started by :meth:`Project.start`."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.out = self.err = ""
+
+    def wait_for(self, path: Path, timeout: float = 60) -> None:
+        """Until ``path`` exists (a hook in flight wrote it); fails with the run's output if it ended."""
+
+        def written() -> bool:
+            assert self.proc.poll() is None, self.proc.communicate()
+            return path.exists()
+
+        wait_until(written, timeout=timeout, interval=0.05, what=f"{path.name} written by the run")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 120) -> int:
+        """Send ``sig`` and collect the run's exit code and output (``out``, ``err``)."""
+        self.proc.send_signal(sig)
+        self.out, self.err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode
 
 
 class Project:
@@ -79,6 +108,25 @@ class Project:
             text=True,
             timeout=timeout,
         )
+
+    @contextlib.contextmanager
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Iterator[InFlight]:
+        """``tars-run ARGS`` in the background, for lock, Ctrl-C and crash tests that act on a run while
+        it is in flight; a run still alive when the block ends is killed, so no test leaves one behind."""
+        proc = subprocess.Popen(
+            self.cmd(*args),
+            cwd=self.work,
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield InFlight(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
     def json(self, *args: str, **kw: object) -> tuple[int, dict[str, object]]:
         res = self.run("--format", "json", *args, **kw)  # type: ignore[arg-type]

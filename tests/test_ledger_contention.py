@@ -64,32 +64,24 @@ def test_a_locked_ledger_is_reported_and_ctrl_c_still_works(three: Project) -> N
     locker = subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    run = subprocess.Popen(
-        three.cmd("--format", "json", "apply"),
-        cwd=three.work,
-        env=three.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
-        lines = Lines(run)
-        waiting = lines.wait_for("waiting for the ledger")
-        assert str(db_path) in waiting and "another process holds its write lock" in waiting
-        run.send_signal(signal.SIGINT)
-        lines.wait_for("tars: interrupted")
-        assert locker.poll() is None  # answered while the other process still held the lock
-        assert locker.stdin is not None
-        locker.stdin.write("\n")
-        locker.stdin.close()
-        assert locker.wait(timeout=30) == 0
-        assert run.wait(timeout=60) == 130, lines.lines
+        with three.start("--format", "json", "apply") as run:
+            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            lines = Lines(run.proc)
+            waiting = lines.wait_for("waiting for the ledger")
+            assert str(db_path) in waiting and "another process holds its write lock" in waiting
+            run.proc.send_signal(signal.SIGINT)
+            lines.wait_for("tars: interrupted")
+            assert locker.poll() is None  # answered while the other process still held the lock
+            assert locker.stdin is not None
+            locker.stdin.write("\n")
+            locker.stdin.close()
+            assert locker.wait(timeout=30) == 0
+            assert run.proc.wait(timeout=60) == 130, lines.lines
     finally:
-        for proc in (run, locker):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if locker.poll() is None:
+            locker.kill()
+            locker.wait()
     assert three.calls() == []  # interrupted before anything ran: nothing applied, nothing to roll back
     assert "interrupted before fix-a started" in lines.lines[-1]
     db = sqlite3.connect(db_path)

@@ -6,13 +6,10 @@ Every failure case checks the contract's exit code, one clear line on stderr and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from conftest import Project
@@ -23,14 +20,6 @@ def one_clear_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert lines, stderr
     return lines[-1]
-
-
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def test_list_json_shows_third_party_plugins(three: Project) -> None:
@@ -256,29 +245,16 @@ def test_secrets_never_reach_logs_reports_or_ledger(three: Project) -> None:
 
 def test_second_run_exits_3_naming_the_holder_and_ctrl_c_rolls_back(three: Project) -> None:
     three.config({"fix-b": {"sleep_apply": 120}})
-    first = subprocess.Popen(
-        three.cmd("--format", "json", "apply"),
-        cwd=three.work,
-        env=three.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(three.work / "fix-b.sleeping", first)
+    with three.start("--format", "json", "apply") as first:
+        first.wait_for(three.work / "fix-b.sleeping")
         res = three.run("apply")
         assert res.returncode == 3
         line = one_clear_line(res.stderr)
         assert f"pid {first.pid}" in line and "tars-run apply" in line
         _, status = three.json("status")
         assert status["lock"]["pid"] == first.pid  # type: ignore[index]
-        first.send_signal(signal.SIGINT)
-        out, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 130, err
-    doc = json.loads(out)
+        assert first.stop(signal.SIGINT) == 130, first.err
+    doc = json.loads(first.out)
     assert doc["rolled_back"] == ["fix-b", "fix-a"]
     assert three.applied() == set()
     _, status = three.json("status")
@@ -295,21 +271,9 @@ def test_second_run_exits_3_naming_the_holder_and_ctrl_c_rolls_back(three: Proje
 )
 def test_sigkill_mid_phase_is_resolved_by_the_next_run(three: Project, sleep_key: str, expect: str) -> None:
     three.config({"fix-b": {sleep_key: "${SLEEP:-0}"}})
-    first = subprocess.Popen(
-        three.cmd("apply"),
-        cwd=three.work,
-        env=three.env(SLEEP="120"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(three.work / "fix-b.sleeping", first)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    with three.start("apply", env=three.env(SLEEP="120")) as first:
+        first.wait_for(three.work / "fix-b.sleeping")
+        first.stop(signal.SIGKILL)
     db = sqlite3.connect(three.work / ".tars" / "state.db")
     running = db.execute("SELECT plugin, phase FROM tars_phases WHERE outcome='running'").fetchall()
     assert running == [("fix-b", sleep_key.removeprefix("sleep_"))]

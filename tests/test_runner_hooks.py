@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import Project
-from test_release import one_clear_line, wait_for
+from test_release import one_clear_line
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -189,22 +188,10 @@ def test_apply_that_will_not_stop_is_unknown_and_nothing_is_rolled_back(project:
 
 def test_ctrl_c_waits_for_a_sync_apply_before_rolling_back(project: Project) -> None:
     slow_project(project, "sync", sleep=3.0, grace=60, timeout=None)
-    proc = subprocess.Popen(
-        project.cmd("--format", "json", "apply"),
-        cwd=project.work,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(project.work / "events.log", proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    with project.start("--format", "json", "apply") as run:
+        run.wait_for(project.work / "events.log")
+        assert run.stop(signal.SIGINT) == 130, run.err
+    out = run.out
     assert events(project) == ["apply started", "apply wrote the target", "rollback"]
     assert not (project.work / "target.txt").exists()
     assert json.loads(out)["rolled_back"] == ["slow-db", "fix-a"]
@@ -236,17 +223,10 @@ def test_observers_see_every_awaited_phase_and_cannot_fail_the_release(three: Pr
 
 def test_ctrl_c_on_an_apply_that_will_not_stop_is_unknown(project: Project) -> None:
     slow_project(project, "sync", sleep=600, grace=0.5, timeout=None)
-    proc = subprocess.Popen(
-        project.cmd("apply"), cwd=project.work, env=project.env(), stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(project.work / "events.log", proc)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 4, err
+    with project.start("apply") as run:
+        run.wait_for(project.work / "events.log")
+        assert run.stop(signal.SIGINT) == 4, run.err
+    err = run.err
     assert "slow-db: apply did not stop within 0.5s after it was interrupted; state unknown" in one_clear_line(err)
     assert events(project) == ["apply started"]
     assert dict(ledger_rows(project, "SELECT plugin, state FROM tars_state")) == {
