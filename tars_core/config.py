@@ -55,9 +55,20 @@ class PluginTimeouts:
     sandbox: float | None = None
 
 
-def _not_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a count, size or duration that must be above zero.
+
+    Its message reaches the user as is (``plugins.tars-1004-db: attempts must be > 0, got 0``, see
+    :func:`_format_exception`), so a plugin's config class uses it instead of writing its own.
+    """
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a value where zero means "none" (a grace period, a coefficient)."""
     if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0 seconds, got {value:g}")
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 @attrs.define
@@ -73,7 +84,7 @@ class ReleaseConfig:
     rollback: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     plugin_timeouts: dict[str, PluginTimeouts] = attrs.field(factory=dict)
-    timeout_grace: float = attrs.field(default=30.0, validator=_not_negative)
+    timeout_grace: float = attrs.field(default=30.0, validator=non_negative)
     progress_every: float = 15.0  # seconds between "still running" lines during a long phase
 
 

@@ -9,21 +9,17 @@ import attrs
 import pytest
 
 from tars_core import PluginInfo
-from tars_core.config import load_config, plugin_config
+from tars_core.config import load_config, non_negative, plugin_config, positive
 from tars_core.errors import ConfigError
 from tars_core.redact import Redactor
-
-
-def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
 @attrs.define
 class DbConfig:
     lock_timeout: float = 2.0
     indexes: list[str] = attrs.field(factory=list)
-    attempts: int = attrs.field(default=3, validator=_positive)
+    attempts: int = attrs.field(default=3, validator=positive)
+    backoff: float = attrs.field(default=0.0, validator=non_negative)
 
 
 INFO = PluginInfo(name="tars-x", title="x", config=DbConfig)
@@ -88,10 +84,24 @@ def test_redactor_data_masks_secret_keys() -> None:
     assert data == {"api_token": "***", "url": "redis://:***@r:6379/0", "n": 3}
 
 
-def test_validator_message_is_kept(tmp_path: Path) -> None:
-    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 0}\n"))
-    with pytest.raises(ConfigError, match=r"plugins\.tars-x: attempts must be > 0, got 0"):
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{attempts: 0}", "plugins.tars-x: attempts must be > 0, got 0"),
+        ("{attempts: -2}", "plugins.tars-x: attempts must be > 0, got -2"),
+        ("{backoff: -0.5}", "plugins.tars-x: backoff must be >= 0, got -0.5"),
+    ],
+)
+def test_shared_validators_message_is_kept(tmp_path: Path, section: str, expected: str) -> None:
+    """``positive`` / ``non_negative`` say the field, the bound and the value given, not cattrs' "invalid value"."""
+    cfg, _ = load_config(write(tmp_path, f"plugins:\n  tars-x: {section}\n"))
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         plugin_config(INFO, cfg)
+
+
+def test_shared_validators_accept_their_bounds(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 1, backoff: 0}\n"))
+    assert plugin_config(INFO, cfg) == DbConfig(attempts=1, backoff=0.0)
 
 
 @pytest.mark.parametrize(
@@ -153,5 +163,5 @@ def test_wrong_plugin_timeouts_name_the_path(tmp_path: Path, text: str, expected
 
 
 def test_negative_grace_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"release: timeout_grace must be >= 0 seconds, got -1"):
+    with pytest.raises(ConfigError, match=r"release: timeout_grace must be >= 0, got -1"):
         load_config(write(tmp_path, "release: {timeout_grace: -1}\n"))

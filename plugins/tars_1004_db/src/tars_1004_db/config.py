@@ -7,33 +7,28 @@ any ``BuildSettings``, the full config included.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+from tars_core.config import positive
 
 
 @attrs.frozen
 class BuildSettings:
     """How hard to try: per-statement timeouts and the retry schedule on lock timeouts."""
 
-    lock_timeout_ms: int = attrs.field(default=2000, validator=_positive)
-    statement_timeout_ms: int = attrs.field(default=1_800_000, validator=_positive)
-    attempts: int = attrs.field(default=5, validator=_positive)
-    retry_delay_s: float = attrs.field(default=1.0, validator=_positive)
+    lock_timeout_ms: int = attrs.field(default=2000, validator=positive)
+    statement_timeout_ms: int = attrs.field(default=1_800_000, validator=positive)
+    attempts: int = attrs.field(default=5, validator=positive)
+    retry_delay_s: float = attrs.field(default=1.0, validator=positive)
 
 
 @attrs.frozen
 class BenchmarkConfig:
     """``plugins.tars-1004-db.benchmark``: size of the scratch benchmark (see README for durations)."""
 
-    rows: int = attrs.field(default=1_000_000, validator=_positive)
-    runs: int = attrs.field(default=200, validator=_positive)
-    page_size: int = attrs.field(default=50, validator=_positive)
+    rows: int = attrs.field(default=1_000_000, validator=positive)
+    runs: int = attrs.field(default=200, validator=positive)
+    page_size: int = attrs.field(default=50, validator=positive)
     random_seed: int = 1004
 
 
@@ -42,6 +37,6 @@ class DbFixConfig(BuildSettings):
     """``plugins.tars-1004-db``: how the indexes are built and how big the sandbox seed is."""
 
     schema: str = "public"
-    connect_timeout_s: float = attrs.field(default=10.0, validator=_positive)
-    seed_rows: int = attrs.field(default=1_000_000, validator=_positive)
+    connect_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    seed_rows: int = attrs.field(default=1_000_000, validator=positive)
     benchmark: BenchmarkConfig = attrs.field(factory=BenchmarkConfig)

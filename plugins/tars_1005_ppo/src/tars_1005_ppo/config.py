@@ -12,22 +12,13 @@ from typing import Any, Literal
 
 import attrs
 
+from tars_core.config import non_negative, positive
 from tars_core.flags import enabled_for
 
 Implementation = Literal["fixed", "legacy"]
 
 FLAG_NAME = "tars-1005-ppo-fixed"
 STATUS_PREFIX = "tars:ppo"
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _unit_interval(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -44,21 +35,21 @@ class PPOConfig:
     """
 
     env_id: str = "CartPole-v1"
-    num_envs: int = attrs.field(default=8, validator=_positive)
-    n_steps: int = attrs.field(default=32, validator=_positive)
-    n_epochs: int = attrs.field(default=20, validator=_positive)
-    n_minibatches: int = attrs.field(default=1, validator=_positive)
-    learning_rate: float = attrs.field(default=1e-3, validator=_positive)
-    clip_range: float = attrs.field(default=0.2, validator=_positive)
+    num_envs: int = attrs.field(default=8, validator=positive)
+    n_steps: int = attrs.field(default=32, validator=positive)
+    n_epochs: int = attrs.field(default=20, validator=positive)
+    n_minibatches: int = attrs.field(default=1, validator=positive)
+    learning_rate: float = attrs.field(default=1e-3, validator=positive)
+    clip_range: float = attrs.field(default=0.2, validator=positive)
     # Linear annealing horizon of learning rate and clip range in environment steps; 0 keeps them fixed
     # (a long-running trainer). The fraction never drops below ``anneal_floor`` so a soak keeps learning.
-    anneal_steps: int = attrs.field(default=100_000, validator=_non_negative)
+    anneal_steps: int = attrs.field(default=100_000, validator=non_negative)
     anneal_floor: float = attrs.field(default=0.05, validator=_unit_interval)
     gamma: float = attrs.field(default=0.98, validator=_unit_interval)
     gae_lambda: float = attrs.field(default=0.8, validator=_unit_interval)
-    ent_coef: float = attrs.field(default=0.0, validator=_non_negative)
-    vf_coef: float = attrs.field(default=0.5, validator=_non_negative)
-    max_grad_norm: float = attrs.field(default=0.5, validator=_positive)
+    ent_coef: float = attrs.field(default=0.0, validator=non_negative)
+    vf_coef: float = attrs.field(default=0.5, validator=non_negative)
+    max_grad_norm: float = attrs.field(default=0.5, validator=positive)
     hidden: tuple[int, ...] = attrs.field(default=(64, 64), converter=tuple)
     seed: int = 0
 
@@ -89,16 +80,16 @@ class PPOFixConfig:
     # 0 switches every trainer at once; a fraction in (0, 1) first switches only the trainers whose stable
     # bucket under the flag falls under it, watches them for canary_observe_s, then switches the rest.
     canary_fraction: float = attrs.field(default=0.0, validator=_unit_interval)
-    canary_observe_s: float = attrs.field(default=10.0, validator=_non_negative)
-    switch_timeout_s: float = attrs.field(default=90.0, validator=_positive)
-    stale_after_s: float = attrs.field(default=30.0, validator=_positive)
-    min_trainers: int = attrs.field(default=1, validator=_non_negative)
-    verify_iterations: int = attrs.field(default=60, validator=_positive)
-    verify_warmup: float = attrs.field(default=0.25, validator=_non_negative)
-    slope_budget_kb: float = attrs.field(default=50.0, validator=_positive)
-    peak_budget_mb: float = attrs.field(default=1024.0, validator=_positive)
-    benchmark_iterations: int = attrs.field(default=80, validator=_positive)
-    soak_timeout_s: float = attrs.field(default=900.0, validator=_positive)
+    canary_observe_s: float = attrs.field(default=10.0, validator=non_negative)
+    switch_timeout_s: float = attrs.field(default=90.0, validator=positive)
+    stale_after_s: float = attrs.field(default=30.0, validator=positive)
+    min_trainers: int = attrs.field(default=1, validator=non_negative)
+    verify_iterations: int = attrs.field(default=60, validator=positive)
+    verify_warmup: float = attrs.field(default=0.25, validator=non_negative)
+    slope_budget_kb: float = attrs.field(default=50.0, validator=positive)
+    peak_budget_mb: float = attrs.field(default=1024.0, validator=positive)
+    benchmark_iterations: int = attrs.field(default=80, validator=positive)
+    soak_timeout_s: float = attrs.field(default=900.0, validator=positive)
     trainer: PPOConfig = attrs.field(factory=PPOConfig)
 
 
