@@ -465,33 +465,33 @@ class Runner:
                 self.unreached.add(plugin.name)
 
     async def verify(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
-        failed = []
-        for plugin in plugins:
-            step, _ = await self.phase(plugin, "verify")
-            if step.outcome == Outcome.UNKNOWN:
-                return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=step.error or "")
-            if step.outcome not in _DONE:
-                failed.append(f"{plugin.name} ({step.error})")
-            if self.interrupted:
-                return RunResult(ExitCode.INTERRUPTED, self.steps, message="interrupted")
-        if failed:
-            return RunResult(self._failure_code(), self.steps, message=f"verify failed: {', '.join(failed)}")
-        return RunResult(ExitCode.OK, self.steps)
+        return await self._each(plugins, "verify")
 
     async def benchmark(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
+        return await self._each(plugins, "benchmark", keep=self._save_benchmark)
+
+    async def _each(
+        self,
+        plugins: Sequence[LoadedPlugin],
+        phase: str,
+        keep: Callable[[LoadedPlugin, Any], Awaitable[None]] | None = None,
+    ) -> RunResult:
+        """One phase for every plugin, going on past failures (a read-only command reports them all);
+        ``keep`` stores what each successful hook returned. A plugin without a benchmark is skipped."""
+        passing = (*_DONE, Outcome.SKIPPED) if phase == "benchmark" else _DONE
         failed = []
         for plugin in plugins:
-            step, result = await self.phase(plugin, "benchmark")
+            step, result = await self.phase(plugin, phase)
             if step.outcome == Outcome.UNKNOWN:
                 return RunResult(ExitCode.MANUAL_ACTION, self.steps, message=step.error or "")
-            if step.outcome not in (*_DONE, Outcome.SKIPPED):
+            if step.outcome not in passing:
                 failed.append(f"{plugin.name} ({step.error})")
-            elif result is not None and not self.dry_run:
-                await self._save_benchmark(plugin, result)
+            elif keep is not None and result is not None and not self.dry_run:
+                await keep(plugin, result)
             if self.interrupted:
                 return RunResult(ExitCode.INTERRUPTED, self.steps, message="interrupted")
         if failed:
-            return RunResult(self._failure_code(), self.steps, message=f"benchmark failed: {', '.join(failed)}")
+            return RunResult(self._failure_code(), self.steps, message=f"{phase} failed: {', '.join(failed)}")
         return RunResult(ExitCode.OK, self.steps)
 
     async def _save_benchmark(self, plugin: LoadedPlugin, result: Any) -> None:
