@@ -36,10 +36,16 @@ Functions:
 * :func:`assert_unreachable_target_exits_2` runs the real ``tars-run`` against a target URL on a closed
   port with a password in it, and checks the bad-input contract: exit 2, exactly one ``tars-run:``
   line naming the problem, no traceback, the password never printed.
+* :func:`unreachable_target_test` is that check as a test of its own, one per command (apply and verify
+  by default), so a plugin states it once per target: ``test_unreachable_redis = unreachable_target_test(
+  "acme-fix", "redis", "redis://:{password}@127.0.0.1:{port}/0", expect="cannot reach targets.redis")``.
+* :func:`release_for` is the :class:`~tars_core.model.Release` a ``tars_report`` hook receives when its
+  plugin is the only one in the release (its state, phases and benchmark), for report-section tests.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -55,7 +61,16 @@ import yaml
 
 from tars_core.config import structure_section
 from tars_core.flags import FeatureFlags
-from tars_core.model import ApplyResult, Context, PluginInfo, Targets, VerifyResult
+from tars_core.model import (
+    ApplyResult,
+    BenchmarkResult,
+    Context,
+    PhaseRecord,
+    PluginInfo,
+    Release,
+    Targets,
+    VerifyResult,
+)
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import safe_url
 
@@ -275,6 +290,63 @@ def assert_unreachable_target_exits_2(
     return res
 
 
+def unreachable_target_test(
+    plugin: str,
+    target: str,
+    url: str,
+    *,
+    expect: str | Sequence[str],
+    commands: Sequence[str] = ("apply", "verify"),
+    targets: Mapping[str, Any] | Callable[..., Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> Callable[..., None]:
+    """A pytest test running :func:`assert_unreachable_target_exits_2` once per command in ``commands``.
+
+    Every plugin owes the same check for each target it connects to, so a test module states it in one
+    line: ``test_unreachable_redis = unreachable_target_test("acme-fix", "redis", URL, expect=...)``.
+    ``targets`` is a mapping, or a function whose parameters name fixtures (``lambda tars_redis_url:
+    {"redis": tars_redis_url}``, ``tmp_path`` included) for targets that only a fixture knows.
+    ``options`` go to :func:`assert_unreachable_target_exits_2` as they are (``config``, ``password``,
+    ``env``, ``timeout``).
+    """
+
+    @pytest.mark.parametrize("command", commands)
+    def test(request: pytest.FixtureRequest, tmp_path: Path, command: str) -> None:
+        more = targets
+        if callable(more):  # fixtures named by its parameters
+            more = more(**{name: request.getfixturevalue(name) for name in inspect.signature(more).parameters})
+        assert_unreachable_target_exits_2(
+            plugin, target, url, expect=expect, tmp_path=tmp_path, command=command, targets=more, **options
+        )
+
+    test.__doc__ = f"targets.{target} on a closed port is bad input: exit 2, one line naming it, no password."
+    return test
+
+
+def release_for(
+    info: PluginInfo,
+    *,
+    report_dir: Path,
+    state: str = "applied",
+    phases: Sequence[PhaseRecord] = (),
+    benchmark: BenchmarkResult | None = None,
+) -> Release:
+    """The :class:`~tars_core.model.Release` a ``tars_report`` hook sees when ``info`` is its only plugin.
+
+    ``phases`` are the plugin's ledger rows, ``benchmark`` its result (none: the benchmark did not run).
+    ``attrs.evolve(release, plugins=[])`` is the release the plugin is not part of.
+    """
+    return Release(
+        name="v1.0.1",
+        plugins=[info],
+        states={info.name: state},
+        phases=list(phases),
+        benchmarks={} if benchmark is None else {info.name: benchmark},
+        targets={},
+        report_dir=report_dir,
+    )
+
+
 @pytest.fixture
 def tars_host() -> PluginHost:
     return PluginHost(trace=False)
@@ -399,10 +471,12 @@ __all__ = [
     "database_url",
     "drop_database",
     "make_context",
+    "release_for",
     "tars_host",
     "tars_postgres_db",
     "tars_postgres_url",
     "tars_redis_prefix",
     "tars_redis_url",
     "tars_register",
+    "unreachable_target_test",
 ]

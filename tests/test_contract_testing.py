@@ -7,11 +7,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Project
 
-from tars_core.testing import HEAVY_MODULES, assert_cheap_import, assert_unreachable_target_exits_2
+from tars_core import BenchmarkResult, Metric, PhaseRecord, PluginInfo
+from tars_core.redact import Redactor
+from tars_core.report import write_report
+from tars_core.testing import (
+    HEAVY_MODULES,
+    assert_cheap_import,
+    assert_unreachable_target_exits_2,
+    release_for,
+)
+
+pytest_plugins = ("pytester",)
 
 HEAVY_PLUGIN = """
 import redis  # at import time: what the check exists to catch
@@ -23,6 +34,87 @@ from tars_core import PluginInfo, hookimpl
 def tars_plugin_info():
     return PluginInfo(name="fix-heavy", title="imports redis at the top")
 """
+
+# A plugin's test module as its author writes it: one line per unreachable target; ``dir`` is filled in.
+UNREACHABLE_TESTS = """
+import pytest
+import yaml
+
+from tars_core.testing import unreachable_target_test
+
+CONFIG = {{"dir": {dir!r}}}
+SEEN = []
+
+
+@pytest.fixture
+def flags_hash():
+    return "acme:flags"
+
+
+def more_targets(tmp_path, flags_hash):
+    SEEN.append(tmp_path)
+    return {{"flags_key": flags_hash}}
+
+
+test_unreachable_redis = unreachable_target_test(
+    "fix-a",
+    "redis",
+    "redis://:{{password}}@127.0.0.1:{{port}}/0",
+    expect=["fix-a", "cannot reach targets.redis at 127.0.0.1:{{port}}"],
+    targets=more_targets,
+    config={{**CONFIG, "probe": "redis"}},
+)
+
+
+def test_the_fixtures_reached_tars_run():
+    configs = [yaml.safe_load((path / "tars-unreachable.yaml").read_text()) for path in SEEN]
+    assert [c["targets"]["flags_key"] for c in configs] == ["acme:flags", "acme:flags"]
+
+
+test_unreachable_postgres_leaks = unreachable_target_test(
+    "fix-a",
+    "postgres",
+    "postgresql://tars:{{password}}@127.0.0.1:{{port}}/tars",
+    expect="fix-a",
+    commands=("verify",),
+    config={{**CONFIG, "probe": "postgres", "leak": True}},
+)
+"""
+
+
+def test_unreachable_target_test_is_one_test_per_command(
+    project: Project, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper as pytest sees it: collected under its module name, parametrized by command, its
+    ``targets`` function given the fixtures it names, and failing like the assertion it wraps."""
+    project.dist("acme-fixes", {"fix-a": []})
+    monkeypatch.setenv("PYTHONPATH", project.env()["PYTHONPATH"])
+    pytester.makepyfile(test_acme=UNREACHABLE_TESTS.format(dir=str(project.work)))
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_unreachable_redis[[]apply[]] PASSED*",
+            "*test_unreachable_redis[[]verify[]] PASSED*",
+            "*test_the_fixtures_reached_tars_run PASSED*",
+            "*test_unreachable_postgres_leaks[[]verify[]] FAILED*",
+            "*printed the password*",
+        ]
+    )
+    result.assert_outcomes(passed=3, failed=1)
+
+
+def test_release_for_is_what_the_core_report_renders(tmp_path: Path) -> None:
+    """A plugin's report test sees the release the runner would hand it: its state, its phases, its
+    benchmark, all under its own name, so the core report renders them as in a real release."""
+    info = PluginInfo(name="fix-a", title="test fix")
+    phase = PhaseRecord("r1", "fix-a", "verify", "ok", "2026-11-27T22:00:00Z", detail="probe answered")
+    bench = BenchmarkResult(metrics=[Metric("p95", 480.0, 0.6, "ms", "< 100 ms", True)])
+    release = release_for(info, report_dir=tmp_path, state="rolled_back", phases=[phase], benchmark=bench)
+    doc = json.loads(write_report(release, {}, Redactor(), {})["json"].read_text())
+    (row,) = doc["plugins"]
+    assert row["state"] == "rolled_back" and row["phases"][0]["detail"] == "probe answered"
+    assert row["benchmark"]["metrics"][0]["name"] == "p95"
+    assert release_for(info, report_dir=tmp_path).benchmarks == {}
 
 
 def test_every_installed_plugin_loads_without_a_heavy_import() -> None:
