@@ -334,7 +334,7 @@ def release_for(
     """The :class:`~tars_core.model.Release` a ``tars_report`` hook sees when ``info`` is its only plugin.
 
     ``phases`` are the plugin's ledger rows, ``benchmark`` its result (none: the benchmark did not run).
-    ``attrs.evolve(release, plugins=[])`` is the release the plugin is not part of.
+    ``release_for(PluginInfo(name="other", title="other"), ...)`` is a release the plugin is not part of.
     """
     return Release(
         name="v1.0.1",

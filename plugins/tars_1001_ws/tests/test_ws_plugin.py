@@ -13,7 +13,7 @@ from tars_1001_ws.check import HubProcess
 from tars_1001_ws.hub import serve
 from ws_testlib import eventually
 
-from tars_core import ApplyResult, Context, FixError, Release, SandboxSite, TargetError, Targets
+from tars_core import ApplyResult, Context, FixError, SandboxSite, TargetError, Targets
 from tars_core.processes import free_port
 from tars_core.report import metrics_table
 from tars_core.testing import (
@@ -21,6 +21,8 @@ from tars_core.testing import (
     assert_unreachable_target_exits_2,
     check_conformance,
     make_context,
+    release_for,
+    unreachable_target_test,
 )
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -197,18 +199,13 @@ async def test_clear_errors_for_missing_or_unreachable_target(ctx_for, tmp_path)
         await ctx.flags.aclose()
 
 
-@pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_hub_port_exits_2_with_one_line(tars_redis_url, flags_key, tmp_path, command):
-    """An unreachable hub is bad input (TargetError): exit 2, one line naming it, no password."""
-    assert_unreachable_target_exits_2(
-        "tars-1001-ws",
-        "websocket_url",
-        "ws://user:{password}@127.0.0.1:{port}/",
-        expect=["cannot reach the hub at ws://user:***@127.0.0.1:{port}/", "connection refused"],
-        targets={"redis": tars_redis_url, "flags_key": flags_key},
-        tmp_path=tmp_path,
-        command=command,
-    )
+test_cli_against_a_dead_hub_port = unreachable_target_test(
+    "tars-1001-ws",
+    "websocket_url",
+    "ws://user:{password}@127.0.0.1:{port}/",
+    expect=["cannot reach the hub at ws://user:***@127.0.0.1:{port}/", "connection refused"],
+    targets=lambda tars_redis_url, flags_key: {"redis": tars_redis_url, "flags_key": flags_key},
+)
 
 
 def test_cli_against_a_dead_flags_redis_exits_2_and_rolls_back_nothing(tmp_path):
@@ -275,15 +272,7 @@ async def test_benchmark_hook_gives_before_and_after_figures(tmp_path):
     assert all(m.unit and m.target and m.met is not None for m in result.metrics)
     assert "messages_lost" in metrics_table(result.metrics)  # the core renders the figures, judged by `met`
 
-    release = Release(
-        name="v1.0.1",
-        plugins=[plugin.tars_plugin_info()],
-        states={"tars-1001-ws": "applied"},
-        phases=[],
-        benchmarks={"tars-1001-ws": result},
-        targets={},
-        report_dir=tmp_path,
-    )
+    release = release_for(plugin.tars_plugin_info(), report_dir=tmp_path, benchmark=result)
     section = plugin.tars_report(release)
     assert section is not None and section.data == {"state": "applied"}
     assert "tars.ws.v1.0.1" in section.markdown and "|" not in section.markdown  # prose, no re-rendered table

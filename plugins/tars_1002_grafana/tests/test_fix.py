@@ -20,9 +20,9 @@ from tars_core.processes import free_port
 from tars_core.testing import (
     HEAVY_MODULES,
     assert_cheap_import,
-    assert_unreachable_target_exits_2,
     check_conformance,
     make_context,
+    unreachable_target_test,
 )
 
 SHIPPED = files("tars_1002_grafana") / "data" / "dashboards"
@@ -168,21 +168,13 @@ def test_a_missing_or_wrong_folder_is_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists() and list(rules.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
-    """An unreachable Prometheus is bad input (TargetError): exit 2, one line naming it, no password."""
-    rules, dash = tmp_path / "rules", tmp_path / "dash"
-    rules.mkdir()
-    dash.mkdir()
-    assert_unreachable_target_exits_2(
-        plugin.NAME,
-        "prometheus_url",
-        "http://admin:{password}@127.0.0.1:{port}",
-        expect=["Prometheus at http://admin:***@127.0.0.1:{port} is unreachable", "Connection refused"],
-        tmp_path=tmp_path,
-        command=command,
-        targets={"prometheus_rules_dir": str(rules), "grafana_dashboards_dir": str(dash)},
-    )
+test_cli_against_a_dead_port = unreachable_target_test(
+    plugin.NAME,
+    "prometheus_url",
+    "http://admin:{password}@127.0.0.1:{port}",
+    expect=["Prometheus at http://admin:***@127.0.0.1:{port} is unreachable", "Connection refused"],
+    targets=lambda tmp_path: {"prometheus_rules_dir": str(tmp_path), "grafana_dashboards_dir": str(tmp_path)},
+)
 
 
 def test_reload_refused_restores_the_previous_rule_file(tmp_path: Path, exporter: str) -> None:

@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tars_1002_grafana import plugin
 from tars_1002_grafana.catalogue import FAMILIES
 
-from tars_core import BenchmarkResult, Metric, PluginInfo, Release, SandboxSite, Targets
+from tars_core import BenchmarkResult, Metric, PluginInfo, SandboxSite, Targets
 from tars_core.processes import Service, http_ready
 from tars_core.redact import Redactor
 from tars_core.report import write_report
-from tars_core.testing import make_context
+from tars_core.testing import make_context, release_for
 from tars_core.waiting import wait_until
 
 
@@ -84,15 +84,7 @@ def test_report_section_lists_groups_and_leaves_the_metrics_to_the_core(tmp_path
     bench = BenchmarkResult(
         metrics=[Metric("whole dashboard load", 2300.0, 310.0, "ms", "< 1000 ms", True)], detail="table"
     )
-    release = Release(
-        name="v1.0.1",
-        plugins=[info],
-        states={info.name: "applied"},
-        phases=[],
-        benchmarks={info.name: bench},
-        targets={},
-        report_dir=tmp_path,
-    )
+    release = release_for(info, report_dir=tmp_path, benchmark=bench)
     section = plugin.tars_report(release)
     assert section is not None
     assert "| tars_slo_compliance | 60s | 12 |" in section.markdown
@@ -102,16 +94,7 @@ def test_report_section_lists_groups_and_leaves_the_metrics_to_the_core(tmp_path
     assert report is not None
     text = report.read_text()
     assert text.count("whole dashboard load") == 1 and "| tars_slo_compliance | 60s | 12 |" in text
-    other = Release(
-        name="v1.0.1",
-        plugins=[PluginInfo(name="x", title="x")],
-        states={},
-        phases=[],
-        benchmarks={},
-        targets={},
-        report_dir=tmp_path,
-    )
-    assert plugin.tars_report(other) is None
+    assert plugin.tars_report(release_for(PluginInfo(name="x", title="x"), report_dir=tmp_path)) is None
 
 
 def test_benchmark_hook_small_run_on_a_real_backfilled_prometheus(tmp_path: Path) -> None:

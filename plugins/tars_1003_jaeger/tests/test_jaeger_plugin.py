@@ -14,13 +14,14 @@ import pytest
 import redis
 import tars_1003_jaeger.plugin as plugin
 
-from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
+from tars_core import ApplyResult, FixError, PluginInfo, SandboxSite, TargetError, Targets
 from tars_core.processes import terminate
 from tars_core.testing import (
     assert_cheap_import,
-    assert_unreachable_target_exits_2,
     check_conformance,
     make_context,
+    release_for,
+    unreachable_target_test,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -177,17 +178,12 @@ def test_unreachable_redis_is_a_target_error_without_the_password(tmp_path: Path
     assert "s3cret" not in str(err.value) and "targets.redis at 127.0.0.1:1" in str(err.value)
 
 
-@pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
-    """An unreachable targets.redis is bad input (TargetError): exit 2, one line naming it, no password."""
-    assert_unreachable_target_exits_2(
-        "tars-1003-jaeger",
-        "redis",
-        "redis://:{password}@127.0.0.1:{port}/0",
-        expect="cannot reach targets.redis at 127.0.0.1:{port}",
-        tmp_path=tmp_path,
-        command=command,
-    )
+test_cli_against_a_dead_redis_port = unreachable_target_test(
+    "tars-1003-jaeger",
+    "redis",
+    "redis://:{password}@127.0.0.1:{port}/0",
+    expect="cannot reach targets.redis at 127.0.0.1:{port}",
+)
 
 
 def test_sandbox_contribution_and_seed(services: Any, tmp_path: Path, sync_client: redis.Redis) -> None:
@@ -278,22 +274,18 @@ def test_verify_fails_clearly_when_the_consumer_is_down(services: Any, tmp_path:
 
 
 def test_report_section_adds_only_what_the_core_does_not_render(tmp_path: Path) -> None:
-    from tars_core import BenchmarkResult, Metric, PhaseRecord, Release
+    from tars_core import BenchmarkResult, Metric, PhaseRecord
 
     info = plugin.tars_plugin_info()
-    release = Release(
-        name="v1.0.1",
-        plugins=[info],
-        states={info.name: "applied"},
-        phases=[PhaseRecord("r1", info.name, "verify", "ok", "t0", "t1", detail="trace continuity 100.00%")],
-        benchmarks={info.name: BenchmarkResult(metrics=[Metric("trace continuity", 0.0, 100.0, "%", "100.00%", True)])},
-        targets={"redis": "redis://127.0.0.1:6379/0"},
+    release = release_for(
+        info,
         report_dir=tmp_path,
+        phases=[PhaseRecord("r1", info.name, "verify", "ok", "t0", "t1", detail="trace continuity 100.00%")],
+        benchmark=BenchmarkResult(metrics=[Metric("trace continuity", 0.0, 100.0, "%", "100.00%", True)]),
     )
     section = plugin.tars_report(release)
     assert section is not None and "`traceparent`" in section.markdown and "hop 2" in section.markdown
     # state, phases and metrics are the core report's tables, not repeated here
     for rendered in ("applied", "100.00%", "Last verify", "|"):
         assert rendered not in section.markdown
-    other = Release("v1.0.1", [], {}, [], {}, {}, tmp_path)
-    assert plugin.tars_report(other) is None
+    assert plugin.tars_report(release_for(PluginInfo(name="other", title="other"), report_dir=tmp_path)) is None

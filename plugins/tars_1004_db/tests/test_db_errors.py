@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from tars_1004_db import plugin
 
 from tars_core import FixError, TargetError
 from tars_core.processes import free_port
-from tars_core.testing import assert_unreachable_target_exits_2
+from tars_core.testing import unreachable_target_test
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 SECRET = "s3cret-pw"
@@ -110,16 +109,11 @@ def test_wrong_config_field_names_its_path(make_ctx: Any) -> None:
         make_ctx("postgresql://x@127.0.0.1/y", lock_timeout=5)
 
 
-@pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
-    """An unreachable server is bad input (TargetError): exit 2, one line naming it, no password."""
-    assert_unreachable_target_exits_2(
-        "tars-1004-db",
-        "postgres",
-        "postgresql://postgres:{password}@127.0.0.1:{port}/tars",
-        expect="cannot reach PostgreSQL at 127.0.0.1:{port} (connection refused",
-        tmp_path=tmp_path,
-        command=command,
-        config={"connect_timeout_s": 2},
-        password=SECRET,
-    )
+test_cli_against_a_dead_port = unreachable_target_test(
+    "tars-1004-db",
+    "postgres",
+    "postgresql://postgres:{password}@127.0.0.1:{port}/tars",
+    expect="cannot reach PostgreSQL at 127.0.0.1:{port} (connection refused",
+    config={"connect_timeout_s": 2},
+    password=SECRET,
+)

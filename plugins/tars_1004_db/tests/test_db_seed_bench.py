@@ -15,8 +15,8 @@ import pytest
 from tars_1004_db import plugin
 from tars_1004_db.db import REGIONS, generate_evaluations
 
-from tars_core import BenchmarkResult, Metric, PhaseRecord, Release, SandboxSite, Targets
-from tars_core.testing import assert_cheap_import
+from tars_core import BenchmarkResult, Metric, PhaseRecord, SandboxSite, Targets
+from tars_core.testing import assert_cheap_import, release_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -97,21 +97,16 @@ async def test_benchmark_hook_reports_before_and_after_in_a_scratch_database(
 
 def test_report_section(tmp_path: Path) -> None:
     info = plugin.tars_plugin_info()
-    release = Release(
-        name="v1.0.1",
-        plugins=[info],
-        states={info.name: "applied"},
+    release = release_for(
+        info,
+        report_dir=tmp_path,
         phases=[
             PhaseRecord("r1", info.name, "apply", "ok", "2026-11-27T22:00:00Z", detail="built ix_a (1.0 s, 2.0 MB)"),
             PhaseRecord("r1", info.name, "verify", "ok", "2026-11-27T22:00:02Z", detail="indexes valid"),
         ],
-        benchmarks={
-            info.name: BenchmarkResult(
-                metrics=[Metric("agent_history p95", 480.0, 0.6, "ms", "p95 < 100 ms", True)], detail="table"
-            )
-        },
-        targets={"postgres": "postgresql://u:***@h/d"},
-        report_dir=tmp_path,
+        benchmark=BenchmarkResult(
+            metrics=[Metric("agent_history p95", 480.0, 0.6, "ms", "p95 < 100 ms", True)], detail="table"
+        ),
     )
     section = plugin.tars_report(release)
     assert section is not None and section.title.startswith("TARS-1004")

@@ -24,16 +24,17 @@ import tars_1005_ppo.plugin as plugin
 from ppo_support import SMALL
 from tars_1005_ppo.config import FLAG_NAME, PPOFixConfig, implementation_for
 
-from tars_core import ApplyResult, FixError, SandboxSite, TargetError, Targets
+from tars_core import ApplyResult, FixError, PluginInfo, SandboxSite, TargetError, Targets
 from tars_core.errors import ConfigError
 from tars_core.flags import canary_bucket
-from tars_core.model import BenchmarkResult, Metric, PhaseRecord, Release
+from tars_core.model import BenchmarkResult, Metric, PhaseRecord
 from tars_core.processes import Service, free_port, tcp_ready
 from tars_core.testing import (
     assert_cheap_import,
-    assert_unreachable_target_exits_2,
     check_conformance,
     make_context,
+    release_for,
+    unreachable_target_test,
 )
 from tars_core.waiting import wait_until
 
@@ -256,17 +257,12 @@ async def test_unreachable_redis_is_a_clear_error_without_the_password(tmp_path:
     await ctx.flags.aclose()
 
 
-@pytest.mark.parametrize("command", ["apply", "verify"])
-def test_cli_against_a_dead_redis_port_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
-    """An unreachable targets.redis is bad input (TargetError): exit 2, one line naming it, no password."""
-    assert_unreachable_target_exits_2(
-        "tars-1005-ppo",
-        "redis",
-        "redis://:{password}@127.0.0.1:{port}/0",
-        expect="cannot reach targets.redis at 127.0.0.1:{port} ",
-        tmp_path=tmp_path,
-        command=command,
-    )
+test_cli_against_a_dead_redis_port = unreachable_target_test(
+    "tars-1005-ppo",
+    "redis",
+    "redis://:{password}@127.0.0.1:{port}/0",
+    expect="cannot reach targets.redis at 127.0.0.1:{port} ",
+)
 
 
 async def test_missing_redis_target_names_the_key(tmp_path: Path) -> None:
@@ -295,33 +291,20 @@ async def test_sandbox_seed_is_idempotent_and_keeps_an_existing_flag(
 
 
 def test_report_section_says_what_the_core_report_does_not(tmp_path: Path) -> None:
-    release = Release(
-        name="v1.0.1",
-        plugins=[plugin.tars_plugin_info()],
-        states={"tars-1005-ppo": "applied"},
-        phases=[
-            PhaseRecord(
-                run_id="r1",
-                plugin="tars-1005-ppo",
-                phase="apply",
-                outcome="ok",
-                started_at="2026-11-27T22:00:00Z",
-                detail="2 trainer(s) switched",
-            )
-        ],
-        benchmarks={
-            "tars-1005-ppo": BenchmarkResult(metrics=[Metric("peak_rss", 1100.0, 640.0, "MB", "< 1024", True)])
-        },
-        targets={},
+    release = release_for(
+        plugin.tars_plugin_info(),
         report_dir=tmp_path,
+        phases=[
+            PhaseRecord("r1", "tars-1005-ppo", "apply", "ok", "2026-11-27T22:00:00Z", detail="2 trainer(s) switched")
+        ],
+        benchmark=BenchmarkResult(metrics=[Metric("peak_rss", 1100.0, 640.0, "MB", "< 1024", True)]),
     )
     section = plugin.tars_report(release)
     assert section is not None and "**applied**" in section.markdown and "RSS" in section.markdown
     # the core report renders the phases and the metric table; the section does not repeat them
     assert "peak_rss" not in section.markdown and "2 trainer(s) switched" not in section.markdown
     assert section.data == {"state": "applied"}
-    other = Release(name="v1.0.1", plugins=[], states={}, phases=[], benchmarks={}, targets={}, report_dir=tmp_path)
-    assert plugin.tars_report(other) is None
+    assert plugin.tars_report(release_for(PluginInfo(name="other", title="other"), report_dir=tmp_path)) is None
 
 
 def test_trainer_service_refuses_a_bad_config(tmp_path: Path, tars_redis_url: str) -> None:
