@@ -43,18 +43,6 @@ class Timeouts:
 TIMED_PHASES = tuple(a.name for a in attrs.fields(Timeouts))
 
 
-@attrs.define
-class PluginTimeouts:
-    """One plugin's own timeouts (``release.plugin_timeouts.<name>``); ``None``: the release-wide one."""
-
-    apply: float | None = None
-    verify: float | None = None
-    rollback: float | None = None
-    benchmark: float | None = None
-    report: float | None = None
-    sandbox: float | None = None
-
-
 def positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     """attrs validator for a count, size or duration that must be above zero.
 
@@ -83,7 +71,8 @@ class ReleaseConfig:
     name: str = "v1.0.1"
     rollback: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
-    plugin_timeouts: dict[str, PluginTimeouts] = attrs.field(factory=dict)
+    # plugin name -> phase -> seconds (phases checked against TIMED_PHASES before structuring)
+    plugin_timeouts: dict[str, dict[str, float]] = attrs.field(factory=dict)
     timeout_grace: float = attrs.field(default=30.0, validator=non_negative)
     progress_every: float = 15.0  # seconds between "still running" lines during a long phase
 
@@ -103,7 +92,7 @@ class TarsConfig:
 
     def timeout(self, plugin: str, phase: str) -> float:
         """The plugin's own timeout for ``phase`` if it has one, else the release-wide one."""
-        own = getattr(self.release.plugin_timeouts.get(plugin), phase, None)
+        own = self.release.plugin_timeouts.get(plugin, {}).get(phase)
         if own is not None:
             return float(own)
         return float(getattr(self.release.timeouts, phase, self.release.timeouts.apply))
