@@ -33,6 +33,8 @@ Functions:
 * :func:`assert_cheap_import` imports a plugin's entry point (or any module) in a fresh interpreter and
   fails naming each heavy module (default: :data:`HEAVY_MODULES`) it pulled in, with the import chain
   that did it.
+* :func:`assert_hooks_raise_target_error` calls apply, verify and rollback as ``tars-run`` would and
+  checks each raises ``TargetError`` with a one-line message that matches and hides the password.
 * :func:`assert_unreachable_target_exits_2` runs the real ``tars-run`` against a target URL on a closed
   port with a password in it, and checks the bad-input contract: exit 2, exactly one ``tars-run:``
   line naming the problem, no traceback, the password never printed.
@@ -179,6 +181,41 @@ async def check_conformance(plugin: Any, ctx: Context) -> None:
         assert twice is None or (isinstance(twice, ApplyResult) and not twice.changed), (
             f"{name}: a second rollback must change nothing, got {twice!r}"
         )
+    finally:
+        await ctx.flags.aclose()
+
+
+async def assert_hooks_raise_target_error(
+    plugin: Any,
+    ctx: Context,
+    *,
+    expect: str,
+    hooks: Sequence[str] = ("tars_apply", "tars_verify", "tars_rollback"),
+    secret: str = "s3cret",
+) -> None:
+    """Each of ``hooks``, called as ``tars-run`` calls it, raises :class:`~tars_core.errors.TargetError`
+    whose one-line message matches the regex ``expect`` and never contains ``secret``.
+
+    The in-process twin of :func:`assert_unreachable_target_exits_2`: it reaches ``tars_rollback`` too,
+    which the CLI only calls when the ledger says the fix was applied.
+    """
+    import re
+
+    from tars_core.errors import TargetError
+
+    host, loaded = _load(plugin)
+    try:
+        for hook in hooks:
+            ctx.phase = hook.removeprefix("tars_")
+            try:
+                await host.call(loaded.name, hook, ctx=ctx)
+            except TargetError as exc:
+                text = str(exc)
+                assert re.search(expect, text), f"{loaded.name}: {hook}: {text!r} does not match {expect!r}"
+                assert "\n" not in text, f"{loaded.name}: {hook}: the message is not one line: {text!r}"
+                assert secret not in text, f"{loaded.name}: {hook}: the message shows the password: {text!r}"
+            else:
+                raise AssertionError(f"{loaded.name}: {hook} did not raise TargetError")
     finally:
         await ctx.flags.aclose()
 
@@ -465,6 +502,7 @@ def tars_postgres_db(tars_postgres_url: str) -> Iterator[Callable[..., str]]:
 __all__ = [
     "HEAVY_MODULES",
     "assert_cheap_import",
+    "assert_hooks_raise_target_error",
     "assert_unreachable_target_exits_2",
     "check_conformance",
     "create_database",

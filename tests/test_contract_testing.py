@@ -12,13 +12,25 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from tars_core import BenchmarkResult, Metric, PhaseRecord, PluginInfo
+from tars_core import (
+    BenchmarkResult,
+    Context,
+    Metric,
+    PhaseRecord,
+    PluginInfo,
+    TargetError,
+    Targets,
+    VerifyResult,
+    hookimpl,
+)
 from tars_core.redact import Redactor
 from tars_core.report import write_report
 from tars_core.testing import (
     HEAVY_MODULES,
     assert_cheap_import,
+    assert_hooks_raise_target_error,
     assert_unreachable_target_exits_2,
+    make_context,
     release_for,
 )
 
@@ -186,3 +198,52 @@ def test_assert_unreachable_target_exits_2_catches_a_leaked_password_and_a_wrong
         assert_unreachable_target_exits_2(
             "fix-a", "postgres", url, config={"fail_apply": True, "dir": str(project.work)}, **common
         )
+
+
+class _Hooks:
+    """A plugin whose hooks raise what ``message`` says (``None``: they succeed)."""
+
+    def __init__(self, message: str | None) -> None:
+        self.message = message
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="tgt-check", title="target check")
+
+    @hookimpl
+    async def tars_apply(self, ctx: Context) -> None:
+        if self.message is not None:
+            raise TargetError(self.message)
+
+    @hookimpl
+    def tars_verify(self, ctx: Context) -> VerifyResult:
+        if self.message is not None:
+            raise TargetError(self.message)
+        return VerifyResult(ok=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "fails_with"),
+    [
+        ("cannot reach targets.redis at 127.0.0.1:1 (ConnectionError)", None),
+        ("cannot reach targets.redis at redis://:s3cret@127.0.0.1:1", "shows the password"),
+        ("cannot reach targets.redis\nat 127.0.0.1:1", "not one line"),
+        ("connection refused", "does not match"),
+        (None, "tars_apply did not raise TargetError"),
+    ],
+)
+def test_assert_hooks_raise_target_error_checks_message_password_and_raising(
+    tmp_path: Path, message: str | None, fails_with: str | None
+) -> None:
+    import anyio
+
+    plugin = _Hooks(message)
+    ctx = make_context(plugin, targets=Targets(), state_dir=tmp_path)
+    check = assert_hooks_raise_target_error(
+        plugin, ctx, expect=r"cannot reach targets\.redis", hooks=("tars_apply", "tars_verify")
+    )
+    if fails_with is None:
+        anyio.run(lambda: check)
+    else:
+        with pytest.raises(AssertionError, match=fails_with):
+            anyio.run(lambda: check)
