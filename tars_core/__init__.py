@@ -20,6 +20,8 @@ from tars_core.model import (
     ServiceSpec,
     Targets,
     VerifyResult,
+    non_negative,
+    positive,
 )
 
 __all__ = [
@@ -40,4 +42,6 @@ __all__ = [
     "VerifyResult",
     "hookimpl",
     "hookspec",
+    "non_negative",
+    "positive",
 ]

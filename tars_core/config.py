@@ -22,7 +22,7 @@ import yaml
 from cattrs.v import format_exception
 
 from tars_core.errors import ConfigError
-from tars_core.model import PluginInfo, Targets
+from tars_core.model import PluginInfo, Targets, non_negative, positive
 from tars_core.redact import SECRET_KEY, Redactor
 
 ENV_REF = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -32,31 +32,15 @@ ENV_REF = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default
 class Timeouts:
     """Per-phase hook timeouts in seconds: a hung hook must not hold the release lock forever."""
 
-    apply: float = 900.0
-    verify: float = 300.0
-    rollback: float = 900.0
-    benchmark: float = 3600.0
-    report: float = 120.0
-    sandbox: float = 600.0
+    apply: float = attrs.field(default=900.0, validator=positive)
+    verify: float = attrs.field(default=300.0, validator=positive)
+    rollback: float = attrs.field(default=900.0, validator=positive)
+    benchmark: float = attrs.field(default=3600.0, validator=positive)
+    report: float = attrs.field(default=120.0, validator=positive)
+    sandbox: float = attrs.field(default=600.0, validator=positive)
 
 
 TIMED_PHASES = tuple(a.name for a in attrs.fields(Timeouts))
-
-
-def positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    """attrs validator for a count, size or duration that must be above zero.
-
-    Its message reaches the user as is (``plugins.tars-1004-db: attempts must be > 0, got 0``, see
-    :func:`_format_exception`), so a plugin's config class uses it instead of writing its own.
-    """
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    """attrs validator for a value where zero means "none" (a grace period, a coefficient)."""
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 @attrs.define
@@ -74,7 +58,9 @@ class ReleaseConfig:
     # plugin name -> phase -> seconds (phases checked against TIMED_PHASES before structuring)
     plugin_timeouts: dict[str, dict[str, float]] = attrs.field(factory=dict)
     timeout_grace: float = attrs.field(default=30.0, validator=non_negative)
-    progress_every: float = 15.0  # seconds between "still running" lines during a long phase
+    progress_every: float = attrs.field(
+        default=15.0, validator=positive
+    )  # seconds between "still running" lines during a long phase
 
 
 @attrs.define

@@ -87,6 +87,24 @@ _EXIT_MEANINGS = {
 }
 
 
+# -- validators for config classes (here, not in tars_core.config, so a plugin's entry-point module can
+#    use them without importing cattrs and yaml at discovery)
+def positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a count, size or duration that must be above zero.
+
+    Its message reaches the user as is (``plugins.tars-1004-db: attempts must be > 0, got 0``, see
+    :func:`_format_exception`), so a plugin's config class uses it instead of writing its own.
+    """
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a value where zero means "none" (a grace period, a coefficient)."""
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
 @attrs.frozen
 class PluginInfo:
     """What a plugin says about itself; returned by ``tars_plugin_info``.

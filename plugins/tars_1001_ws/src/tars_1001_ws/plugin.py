@@ -17,7 +17,7 @@ import attrs
 from tars_core import ApplyResult, BenchmarkResult, PluginInfo, ReportSection, VerifyResult, hookimpl
 from tars_core.errors import FixError, TargetError
 from tars_core.flags import is_on
-from tars_core.model import PluginState, SandboxContribution, ServiceSpec
+from tars_core.model import PluginState, SandboxContribution, ServiceSpec, positive
 from tars_core.waiting import WaitTimeout, await_until
 
 if TYPE_CHECKING:
@@ -30,15 +30,15 @@ NAME = "tars-1001-ws"
 class BenchmarkConfig:
     """Sizes of the hook's benchmark run (``benchmarks/tars-1001-ws_bench.py`` defaults to full size)."""
 
-    drops: int = 50
-    detection_samples: int = 5
-    detection_interval: float = 1.0
-    detection_timeout: float = 0.5
-    idle_clients: int = 200
-    idle_window: float = 35.0
-    messages: int = 2000
-    message_drops: int = 8
-    rate: float = 250.0
+    drops: int = attrs.field(default=50, validator=positive)
+    detection_samples: int = attrs.field(default=5, validator=positive)
+    detection_interval: float = attrs.field(default=1.0, validator=positive)
+    detection_timeout: float = attrs.field(default=0.5, validator=positive)
+    idle_clients: int = attrs.field(default=200, validator=positive)
+    idle_window: float = attrs.field(default=35.0, validator=positive)
+    messages: int = attrs.field(default=2000, validator=positive)
+    message_drops: int = attrs.field(default=8, validator=positive)
+    rate: float = attrs.field(default=250.0, validator=positive)
 
 
 @attrs.define
@@ -46,11 +46,11 @@ class WsConfig:
     """The ``plugins.tars-1001-ws`` section."""
 
     flag: str = "tars-1001-ws-reconnect"
-    verify_heartbeat_interval: float = 0.2
-    verify_channels: int = 3
-    verify_messages: int = 150
-    probe_timeout: float = 10.0
-    flag_propagation_timeout: float = 10.0
+    verify_heartbeat_interval: float = attrs.field(default=0.2, validator=positive)
+    verify_channels: int = attrs.field(default=3, validator=positive)
+    verify_messages: int = attrs.field(default=150, validator=positive)
+    probe_timeout: float = attrs.field(default=10.0, validator=positive)
+    flag_propagation_timeout: float = attrs.field(default=10.0, validator=positive)
     benchmark: BenchmarkConfig = attrs.Factory(BenchmarkConfig)
 
 

@@ -23,6 +23,8 @@ from typing import Literal
 
 import attrs
 
+from tars_core.model import positive
+
 MetricType = Literal["counter", "gauge", "histogram"]
 Source = Literal["tars", "postgres_exporter", "redis_exporter", "node_exporter"]
 
@@ -291,11 +293,11 @@ TEST_VALUES: dict[str, tuple[str, ...]] = {
 class Topology:
     """How big the simulated deployment is. Every agent is evaluated in every region (agents × regions)."""
 
-    agents: int = 20
-    regions: int = 3
-    hosts: int = 3
-    replicas: int = 3
-    cpus: int = 4
+    agents: int = attrs.field(default=20, validator=positive)
+    regions: int = attrs.field(default=3, validator=positive)
+    hosts: int = attrs.field(default=3, validator=positive)
+    replicas: int = attrs.field(default=3, validator=positive)
+    cpus: int = attrs.field(default=4, validator=positive)
     seed: int = 1002
 
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 import attrs
 
+from tars_core.model import positive
+
 
 @attrs.define
 class ExtraRule:
@@ -29,13 +31,15 @@ class GrafanaConfig:
     extra_rules: list[ExtraRule] = attrs.field(factory=list)
     reload_method: Literal["http", "sighup"] = "http"
     prometheus_pid_file: str | None = None
-    reload_timeout_s: float = 150.0
+    reload_timeout_s: float = attrs.field(default=150.0, validator=positive)
     verify_data: bool = True
-    data_timeout_s: float = 150.0  # verify waits this long for fresh rules to record their first samples
+    data_timeout_s: float = attrs.field(
+        default=150.0, validator=positive
+    )  # verify waits this long for fresh rules to record their first samples
     seed_dashboards: bool = True
-    benchmark_agents: int = 100
-    benchmark_regions: int = 5
-    benchmark_hours: float = 2.0
-    benchmark_calls: int = 5
-    benchmark_resolution_s: int = 30
-    benchmark_step_s: int = 60
+    benchmark_agents: int = attrs.field(default=100, validator=positive)
+    benchmark_regions: int = attrs.field(default=5, validator=positive)
+    benchmark_hours: float = attrs.field(default=2.0, validator=positive)
+    benchmark_calls: int = attrs.field(default=5, validator=positive)
+    benchmark_resolution_s: int = attrs.field(default=30, validator=positive)
+    benchmark_step_s: int = attrs.field(default=60, validator=positive)

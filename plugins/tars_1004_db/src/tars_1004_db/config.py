@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from tars_core.config import positive
+from tars_core.model import positive
 
 
 @attrs.frozen

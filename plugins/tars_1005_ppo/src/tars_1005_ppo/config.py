@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import attrs
 
-from tars_core.config import non_negative, positive
 from tars_core.flags import enabled_for
+from tars_core.model import non_negative, positive
 
 Implementation = Literal["fixed", "legacy"]
 
