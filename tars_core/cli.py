@@ -300,11 +300,18 @@ async def _command(runner: Runner, args: argparse.Namespace, plugins: list[Loade
         "recovered": recovered,
         "rolled_back": out.rolled_back,
         "steps": [attrs.asdict(s) for s in out.steps],
+        "judgements": [attrs.asdict(j) for j in runner.judgements],
     }
     runner.final_message = out.message
     text = "\n".join(
-        f"{s.plugin:24} {s.phase:9} {s.outcome!s:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
-        for s in out.steps
+        [
+            f"{s.plugin:24} {s.phase:9} {s.outcome!s:11} {s.seconds:7.2f}s {s.error or s.detail or ''}".rstrip()
+            for s in out.steps
+        ]
+        + [
+            f"{j.monitor:24} {j.kind:9} {j.verdict:11} {j.plugin or 'release':8} {'; '.join(j.reasons)}".rstrip()
+            for j in runner.judgements
+        ]
     )
     _emit(fmt, doc, text)
     return int(out.exit_code)
@@ -451,6 +458,7 @@ async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
         await ledger.benchmarks(runner.release),
         targets,
         report_dir,
+        await ledger.judgements(runner.release),
     )
     sections: dict[str, Any] = {}
     for p in plugins:

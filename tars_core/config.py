@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import attrs
 import cattrs
@@ -37,6 +37,7 @@ class Timeouts:
     rollback: float = attrs.field(default=900.0, validator=positive)
     benchmark: float = attrs.field(default=3600.0, validator=positive)
     report: float = attrs.field(default=120.0, validator=positive)
+    preflight: float = attrs.field(default=300.0, validator=positive)
     sandbox: float = attrs.field(default=600.0, validator=positive)
 
 
@@ -61,6 +62,14 @@ class ReleaseConfig:
     progress_every: float = attrs.field(
         default=15.0, validator=positive
     )  # seconds between "still running" lines during a long phase
+    # release gates (monitors): a reliability release passes an error-budget freeze with a warning;
+    # each fix is observed for bake_time seconds (0: not observed), bake_times overrides it per plugin
+    reliability: bool = False
+    bake_time: float = attrs.field(default=0.0, validator=non_negative)
+    bake_times: dict[str, float] = attrs.field(
+        factory=dict, validator=attrs.validators.deep_mapping(attrs.validators.instance_of(str), non_negative)
+    )
+    on_inconclusive: Literal["fail", "pass"] = "fail"
 
 
 @attrs.define
@@ -83,6 +92,10 @@ class TarsConfig:
             return float(own)
         return float(getattr(self.release.timeouts, phase, self.release.timeouts.apply))
 
+    def bake(self, plugin: str) -> float:
+        """Seconds the monitors watch ``plugin`` after its verify: its own bake time, else the release's."""
+        return float(self.release.bake_times.get(plugin, self.release.bake_time))
+
 
 # What a mapping section looks like, for the error when a config gives a scalar or a list instead.
 _SECTION_EXAMPLES = {
@@ -92,6 +105,7 @@ _SECTION_EXAMPLES = {
     "plugins": "{tars-1004-db: {lock_timeout_ms: 2000}}",
     "release.timeouts": "{apply: 900}",
     "release.plugin_timeouts": "{tars-1004-db: {apply: 1800}}",
+    "release.bake_times": "{tars-1004-db: 300}",
 }
 
 
@@ -125,6 +139,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
     release = body.get("release", {})
     if "timeouts" in release:
         release["timeouts"] = _mapping(release["timeouts"], "release.timeouts")
+    if "bake_times" in release:
+        release["bake_times"] = _mapping(release["bake_times"], "release.bake_times")
     if "plugin_timeouts" in release:
         per_plugin = _mapping(release["plugin_timeouts"], "release.plugin_timeouts")
         for plugin, value in per_plugin.items():
@@ -181,6 +197,8 @@ def _format_exception(exc: BaseException, type_: type | None) -> str:
     > 0, got 0" tells the user more than cattrs' generic "invalid value"."""
     if type_ is None and isinstance(exc, ValueError) and str(exc):
         return str(exc)
+    if get_origin(type_) is Literal:
+        return f"expected one of {', '.join(map(str, get_args(type_)))}"
     return format_exception(exc, type_)
 
 

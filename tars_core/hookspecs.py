@@ -10,6 +10,9 @@ The phase hooks (``tars_apply``, ``tars_verify``, ``tars_rollback``, ``tars_benc
 plugin at a time, through ``PluginManager.subset_hook_caller``, so a release applies fixes in dependency
 order. A hook signals failure by raising; ``tars_core.FixError`` is the expected kind, shown as one line.
 
+Monitors (``kind="monitor"``) may also gate the release: ``tars_preflight`` before any hotfix is
+applied, ``tars_observe`` during each fix's bake time. Both answer with a :class:`tars_core.Judgement`.
+
 To time, trace or count phases, implement the observer hooks ``tars_phase_started`` and
 ``tars_phase_finished``: the runner calls them around the *awaited* phase call, with its outcome and
 duration. Hook wrappers (``wrapper=True``) cannot do that job: every real plugin's hooks are
@@ -35,7 +38,10 @@ if TYPE_CHECKING:
     from tars_core.model import (
         ApplyResult,
         BenchmarkResult,
+        Change,
         Context,
+        Judgement,
+        Plan,
         PluginInfo,
         Release,
         ReportSection,
@@ -143,6 +149,54 @@ def tars_benchmark(ctx: Context) -> BenchmarkResult:
 
     :param ctx: as for :func:`tars_apply`.
     :returns: :class:`tars_core.BenchmarkResult`, stored in the ledger and shown in the report.
+
+    .. versionadded:: 1.0.1
+    """
+
+
+@hookspec(firstresult=True)
+def tars_preflight(ctx: Context, plan: Plan) -> Judgement | None:
+    """Judge whether the release may start at all (e.g. freeze it while the error budget is spent).
+
+    Called by ``apply`` once per selected monitor (``kind="monitor"``) that implements it, after every
+    selected monitor has been applied and verified (so its rules are in place) and before the first
+    hotfix is applied; never under ``--dry-run``. A ``fail`` stops the release with exit 1 and nothing to
+    roll back (no hotfix has changed anything); ``inconclusive`` follows ``release.on_inconclusive``. A
+    hook that raises or passes ``release.timeouts.preflight`` is recorded as ``inconclusive`` with the
+    error as its reason. Must not change the target.
+
+    Stops at the first non-``None`` result (``firstresult``).
+
+    :param ctx: the monitor's own context (its config section, targets, logger); ``ctx.phase`` is
+        ``preflight``.
+    :param plan: the release name, the selected plugins in apply order and whether the release is a
+        reliability release (``release.reliability``).
+    :returns: a :class:`tars_core.Judgement` (recorded in the ledger and the report with its
+        evidence), or ``None`` to abstain (nothing recorded, the release goes on).
+
+    .. versionadded:: 1.0.1
+    """
+
+
+@hookspec(firstresult=True)
+def tars_observe(ctx: Context, change: Change) -> Judgement | None:
+    """Watch one fix during its bake time and judge it.
+
+    Called by ``apply`` after a hotfix's ``tars_verify`` passed, for every selected monitor that
+    implements it, all of them concurrently, when the fix's bake time (``release.bake_times.<plugin>``,
+    else ``release.bake_time``) is above zero; never under ``--dry-run``. The hook watches until
+    ``change.bake_seconds`` have elapsed (returning early with ``fail`` is fine) and returns; the runner
+    stops waiting after the bake time plus ``release.timeout_grace``. A ``fail`` is handled like a failed
+    verify: that fix and the ones applied before it in the run are rolled back by policy, exit 1, the
+    final line naming the monitor and its first reason; ``inconclusive`` (also what a raising or
+    timed-out hook yields) follows ``release.on_inconclusive``. Must not change the target.
+
+    Stops at the first non-``None`` result (``firstresult``).
+
+    :param ctx: the monitor's own context; ``ctx.phase`` is ``observe``.
+    :param change: the fix just applied: plugin, fix id, when its verify passed, the flags it changed,
+        its canary selection and the bake time to watch for.
+    :returns: a :class:`tars_core.Judgement`, or ``None`` to abstain (nothing recorded).
 
     .. versionadded:: 1.0.1
     """

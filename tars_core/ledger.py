@@ -35,11 +35,11 @@ import anyio.to_thread
 import attrs
 
 from tars_core.errors import LedgerError, LockHeld
-from tars_core.model import Outcome, PhaseRecord, PluginState
+from tars_core.model import Evidence, JudgementRecord, Outcome, PhaseRecord, PluginState
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
 BUSY_TIMEOUT = 30.0  # seconds a SQLite write waits for another process's write lock before giving up
 CRASHED = "crashed"  # tars_runs.outcome of a run whose process died; the others are ExitCode names
@@ -64,6 +64,16 @@ _TABLES = [
         id INTEGER PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at TEXT NOT NULL,
         command TEXT NOT NULL)""",
 ]
+# schema version -> the statements that bring a ledger of the version before it up to it (in place)
+_MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        """CREATE TABLE IF NOT EXISTS tars_judgements (
+        id {serial}, run_id TEXT NOT NULL, release TEXT NOT NULL, monitor TEXT NOT NULL, plugin TEXT,
+        kind TEXT NOT NULL, verdict TEXT NOT NULL, reasons TEXT NOT NULL, evidence TEXT NOT NULL,
+        score DOUBLE PRECISION, started_at TEXT NOT NULL, ended_at TEXT NOT NULL)""",
+    ],
+}
+_JUDGEMENT_COLS = "run_id, monitor, plugin, kind, verdict, reasons, evidence, score, started_at, ended_at"
 _PHASE_COLS = "run_id, plugin, phase, outcome, started_at, ended_at, error, detail, version, config_digest"
 
 
@@ -230,21 +240,65 @@ class Ledger(ABC):
         rows = await self._fetch("SELECT plugin, data FROM tars_benchmarks WHERE release=$1", release)
         return {r[0]: json.loads(r[1]) for r in rows}
 
+    # -- release gates ---------------------------------------------------------------------------
+    async def save_judgement(self, release: str, record: JudgementRecord) -> None:
+        """One row per judgement, in one INSERT: a crash leaves the judgement recorded whole or not at all."""
+        evidence = [attrs.asdict(e) for e in record.evidence]
+        await self._execute(
+            f"INSERT INTO tars_judgements (release, {_JUDGEMENT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            release,
+            record.run_id,
+            record.monitor,
+            record.plugin,
+            record.kind,
+            record.verdict,
+            json.dumps(list(record.reasons)),
+            json.dumps(evidence),
+            record.score,
+            record.started_at,
+            record.ended_at,
+        )
+
+    async def judgements(self, release: str) -> list[JudgementRecord]:
+        rows = await self._fetch(f"SELECT {_JUDGEMENT_COLS} FROM tars_judgements WHERE release=$1 ORDER BY id", release)
+        return [
+            JudgementRecord(
+                run_id=r[0],
+                monitor=r[1],
+                plugin=r[2],
+                kind=r[3],
+                verdict=r[4],
+                reasons=tuple(json.loads(r[5])),
+                evidence=tuple(Evidence(**e) for e in json.loads(r[6])),
+                score=None if r[7] is None else float(r[7]),
+                started_at=r[8],
+                ended_at=r[9],
+            )
+            for r in rows
+        ]
+
     async def _migrate(self) -> None:
-        """Create the schema in one transaction, so a killed first run leaves all of it or none."""
+        """Create the schema, or bring an older one up to date, in one transaction each, so a killed run
+        leaves the old schema or the new one, never half of it (the version row changes with the tables)."""
         await self._execute(_TABLES[0])
         rows = await self._fetch("SELECT value FROM tars_meta WHERE key='schema_version'")
-        if rows and int(rows[0][0]) > SCHEMA_VERSION:
+        found = int(rows[0][0]) if rows else None
+        if found is not None and found > SCHEMA_VERSION:
             raise LedgerError(
-                f"ledger {self.location} has schema {rows[0][0]}, newer than this tars-run ({SCHEMA_VERSION}); "
+                f"ledger {self.location} has schema {found}, newer than this tars-run ({SCHEMA_VERSION}); "
                 "upgrade tars-core"
             )
-        if rows:
+        if found == SCHEMA_VERSION:
             return
-        statements: list[tuple[str, Sequence[Any]]] = [(ddl.format(serial=self._serial), ()) for ddl in _TABLES[1:]]
+        if found is None:
+            ddl = _TABLES[1:] + [stmt for version in sorted(_MIGRATIONS) for stmt in _MIGRATIONS[version]]
+        else:
+            ddl = [stmt for version in sorted(_MIGRATIONS) if version > found for stmt in _MIGRATIONS[version]]
+        statements: list[tuple[str, Sequence[Any]]] = [(sql.format(serial=self._serial), ()) for sql in ddl]
         statements.append(
             (
-                "INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO tars_meta (key, value) VALUES ('schema_version', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                 (str(SCHEMA_VERSION),),
             )
         )

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 Kind = Literal["hotfix", "monitor"]
 Phase = Literal["apply", "verify", "rollback", "benchmark"]
+Verdict = Literal["pass", "fail", "inconclusive"]
+GateKind = Literal["preflight", "observe"]
 
 
 class _Text(str, enum.Enum):
@@ -297,6 +299,86 @@ class PhaseRecord:
 
 
 @attrs.frozen
+class Evidence:
+    """One observation a judgement rests on: the query a monitor ran, the value it got and when.
+
+    Kept with the judgement in the ledger and the report, so a rolled-back fix can be argued about with
+    the numbers that rolled it back (``value`` is ``None`` when the query returned no data).
+    """
+
+    query: str
+    value: float | None
+    at: str
+    detail: str = ""
+
+
+@attrs.frozen
+class Judgement:
+    """A monitor's verdict on a release (``tars_preflight``) or on one fix (``tars_observe``).
+
+    ``fail`` is handled like a failed verify; ``inconclusive`` (no data, a query that failed, a monitor
+    that raised) follows ``release.on_inconclusive``, so a blind monitor never passes a release silently.
+    ``reasons`` are one-line sentences for people (the first is the one the final line quotes);
+    ``monitor`` is filled in by the runner.
+    """
+
+    verdict: Verdict
+    reasons: Sequence[str] = ()
+    evidence: Sequence[Evidence] = ()
+    score: float | None = None
+    monitor: str = ""
+
+
+@attrs.frozen
+class Change:
+    """What ``tars_observe`` is told about the fix it watches.
+
+    ``flags`` are the feature flags whose value the fix's apply changed (name -> new value; empty when
+    ``targets.redis`` is not set); ``canary`` names the ones set to a fraction (``"ws_fix=0.1"``), i.e. the
+    share of traffic the new code serves, ``None`` when the fix went to everyone at once.
+    """
+
+    plugin: str
+    fix_id: str | None
+    applied_at: str
+    flags: Mapping[str, str] = attrs.field(factory=dict)
+    canary: str | None = None
+    bake_seconds: float = 0.0
+
+
+@attrs.frozen
+class Plan:
+    """What ``tars_preflight`` sees: the release about to be applied, in order.
+
+    ``reliability`` (``release.reliability`` in the config) marks a release whose purpose is to restore
+    reliability: an error-budget policy lets it through with a warning instead of freezing it.
+    """
+
+    release: str
+    plugins: Sequence[PluginInfo]
+    reliability: bool = False
+
+
+@attrs.frozen
+class JudgementRecord:
+    """One ledger row of ``tars_judgements``: a judgement with who judged what, in which run, when.
+
+    ``plugin`` is the fix observed, ``None`` for a preflight (which judges the whole release).
+    """
+
+    run_id: str
+    monitor: str
+    plugin: str | None
+    kind: GateKind
+    verdict: Verdict
+    reasons: Sequence[str]
+    evidence: Sequence[Evidence]
+    score: float | None
+    started_at: str
+    ended_at: str
+
+
+@attrs.frozen
 class Release:
     """What ``tars_report`` sees: the release as the ledger knows it, secrets already redacted."""
 
@@ -307,3 +389,4 @@ class Release:
     benchmarks: Mapping[str, BenchmarkResult]
     targets: Mapping[str, str | None]
     report_dir: Path
+    judgements: Sequence[JudgementRecord] = ()

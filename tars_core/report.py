@@ -19,7 +19,16 @@ from typing import Any
 import cattrs
 
 from tars_core.config import converter
-from tars_core.model import BenchmarkResult, Metric, Outcome, PhaseRecord, PluginState, Release, ReportSection
+from tars_core.model import (
+    BenchmarkResult,
+    JudgementRecord,
+    Metric,
+    Outcome,
+    PhaseRecord,
+    PluginState,
+    Release,
+    ReportSection,
+)
 from tars_core.redact import Redactor
 
 MISSED = "MISSED"  # the one spelling of a missed target, in tables, progress lines and JSON consumers
@@ -110,6 +119,7 @@ def build_release(
     benchmarks: dict[str, dict[str, Any]],
     targets: dict[str, Any],
     report_dir: Path,
+    judgements: Sequence[JudgementRecord] = (),
 ) -> Release:
     selected = {p.name for p in plugins}
     bench: dict[str, BenchmarkResult] = {}
@@ -127,6 +137,7 @@ def build_release(
         benchmarks=bench,
         targets=targets,
         report_dir=report_dir,
+        judgements=[j for j in judgements if j.monitor in selected],
     )
 
 
@@ -158,6 +169,7 @@ def write_report(
             }
             for info in release.plugins
         ],
+        "judgements": [converter.unstructure(j) for j in release.judgements],
     }
     doc = redact.data(doc)
     paths = {"json": out / "report.json", "md": out / "report.md", "junit": out / "junit.xml"}
@@ -195,6 +207,8 @@ def _markdown(doc: dict[str, Any]) -> str:
     lines += [markdown_table(("plugin", "fix", "version", "state", "last phase"), rows), ""]
     targets = ", ".join(f"{k}={v}" for k, v in doc["targets"].items() if v)
     lines += [f"Targets: {targets or 'none'}", ""]
+    if doc["judgements"]:
+        lines += _gates_markdown(doc["judgements"])
     for p in doc["plugins"]:
         lines += [f"## {p['name']}: {p['title']}", ""]
         if p["phases"]:
@@ -210,6 +224,37 @@ def _markdown(doc: dict[str, Any]) -> str:
         if p["section"]:
             lines += [f"### {p['section']['title']}", "", p["section"]["markdown"], ""]
     return "\n".join(lines) + "\n"
+
+
+def _judged(j: dict[str, Any]) -> str:
+    return f"{j['kind']} of {j['plugin']}" if j["plugin"] else j["kind"]
+
+
+def _gates_markdown(judgements: Sequence[dict[str, Any]]) -> list[str]:
+    """Every monitor judgement with its reasons, then the evidence behind each: query, value and time."""
+    rows = [
+        (
+            j["monitor"],
+            _judged(j),
+            f"**{j['verdict']}**" if j["verdict"] != "pass" else j["verdict"],
+            format_number(j["score"]) if j["score"] is not None else "",
+            "; ".join(j["reasons"]),
+            j["started_at"],
+            j["ended_at"],
+        )
+        for j in judgements
+    ]
+    lines = ["## Release gates", ""]
+    lines += [markdown_table(("monitor", "judged", "verdict", "score", "reasons", "started", "ended"), rows), ""]
+    evidence = [
+        (j["monitor"], _judged(j), e["query"], format_number(e["value"]), e["at"], e["detail"])
+        for j in judgements
+        for e in j["evidence"]
+    ]
+    if evidence:
+        lines += ["### Evidence", ""]
+        lines += [markdown_table(("monitor", "judged", "query", "value", "at", "detail"), evidence), ""]
+    return lines
 
 
 # JUnit's three verdicts for a phase's latest outcome; ``ok`` passes.
@@ -234,7 +279,22 @@ def _junit(doc: dict[str, Any]) -> str:
             elif r["outcome"] in _SKIPPING:
                 skipped += 1
                 ET.SubElement(case, "skipped", message=r.get("detail") or r["outcome"])
+    errors = 0
+    for j in doc["judgements"]:  # one testcase per judgement: a failed gate fails CI, a blind one errs
+        tests += 1
+        case = ET.SubElement(suite, "testcase", classname=j["monitor"], name=_judged(j))
+        reasons = "; ".join(j["reasons"])
+        evidence = "\n".join(f"{e['at']} {e['query']} = {format_number(e['value'])}" for e in j["evidence"])
+        if j["verdict"] == "fail":
+            failures += 1
+            ET.SubElement(case, "failure", message=reasons or "fail").text = evidence
+        elif j["verdict"] == "inconclusive":
+            errors += 1
+            ET.SubElement(case, "error", message=reasons or "inconclusive").text = evidence
+        elif evidence:
+            ET.SubElement(case, "system-out").text = evidence
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))
+    suite.set("errors", str(errors))
     suite.set("skipped", str(skipped))
     return ET.tostring(suite, encoding="unicode") + "\n"

@@ -7,16 +7,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import attrs
 
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
 from tars_core.errors import FixError, HookStillRunning, RollbackFailed, TargetError
-from tars_core.flags import FeatureFlags
-from tars_core.ledger import Ledger
-from tars_core.model import Context, ExitCode, Outcome, PluginState
+from tars_core.flags import FeatureFlags, fraction
+from tars_core.ledger import Ledger, now
+from tars_core.model import (
+    Change,
+    Context,
+    Evidence,
+    ExitCode,
+    GateKind,
+    Judgement,
+    JudgementRecord,
+    Outcome,
+    Plan,
+    PluginState,
+    Verdict,
+)
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import Redactor
 from tars_core.report import metric_line
@@ -126,6 +138,7 @@ class Runner:
         self.tick_every = cfg.release.progress_every
         self.grace = cfg.release.timeout_grace
         self._digests: dict[str, str] = {}
+        self.judgements: list[JudgementRecord] = []  # every gate judgement of this run, as recorded
         ledger.on_wait = self._ledger_waiting
         ledger.on_wait_every = self.tick_every
 
@@ -363,28 +376,217 @@ class Runner:
         return step
 
     async def apply(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
+        """Monitors first (their rules must be in place to judge), then the preflight gate, then each
+        hotfix: apply, verify, observe for its bake time; the first failure rolls back by policy."""
+        monitors = [p for p in plugins if p.info.kind == "monitor"]
+        fixes = [p for p in plugins if p.info.kind != "monitor"]
+        hotfixes = {f.name for f in fixes}
+        tangled = [f"{m.name} requires {r}" for m in monitors for r in m.info.requires if r in hotfixes]
+        if tangled:
+            why = ", ".join(tangled)
+            msg = f"a monitor must not require a hotfix ({why}): monitors are applied first; fix its requires"
+            return RunResult(ExitCode.BAD_INPUT, self.steps, message=msg)
         applied: list[LoadedPlugin] = []
         states = await self.ledger.states(self.release)
-        for plugin in plugins:
-            check = await self._still_applied(plugin, states.get(plugin.name))
-            if check is not None and check.outcome in _DONE:
-                self._note(Step(plugin.name, "apply", Outcome.SKIPPED, detail="already applied and still verified"))
-                self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
-                continue
-            if check is not None and check.outcome == Outcome.UNKNOWN:
-                return await self._fail(plugin, applied, check)
-            step, _ = await self.phase(plugin, "apply")
-            if step.outcome not in _DONE:
-                return await self._fail(plugin, applied, step)
-            if self.dry_run:
-                continue
-            await self.set_state(plugin, PluginState.APPLYING)
-            step, _ = await self.phase(plugin, "verify")
-            if step.outcome != Outcome.OK:
-                return await self._fail(plugin, applied, step)
-            await self.set_state(plugin, PluginState.APPLIED)
-            applied.append(plugin)
+        for plugin in monitors:
+            stop = await self._apply_one(plugin, states, applied, observers=[])
+            if stop is not None:
+                return stop
+        if not self.dry_run:
+            stop = await self._preflight([*monitors, *fixes], self._gates(monitors, "preflight"))
+            if stop is not None:
+                return stop
+        observers = self._gates(monitors, "observe")
+        for plugin in fixes:
+            stop = await self._apply_one(plugin, states, applied, observers)
+            if stop is not None:
+                return stop
         return RunResult(ExitCode.OK, self.steps)
+
+    async def _apply_one(
+        self,
+        plugin: LoadedPlugin,
+        states: dict[str, dict[str, str]],
+        applied: list[LoadedPlugin],
+        observers: Sequence[LoadedPlugin],
+    ) -> RunResult | None:
+        """Apply, verify and (with observers and a bake time) observe one plugin; a result means stop."""
+        check = await self._still_applied(plugin, states.get(plugin.name))
+        if check is not None and check.outcome in _DONE:
+            self._note(Step(plugin.name, "apply", Outcome.SKIPPED, detail="already applied and still verified"))
+            self.progress(f"{plugin.name}: apply skipped (already applied and verified)")
+            return None
+        if check is not None and check.outcome == Outcome.UNKNOWN:
+            return await self._fail(plugin, applied, check)
+        bake = self.cfg.bake(plugin.name) if observers and not self.dry_run else 0.0
+        flags_before = await self._flag_values() if bake else {}
+        step, _ = await self.phase(plugin, "apply")
+        if step.outcome not in _DONE:
+            return await self._fail(plugin, applied, step)
+        if self.dry_run:
+            return None
+        await self.set_state(plugin, PluginState.APPLYING)
+        step, _ = await self.phase(plugin, "verify")
+        if step.outcome != Outcome.OK:
+            return await self._fail(plugin, applied, step)
+        if bake:
+            change = await self._change(plugin, bake, flags_before)
+            stopped = await self._observe(plugin, observers, change)
+            if stopped is not None:
+                return await self._fail(plugin, applied, stopped)
+        await self.set_state(plugin, PluginState.APPLIED)
+        applied.append(plugin)
+        return None
+
+    # -- release gates ---------------------------------------------------------------------------
+    def _gates(self, monitors: Sequence[LoadedPlugin], kind: GateKind) -> list[LoadedPlugin]:
+        return [m for m in monitors if self.host.has_hook(m.name, f"tars_{kind}")]
+
+    async def _preflight(self, order: Sequence[LoadedPlugin], monitors: Sequence[LoadedPlugin]) -> RunResult | None:
+        """Ask every monitor whether the release may start; a result means it may not (nothing applied yet)."""
+        if not monitors:
+            return None
+        plan = Plan(self.release, [p.info for p in order], self.cfg.release.reliability)
+        records = await self._judge(monitors, "preflight", None, plan=plan)
+        if records is None:
+            self._note(
+                Step("release", "preflight", Outcome.INTERRUPTED, error="tars_preflight interrupted by the user")
+            )
+            msg = "interrupted during preflight; no hotfix applied, nothing rolled back"
+            return RunResult(ExitCode.INTERRUPTED, self.steps, message=msg)
+        blocking = self._blocking(records)
+        if blocking is None:
+            return None
+        why = self._why(blocking)
+        self._note(Step(blocking.monitor, "preflight", Outcome.FAILED, error=why))
+        return RunResult(
+            ExitCode.FAILED, self.steps, message=f"preflight: {why}; no hotfix applied, nothing rolled back"
+        )
+
+    async def _observe(self, plugin: LoadedPlugin, monitors: Sequence[LoadedPlugin], change: Change) -> Step | None:
+        """Every monitor watches ``plugin`` at once for its bake time; a step means the fix failed its bake."""
+        names = ", ".join(m.name for m in monitors)
+        self.progress(f"{self._stamp()} {plugin.name}: observed by {names} for {change.bake_seconds:g}s")
+        records = await self._judge(monitors, "observe", plugin.name, change=change)
+        if records is None:
+            return self._note(
+                Step(plugin.name, "observe", Outcome.INTERRUPTED, error="tars_observe interrupted by the user")
+            )
+        blocking = self._blocking(records)
+        if blocking is None:
+            return None
+        return self._note(Step(plugin.name, "observe", Outcome.FAILED, error=self._why(blocking)))
+
+    def _blocking(self, records: Sequence[JudgementRecord]) -> JudgementRecord | None:
+        """The judgement that stops the release: the first ``fail``, else the first ``inconclusive`` when
+        ``release.on_inconclusive`` is ``fail``; an inconclusive that passes is shown, not hidden."""
+        for record in records:
+            if record.verdict == "fail":
+                return record
+        for record in records:
+            if record.verdict == "inconclusive":
+                if self.cfg.release.on_inconclusive == "fail":
+                    return record
+                self.progress(f"tars: {self._why(record)}; going on (release.on_inconclusive: pass)")
+        return None
+
+    @staticmethod
+    def _why(record: JudgementRecord) -> str:
+        reason = record.reasons[0] if record.reasons else "no reason given"
+        if record.verdict == "fail":
+            return f"monitor {record.monitor} judged it fail: {reason}"
+        return f"monitor {record.monitor} was inconclusive: {reason}"
+
+    async def _judge(
+        self, monitors: Sequence[LoadedPlugin], kind: GateKind, plugin: str | None, **kwargs: Any
+    ) -> list[JudgementRecord] | None:
+        """Call ``tars_<kind>`` of every monitor concurrently and record each judgement (``None``: the user
+        interrupted). A hook that raises, times out or answers nonsense is an ``inconclusive`` judgement
+        with the error as its reason: a monitor that cannot see must not pass a release silently."""
+        if self.interrupted:
+            return None
+        hook = f"tars_{kind}"
+        bake = kwargs["change"].bake_seconds if kind == "observe" else 0.0
+        answers: dict[str, tuple[Judgement, str, str]] = {}
+
+        async def one(monitor: LoadedPlugin) -> None:
+            ctx = self.context(monitor, kind)
+            limit = bake + self.grace if kind == "observe" else self.cfg.timeout(monitor.name, kind)
+            started = now()
+            try:
+                result = await self.host.call(monitor.name, hook, timeout=limit, grace=self.grace, ctx=ctx, **kwargs)
+                judgement = _as_judgement(result, hook)
+            except HookStillRunning as exc:
+                self.stuck.append(monitor.name)  # it only reads, but the process must not wait for it at exit
+                judgement = Judgement("inconclusive", (f"{hook} did not stop within {exc.grace:g}s after its timeout",))
+            except TimeoutError:
+                where = (
+                    f"its bake time {bake:g}s + release.timeout_grace"
+                    if kind == "observe"
+                    else "release.timeouts.preflight"
+                )
+                judgement = Judgement("inconclusive", (f"{hook} did not return within {limit:g}s ({where})",))
+            except Exception as exc:
+                if self.debug:
+                    log.exception("%s %s failed", monitor.name, hook)
+                judgement = Judgement("inconclusive", (self._error_text(exc, hook, limit),))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await ctx.flags.aclose()
+            if judgement is not None:
+                answers[monitor.name] = (judgement, started, now())
+
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                async with anyio.create_task_group() as tg:
+                    for monitor in monitors:
+                        tg.start_soon(one, monitor)
+            finally:
+                self._scope = None
+        records = [self._record(m.name, kind, plugin, *answers[m.name]) for m in monitors if m.name in answers]
+        with anyio.CancelScope(shield=True):
+            for record in records:
+                if not self.dry_run:
+                    await self.ledger.save_judgement(self.release, record)
+                self.judgements.append(record)
+                what = f"{kind} of {plugin}" if plugin else kind
+                reason = f": {record.reasons[0]}" if record.reasons else ""
+                self.progress(f"{self._stamp()} {record.monitor}: {what} {record.verdict}{reason}")
+        return None if scope.cancelled_caught else records
+
+    def _record(
+        self, monitor: str, kind: GateKind, plugin: str | None, judgement: Judgement, started: str, ended: str
+    ) -> JudgementRecord:
+        """The ledger row of a judgement, every text redacted (a monitor may quote a DSN in a reason)."""
+        evidence = tuple(
+            Evidence(self.redact(e.query), e.value, e.at, self.redact(e.detail)) for e in judgement.evidence
+        )
+        reasons = tuple(self.redact(str(r)) for r in judgement.reasons)
+        return JudgementRecord(
+            self.run_id, monitor, plugin, kind, judgement.verdict, reasons, evidence, judgement.score, started, ended
+        )
+
+    async def _flag_values(self) -> dict[str, str]:
+        """The feature flags as they are now, to tell a monitor which flags a fix changed (``{}`` when
+        ``targets.redis`` is not set or cannot be read: observing must not fail a fix on Redis's account)."""
+        if not self.cfg.targets.redis:
+            return {}
+        flags = FeatureFlags(self.cfg.targets.redis, self.cfg.targets.flags_key)
+        try:
+            return await flags.all()
+        except TargetError as exc:
+            self.progress(f"tars: cannot read the feature flags for the monitors: {self.redact(str(exc))}")
+            return {}
+        finally:
+            with anyio.CancelScope(shield=True):
+                await flags.aclose()
+
+    async def _change(self, plugin: LoadedPlugin, bake: float, before: dict[str, str]) -> Change:
+        after = await self._flag_values() if self.cfg.targets.redis else {}
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        canary = ", ".join(f"{k}={v}" for k, v in changed.items() if 0.0 < fraction(v) < 1.0) or None
+        return Change(plugin.name, plugin.info.fix_id, now(), changed, canary, bake)
 
     def _failure_code(self) -> ExitCode:
         if self.interrupted:
@@ -499,3 +701,16 @@ class Runner:
         await self.ledger.save_benchmark(self.release, plugin.name, self.run_id, self.redact.data(data))
         for m in getattr(result, "metrics", ()):
             self.progress(f"    {metric_line(m)}")
+
+
+def _as_judgement(result: Any, hook: str) -> Judgement | None:
+    """The hook's answer as a Judgement: ``None`` abstains, anything malformed is inconclusive."""
+    if result is None:
+        return None
+    if not isinstance(result, Judgement):
+        return Judgement("inconclusive", (f"{hook} returned {type(result).__name__}, not a tars_core.Judgement",))
+    if result.verdict not in get_args(Verdict):
+        return Judgement(
+            "inconclusive", (f"{hook} returned verdict {result.verdict!r}; use pass, fail or inconclusive",)
+        )
+    return result

@@ -150,7 +150,7 @@ def test_plugin_timeouts_per_phase_or_one_number_for_every_phase(tmp_path: Path)
         (
             "{tars-x: {aply: 1800}}",
             "release.plugin_timeouts.tars-x.aply: unknown phase; expected one of apply, verify, rollback, "
-            "benchmark, report, sandbox",
+            "benchmark, report, preflight, sandbox",
         ),
         ("{tars-x: {apply: soon}}", "release.plugin_timeouts.tars-x.apply: invalid value for type"),
         ("{tars-x: soon}", "release.plugin_timeouts.tars-x: expected seconds for every phase (1800) or a mapping"),

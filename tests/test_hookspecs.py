@@ -37,6 +37,11 @@ HOOK_TESTS: dict[str, tuple[str, ...]] = {
     "tars_report": ("tests/test_contract_hooks.py::test_tars_report_section_reaches_the_report",),
     "tars_sandbox": ("tests/test_sandbox.py::test_a_plugin_installed_later_joins_the_running_sandbox",),
     "tars_sandbox_seed": ("tests/test_sandbox.py::test_a_failing_seed_is_named_and_a_corrupt_state_is_reset",),
+    "tars_preflight": ("tests/test_release_gates.py::test_preflight_fail_stops_before_any_hotfix_applies",),
+    "tars_observe": (
+        "tests/test_release_gates.py::test_observe_fail_rolls_back_the_observed_fix_and_the_earlier_ones",
+        "tests/test_release_gates.py::test_two_monitors_observe_each_fix_concurrently",
+    ),
     "tars_phase_started": OBSERVERS,
     "tars_phase_finished": OBSERVERS,
 }
