@@ -69,6 +69,7 @@ class Project:
         ``release=False`` is an observer or wrapper: loaded by every command, never selected or configured.
         """
         module = "tpx_" + name.replace("-", "_")
+        self.site.mkdir(parents=True, exist_ok=True)
         (self.site / f"{module}.py").write_text(textwrap.dedent(source))
         info = self.site / f"{module}-0.1.0.dist-info"
         info.mkdir(parents=True, exist_ok=True)

@@ -378,3 +378,59 @@ def test_a_schema_1_postgres_ledger_is_migrated_in_place(gated: Project, tars_po
     _migrated(gated, url)
     assert anyio.run(run, [], "SELECT value FROM tars_meta") == [("2",)]
     assert anyio.run(run, [], "SELECT count(*) FROM tars_judgements") == [(3,)]
+
+
+CANARY = '''
+"""Test fix canary-fix: apply turns the flag ws_fix on for a tenth of the ids, and another flag fully on."""
+import attrs
+
+from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
+
+
+@attrs.define
+class Config:
+    dir: str = "."
+
+
+@hookimpl
+def tars_plugin_info():
+    return PluginInfo(name="canary-fix", title="canary", fix_id="ACME-9", config=Config)
+
+
+@hookimpl
+async def tars_apply(ctx):
+    await ctx.flags.set("ws_fix", "0.1", remember=True)
+    await ctx.flags.set("trace_fix", "on", remember=True)
+    return ApplyResult()
+
+
+@hookimpl
+async def tars_verify(ctx):
+    return VerifyResult(ok=await ctx.flags.is_on("ws_fix"))
+
+
+@hookimpl
+async def tars_rollback(ctx):
+    await ctx.flags.restore("ws_fix")
+    await ctx.flags.restore("trace_fix")
+    return ApplyResult()
+'''
+
+
+def test_observe_is_told_the_flags_the_fix_changed_and_its_canary(
+    project: Project, tars_redis_url: str, tars_redis_prefix: str
+) -> None:
+    import redis
+
+    key = f"{tars_redis_prefix}:gates"
+    client = redis.Redis.from_url(tars_redis_url, decode_responses=True)
+    client.hset(key, mapping={"untouched": "on", "trace_fix": "off"})
+    client.close()
+    monitors(project, "mon-a")
+    project.module("canary-fix", CANARY)
+    project.config(release={"bake_time": 0.1}, targets={"redis": tars_redis_url, "flags_key": key})
+    code, doc = project.json("apply")
+    assert code == 0, doc
+    [seen] = [g["change"] for g in gates(project) if g["kind"] == "observe"]
+    assert (seen["plugin"], seen["fix_id"]) == ("canary-fix", "ACME-9")
+    assert seen["flags"] == {"ws_fix": "0.1", "trace_fix": "on"} and seen["canary"] == "ws_fix=0.1"
