@@ -327,7 +327,7 @@ def check_rules_text(text: str) -> str:
 
 
 def write(out: Path, slos: Sequence[SLO], tests: bool) -> list[Path]:
-    """Write the rule file (and, with ``tests``, one promtool test file per SLO) into ``out``."""
+    """Write the rule file (and, with ``tests``, per SLO its own rule file and promtool test file) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     rule_file = out / RULE_FILE
     rule_file.write_text(render_rules(slos), encoding="utf-8")
@@ -335,10 +335,14 @@ def write(out: Path, slos: Sequence[SLO], tests: bool) -> list[Path]:
     if tests:
         from tars_telemetry.promtests import render_tests
 
+        # Each test file loads only its SLO's groups (the same rules as in the full file): promtool evaluates
+        # every loaded rule at every step, so loading all SLOs would multiply the run time by their number.
         for slo in slos:
+            rules = out / f"{slo.name}.rules.yml"
+            rules.write_text(render_rules([slo]), encoding="utf-8")
             path = out / f"{slo.name}.test.yml"
-            path.write_text(render_tests(slo, RULE_FILE), encoding="utf-8")
-            written.append(path)
+            path.write_text(render_tests(slo, rules.name), encoding="utf-8")
+            written += [rules, path]
     return written
 
 
@@ -355,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write(args.out, slos, args.tests)
         if args.check:
             promtool("check", "rules", str(written[0]))
-            for test in written[1:]:
+            for test in written[2::2]:
                 promtool("test", "rules", str(test))
     except (ConfigError, PromtoolError) as exc:
         print(f"tars_telemetry.rules: {exc}", file=sys.stderr)
