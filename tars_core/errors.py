@@ -74,6 +74,10 @@ class HookStillRunning(TimeoutError):
         super().__init__(f"{hook} did not stop within {grace:g}s after {after}")
 
 
+class PromtoolError(FixError):
+    """promtool refused a rule or test file, or is missing; the message is promtool's own output."""
+
+
 class LockHeld(Exception):
     """Another run holds the ledger lock (exit 3); the message names the holder."""
 
@@ -97,6 +101,7 @@ __all__ = [
     "HookStillRunning",
     "LedgerError",
     "LockHeld",
+    "PromtoolError",
     "RollbackFailed",
     "SandboxError",
     "ServiceError",

@@ -288,3 +288,14 @@ def test_postgres_databases_are_created_from_templates_and_dropped(
         drop_database(template)
     names = anyio.run(run, tars_postgres_url, "SELECT string_agg(datname, ',') FROM pg_database")
     assert template.rsplit("/", 1)[1] not in str(names)
+
+
+def test_promtool_checks_rules_and_reports_its_own_words() -> None:
+    """The one promtool runner: a good rule file passes, a bad one raises with promtool's message."""
+    from tars_core.errors import PromtoolError
+    from tars_core.promtool import check_rules_text
+
+    good = "groups:\n- name: g\n  rules:\n  - record: job:up:sum\n    expr: sum by (job) (up)\n"
+    assert "SUCCESS" in check_rules_text(good)
+    with pytest.raises(PromtoolError, match=r"parse error|unclosed|unexpected"):
+        check_rules_text(good.replace("sum by (job) (up)", "sum by (job (up)"))

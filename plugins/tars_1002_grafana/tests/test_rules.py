@@ -12,14 +12,14 @@ from tars_1002_grafana.catalogue import FAMILY_BY_SERIES
 from tars_1002_grafana.rules import (
     GROUPS,
     RULE_FILE_NAME,
-    PromtoolError,
     build_rules,
-    check_rules_text,
-    promtool,
     render_rule_file,
     unit_test_data,
     write_unit_tests,
 )
+
+from tars_core.errors import PromtoolError
+from tars_core.promtool import check_rules_text, promtool
 
 SEED_GROUPS = {
     "tars_evaluation_aggregations": "15s",

@@ -12,15 +12,15 @@ from tars_telemetry.rules import (
     BURN_ALERT,
     RULE_FILE,
     TIERS,
-    PromtoolError,
-    check_rules_text,
-    promtool,
     render_rules,
     slo_groups,
     threshold,
     tiers_for,
 )
 from tars_telemetry.spec import SLO, load_documents, tars_slos
+
+from tars_core.errors import PromtoolError
+from tars_core.promtool import check_rules_text, promtool
 
 SLOS = {s.name: s for s in tars_slos()}
 

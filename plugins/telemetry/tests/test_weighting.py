@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tars_telemetry.rules import promtool, render_rules
+from tars_telemetry.rules import (
+    render_rules,
+)
 from tars_telemetry.spec import load_documents
+
+from tars_core.promtool import promtool
 
 SPEC = """
 apiVersion: openslo/v1

@@ -42,8 +42,14 @@ from tars_1002_grafana.patcher import (
     vector_selectors,
 )
 from tars_1002_grafana.prom import Prometheus, PrometheusServer
-from tars_1002_grafana.rules import Rule, build_rules, group_intervals, promtool, render_rule_file
+from tars_1002_grafana.rules import (
+    Rule,
+    build_rules,
+    group_intervals,
+    render_rule_file,
+)
 from tars_core import BenchmarkResult, Context, Metric
+from tars_core.promtool import promtool
 from tars_core.report import format_number, markdown_table, percentile
 from tars_core.waiting import WaitTimeout, wait_until
 

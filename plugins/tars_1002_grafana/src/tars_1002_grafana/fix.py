@@ -28,14 +28,14 @@ from tars_1002_grafana.config import GrafanaConfig
 from tars_1002_grafana.patcher import VAR_MATCHER, Change, dumps, fill_variables, iter_panels, patch_dashboard
 from tars_1002_grafana.prom import Prometheus, PrometheusError, PrometheusUnreachable
 from tars_1002_grafana.rules import (
-    PromtoolError,
     Rule,
     build_rules,
-    check_rules_text,
     group_intervals,
     render_rule_file,
 )
 from tars_core import ApplyResult, Context, FixError, TargetError, Targets, VerifyResult
+from tars_core.errors import PromtoolError
+from tars_core.promtool import check_rules_text
 from tars_core.state import atomic_write_text
 from tars_core.waiting import WaitTimeout, wait_until
 

@@ -15,9 +15,6 @@ catalogue, and (c) the rule list the dashboard patcher matches panel queries aga
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import attrs
 import yaml
 
 from tars_1002_grafana.catalogue import FAMILY_BY_SERIES, TEST_VALUES
+from tars_core.promtool import promtool
 
 RULE_FILE_NAME = "tars-1002-recording-rules.yml"
 
@@ -559,32 +557,6 @@ def unit_test_data(rules: Sequence[Rule], rule_file: str) -> dict[str, object]:
             }
         )
     return {"rule_files": [rule_file], "evaluation_interval": "5s", "tests": tests}
-
-
-class PromtoolError(RuntimeError):
-    """promtool refused a file; the message carries promtool's own output."""
-
-
-def promtool(*args: str, timeout: float = 300) -> str:
-    """Run ``promtool`` and return its output; raise :class:`PromtoolError` with that output on failure."""
-    try:
-        proc = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise PromtoolError("promtool not found: install the Debian package 'prometheus'") from exc
-    if proc.returncode != 0:
-        raise PromtoolError((proc.stdout + proc.stderr).strip())
-    return proc.stdout + proc.stderr
-
-
-def check_rules_text(text: str) -> str:
-    """``promtool check rules`` on ``text`` (written to a temp file); raises on any error."""
-    fd, tmp = tempfile.mkstemp(suffix=".yml", prefix="tars-1002-check-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return promtool("check", "rules", tmp)
-    finally:
-        os.unlink(tmp)
 
 
 def write_unit_tests(directory: Path, rules: Sequence[Rule] | None = None) -> Path:
