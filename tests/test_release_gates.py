@@ -8,6 +8,7 @@ start and end on the wall clock, to gates.jsonl; the tests read those, the ledge
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import pytest
 from conftest import Project
 from test_release import one_clear_line
 from test_runner_hooks import ledger_rows
+
+from tars_core.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -434,3 +437,20 @@ def test_observe_is_told_the_flags_the_fix_changed_and_its_canary(
     [seen] = [g["change"] for g in gates(project) if g["kind"] == "observe"]
     assert (seen["plugin"], seen["fix_id"]) == ("canary-fix", "ACME-9")
     assert seen["flags"] == {"ws_fix": "0.1", "trace_fix": "on"} and seen["canary"] == "ws_fix=0.1"
+
+
+def test_ctrl_c_during_a_bake_stops_the_watch_and_rolls_back_by_policy(gated: Project) -> None:
+    """An operator who interrupts a long bake gets the Ctrl-C contract: the observation is cancelled, the
+    fix being watched and the ones before it are rolled back, exit 130, and nothing later starts."""
+    gated.config(release={"bake_time": 600})
+    with gated.start("--format", "json", "apply") as run:
+        wait_until(lambda: "observe[fix-a] mon-a" in gated.calls(), timeout=120, what="the bake of fix-a")
+        assert run.stop(signal.SIGINT) == 130, run.err
+    doc = json.loads(run.out)
+    assert doc["rolled_back"] == ["fix-a", "mon-a"]
+    assert gated.applied() == set()
+    assert "apply fix-b" not in gated.calls()
+    assert ledger_rows(gated, "SELECT plugin, state FROM tars_state ORDER BY plugin") == [
+        ("fix-a", "rolled_back"),
+        ("mon-a", "rolled_back"),
+    ]
