@@ -20,6 +20,7 @@ from tars_core.plugins import PluginHost
 from tars_core.sandbox import joining, recipes, supervise
 from tars_core.sandbox.binaries import find_binaries
 from tars_core.sandbox.state import Paths, ServiceRecord, State, load_state, locked, now, save_state
+from tars_core.state import atomic_write_text
 
 
 @attrs.frozen
@@ -42,9 +43,7 @@ def _write_config(paths: Paths, state: State) -> None:
         "# tars-run uses it whenever there is no tars.yaml and no --config. For a real deployment copy it\n"
         "# to tars.yaml, point targets at your servers and keep the plugins sections you need.\n"
     )
-    tmp = paths.config.with_suffix(".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
-    tmp.replace(paths.config)
+    atomic_write_text(paths.config, header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
 
 
 def _create(paths: Paths) -> State:
@@ -61,7 +60,7 @@ def _configure_prometheus(paths: Paths, state: State, joined: bool) -> None:
     text = recipes.sandbox_prometheus_config(state)
     changed = not prom_cfg.exists() or prom_cfg.read_text() != text
     if changed:
-        prom_cfg.write_text(text)
+        atomic_write_text(prom_cfg, text)
     if (changed or joined) and supervise.alive(state.service("prometheus")):
         recipes.reload_prometheus(state)
 

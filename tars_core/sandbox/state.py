@@ -24,6 +24,7 @@ import cattrs
 import psutil
 
 from tars_core.errors import SandboxError
+from tars_core.state import atomic_write_text
 
 #: 2: a process is identified by psutil's create time (1 recorded /proc start ticks).
 STATE_VERSION = 2
@@ -154,9 +155,7 @@ def load_state(paths: Paths) -> State | None:
 
 
 def save_state(paths: Paths, state: State) -> None:
-    tmp = paths.state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_converter.unstructure(state), indent=2, default=str) + "\n")
-    tmp.replace(paths.state)
+    atomic_write_text(paths.state, json.dumps(_converter.unstructure(state), indent=2, default=str) + "\n")
 
 
 @contextlib.contextmanager
