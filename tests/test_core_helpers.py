@@ -72,13 +72,13 @@ def test_service_that_exits_while_starting_names_its_log(tmp_path: Path) -> None
 
 
 def test_service_not_ready_in_time_is_stopped(tmp_path: Path) -> None:
-    svc = Service(
-        "mute", [PY, "-c", "import time; time.sleep(600)"], log=tmp_path / "m.log", ready=tcp_ready(free_ports(1)[0])
-    )
+    token = f"mute-{os.getpid()}-{time.monotonic_ns()}"  # other tests (and runs) sleep too: find only ours
+    argv = [PY, "-c", "import time; time.sleep(600)", token]
+    svc = Service("mute", argv, log=tmp_path / "m.log", ready=tcp_ready(free_ports(1)[0]))
     svc.start_timeout = 0.5
     with pytest.raises(ServiceError, match=r"mute not ready after 0\.5s: not answering"):
         svc.start()
-    assert not any("time.sleep(600)" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    assert not any(token in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is installed by .ci/run")
