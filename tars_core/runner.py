@@ -603,8 +603,8 @@ class Runner:
         code = self._failure_code()
         started = step.error != NOT_STARTED  # a phase that never started has nothing of this run to undo
         what = f"{failed.name} failed ({why})" if started else f"interrupted before {failed.name} started"
-        if self.dry_run:
-            return RunResult(ExitCode.FAILED, self.steps, message=f"{failed.name}: {why}")
+        if self.dry_run:  # nothing was changed, so nothing to roll back; the exit code is the real run's
+            return RunResult(code, self.steps, message=f"{failed.name}: {why}")
         if not self.rollback_policy:
             if started:
                 await self.set_state(failed, PluginState.FAILED)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import pytest
 from conftest import Project
 
+from tars_core.processes import free_port
+
 
 def one_clear_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("tars-run:")]
@@ -139,6 +141,16 @@ def test_dry_run_changes_nothing(three: Project) -> None:
     assert {s["outcome"] for s in doc["steps"]} == {"dry-run"}  # type: ignore[union-attr]
     code, status = three.json("status")
     assert {r["state"] for r in status["plugins"]} == {"not_applied"}  # type: ignore[union-attr]
+
+
+def test_dry_run_against_an_unreachable_target_is_bad_input(three: Project) -> None:
+    """A dry run is how an operator checks a config before the window: a target it cannot reach is
+    bad input (exit 2), as it is for the real apply, not a failed fix."""
+    three.config({"fix-a": {"probe": "redis"}}, targets={"redis": f"redis://127.0.0.1:{free_port()}/0"})
+    res = three.run("--dry-run", "--plugins", "fix-a", "apply", select=False)
+    assert res.returncode == 2, res.stderr
+    assert "cannot reach targets.redis" in one_clear_line(res.stderr)
+    assert three.applied() == set()
 
 
 def test_cycle_is_bad_input(project: Project) -> None:
