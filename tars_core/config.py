@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeGuard, get_args, get_origin
 
 import attrs
 import cattrs
@@ -133,7 +133,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
 
     cattrs would report a scalar section as "unknown error ('str' object has no attribute 'keys')". A
     plugin's timeouts may be one number (every phase) or a mapping of phases; a phase that is not one
-    of the timed phases is refused with its path, since a misspelt phase would silently keep the default.
+    of the timed phases is refused with its path, since a misspelt phase would silently keep the default,
+    and so is a timeout of zero or less, which would time the hook out before it starts.
     """
     body = {k: _mapping(v, k) if k in _SECTION_EXAMPLES else v for k, v in raw.items() if k != "plugins"}
     release = body.get("release", {})
@@ -145,7 +146,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
         per_plugin = _mapping(release["plugin_timeouts"], "release.plugin_timeouts")
         for plugin, value in per_plugin.items():
             where = f"release.plugin_timeouts.{plugin}"
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if _number(value):
+                _positive_seconds(value, where)
                 per_plugin[plugin] = dict.fromkeys(TIMED_PHASES, value)
             elif not isinstance(value, dict):
                 raise ConfigError(
@@ -153,10 +155,21 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
                     f"got {_kind(value)}"
                 )
             else:
-                for phase in value:
+                for phase, seconds in value.items():
                     if phase not in TIMED_PHASES:
                         raise ConfigError(f"{where}.{phase}: unknown phase; expected one of {', '.join(TIMED_PHASES)}")
+                    _positive_seconds(seconds, f"{where}.{phase}")
     return body
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_seconds(value: object, where: str) -> None:
+    """Refuse a timeout of zero or less; a non-number is left to cattrs, which names its type."""
+    if _number(value) and value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

@@ -153,6 +153,8 @@ def test_plugin_timeouts_per_phase_or_one_number_for_every_phase(tmp_path: Path)
             "benchmark, report, preflight, sandbox",
         ),
         ("{tars-x: {apply: soon}}", "release.plugin_timeouts.tars-x.apply: invalid value for type"),
+        ("{tars-x: {apply: -1}}", "release.plugin_timeouts.tars-x.apply: must be > 0, got -1"),
+        ("{tars-x: 0}", "release.plugin_timeouts.tars-x: must be > 0, got 0"),
         ("{tars-x: soon}", "release.plugin_timeouts.tars-x: expected seconds for every phase (1800) or a mapping"),
         ("1800", "release.plugin_timeouts: expected a mapping such as {tars-1004-db: {apply: 1800}}, got a number"),
     ],
