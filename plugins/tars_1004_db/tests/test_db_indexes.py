@@ -223,7 +223,18 @@ async def test_cancelled_apply_drops_its_partial_index(database: str, make_ctx: 
         pid = await await_until(build_pid, timeout=15, interval=0.05, what="apply's build to wait for the writer")
         assert await indexes_on(database) == {NAMES[0]: False}  # the invalid entry exists mid-build
         assert await watcher.fetchval("SELECT pg_cancel_backend($1)", pid)
-        await asyncio.sleep(0.3)
+
+        async def dropping() -> bool:
+            # the cancel landed and apply's clean-up drop now waits for the same writer
+            return bool(
+                await watcher.fetchval(
+                    "SELECT wait_event_type = 'Lock' AND query LIKE 'DROP INDEX CONCURRENTLY%' "
+                    "FROM pg_stat_activity WHERE pid = $1",
+                    pid,
+                )
+            )
+
+        await await_until(dropping, timeout=15, interval=0.05, what="apply's clean-up drop to wait for the writer")
         await writer.execute("ROLLBACK")  # lets the clean-up drop finish
         with pytest.raises(FixError, match="stopped by a cancel request; nothing was left half-built"):
             await apply
