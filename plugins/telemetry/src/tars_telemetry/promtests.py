@@ -30,7 +30,18 @@ from tars_telemetry.rules import (
     threshold,
     tiers_for,
 )
-from tars_telemetry.spec import OPS, SLO, Latency, Matcher, Ratio, RawQuery, Selector, Threshold, parse_duration
+from tars_telemetry.spec import (
+    OPS,
+    SLO,
+    Latency,
+    Matcher,
+    Ratio,
+    RawQuery,
+    Selector,
+    Threshold,
+    default_min_events,
+    parse_duration,
+)
 
 STEP = 60  # seconds between input samples and between rule evaluations
 _CANDIDATES = ("x", "200", "500", "503", "ok", "success", "error", "failed", "0", "1", "a")
@@ -181,8 +192,6 @@ def _expect(expr: str, at: int, samples: list[tuple[str, float]]) -> dict[str, A
 
 
 def tier_cases(slo: SLO, tier: Tier) -> list[dict[str, Any]]:
-    from tars_telemetry.spec import default_min_events
-
     thr = threshold(slo, tier)
     minimum = default_min_events(slo)
     run = _minutes(tier.for_) + 20
@@ -217,8 +226,6 @@ def tier_cases(slo: SLO, tier: Tier) -> list[dict[str, Any]]:
 
 
 def slo_cases(slo: SLO) -> list[dict[str, Any]]:
-    from tars_telemetry.spec import default_min_events
-
     minimum = default_min_events(slo)
     sel = f'{{slo="{slo.name}"}}'
     any_burn = f'ALERTS{{alertname="{BURN_ALERT}",slo="{slo.name}"}}'
