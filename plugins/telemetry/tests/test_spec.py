@@ -215,3 +215,18 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith(f"tars_telemetry.rules: {bad} document 1 (SLO checkout): spec.objectives[0].target")
+
+
+def test_cli_unwritable_out_exits_2_with_one_line(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tars_telemetry.rules", "--out", str(taken)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("tars_telemetry.rules: ") and str(taken) in lines[0]

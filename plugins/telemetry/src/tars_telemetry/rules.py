@@ -334,9 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             promtool("check", "rules", str(written[0]))
             for test in written[2::2]:
                 promtool("test", "rules", str(test))
-    except (ConfigError, PromtoolError) as exc:
+    except (ConfigError, PromtoolError, OSError) as exc:  # OSError: --out or --slo cannot be read or written
         print(f"tars_telemetry.rules: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 1 if isinstance(exc, PromtoolError) else 2
     for path in written:
         print(path)
     return 0
