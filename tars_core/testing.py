@@ -412,8 +412,12 @@ def tars_redis_url() -> str:
         client = redis.Redis.from_url(url, socket_connect_timeout=3)
         client.ping()
         client.close()
-    except redis.RedisError as exc:
-        pytest.fail(f"these tests need a real Redis at {url} ({exc}); start one or set TARS_TEST_REDIS")
+    except (redis.RedisError, ValueError) as exc:  # ValueError: TARS_TEST_REDIS is not a Redis URL
+        pytest.fail(
+            f"these tests need a real Redis at {safe_url(url)} ({type(exc).__name__}: {exc}); "
+            "start one or set TARS_TEST_REDIS",
+            pytrace=False,
+        )
     return url
 
 
