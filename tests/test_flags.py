@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -11,7 +12,7 @@ import redis
 
 from tars_core.errors import TargetError
 from tars_core.flags import ABSENT, FeatureFlags, FlagReader, canary_bucket, enabled_for, fraction, is_on
-from tars_core.processes import free_ports
+from tars_core.processes import Service, free_ports, redis_ready
 
 
 @pytest.fixture
@@ -93,19 +94,39 @@ def test_unreachable_redis_is_a_target_error_without_the_password() -> None:
         anyio.run(FeatureFlags(None).get, "x")
 
 
-def test_flag_reader_caches_and_survives_an_outage(tars_redis_url: str, flags_key: str) -> None:
+def test_flag_reader_caches_and_reads_canaries(tars_redis_url: str, flags_key: str) -> None:
     client = redis.Redis.from_url(tars_redis_url)
     client.hset(flags_key, "fix", "on")
+    cached = FlagReader(tars_redis_url, flags_key, ttl=3600.0)
+    assert cached.value("fix") == "on"
     reader = FlagReader(tars_redis_url, flags_key, ttl=0.0)
     assert reader.is_on("fix") and reader.is_on("fix", "agent-1")
     client.hset(flags_key, "fix", "0.5")
     assert reader.value("fix") == "0.5"
     assert reader.is_on("fix")  # on for the service, the canary decides per id
     assert {reader.is_on("fix", f"a{i}") for i in range(50)} == {True, False}
+    assert cached.value("fix") == "on"  # within its ttl: no Redis round trip on every request
+    cached.close()
     reader.close()
     client.close()
 
+
+def test_flag_reader_keeps_the_last_value_through_a_redis_outage(tmp_path: Path) -> None:
+    """A service whose Redis goes away keeps the behaviour it had instead of falling back to the default."""
     (port,) = free_ports(1)
-    down = FlagReader(f"redis://127.0.0.1:{port}/0", flags_key, ttl=0.0, timeout=0.2, default="off")
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    redis_server = Service("redis", argv, log=tmp_path / "redis.log", ready=redis_ready(port))
+    with redis_server:
+        client = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        client.hset("flags", "fix", "on")
+        client.close()
+        reader = FlagReader(f"redis://127.0.0.1:{port}/0", "flags", ttl=0.0, timeout=0.5, default="off")
+        assert reader.value("fix") == "on"
+    assert reader.value("fix") == "on" and reader.is_on("fix")
+    assert reader.value("other") == "off"  # never seen: the default
+    reader.close()
+
+    (port,) = free_ports(1)
+    down = FlagReader(f"redis://127.0.0.1:{port}/0", "flags", ttl=0.0, timeout=0.2, default="off")
     assert down.value("fix") == "off" and not down.is_on("fix")
     down.close()
