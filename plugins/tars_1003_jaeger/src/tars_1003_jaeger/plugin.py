@@ -14,7 +14,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -29,9 +28,6 @@ if TYPE_CHECKING:
     from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1003-jaeger"
-#: An await_until predicate typed as the union it accepts, so mypy infers its result (an async def alone
-#: matches both halves of ``T | Awaitable[T]`` and mypy gives up).
-_Check = Callable[[], "bool | Awaitable[bool]"]
 CAPABILITY = "w3c-trace-context/redis-streams"  # same string as services.CAPABILITY (kept import-free)
 
 
@@ -137,9 +133,8 @@ async def _wait_for_services(client: Any, cfg: JaegerConfig, want: str) -> list[
         problems[:] = _service_problems(await _registry(client, cfg), cfg, want)
         return not problems
 
-    check: _Check = settled
     with contextlib.suppress(WaitTimeout):
-        await await_until(check, timeout=cfg.flag_ack_timeout_s, interval=0.2, what=f"propagation {want}")
+        await await_until(settled, timeout=cfg.flag_ack_timeout_s, interval=0.2, what=f"propagation {want}")
     return problems
 
 
@@ -215,9 +210,8 @@ async def probe_services(client: Any, cfg: JaegerConfig) -> tuple[Any, Any]:
         values[:] = await client.hmget(cfg.probe_key, fields)
         return all(values)
 
-    check: _Check = all_recorded
     with contextlib.suppress(WaitTimeout):  # what is missing then is reported per probe below
-        await await_until(check, timeout=cfg.probe_timeout_s, interval=0.2, what="probe traces")
+        await await_until(all_recorded, timeout=cfg.probe_timeout_s, interval=0.2, what="probe traces")
     await client.hdel(cfg.probe_key, *fields)
     await client.xdel(cfg.stream, *sent.values())
     hops: list[list[str]] = [[], []]
