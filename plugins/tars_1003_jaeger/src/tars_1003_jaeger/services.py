@@ -129,9 +129,11 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        start_http_server(self.args.metrics_port, addr="127.0.0.1")
         await self.refresh_flag()
         await self.heartbeat()
+        # the port opens once the service is registered: "port answers" (the sandbox's and the tests'
+        # readiness check) then means an apply right after it finds this service in the registry
+        start_http_server(self.args.metrics_port, addr="127.0.0.1")
         try:
             await asyncio.gather(self.housekeeping(), *(fn() for fn in loops))
         finally:
