@@ -163,13 +163,13 @@ class Runner:
         )
 
     def context(self, plugin: LoadedPlugin, phase: str) -> Context:
-        ctx = build_context(plugin, self.cfg, root=self.root, phase=phase, dry_run=self.dry_run)
-        self._digests.setdefault(plugin.name, config_digest(plugin.info, ctx.config, self.cfg.targets))
-        return ctx
+        return build_context(plugin, self.cfg, root=self.root, phase=phase, dry_run=self.dry_run)
 
     def digest(self, plugin: LoadedPlugin) -> str:
+        """What the plugin is applied with (see ``config_digest``); ``plan``/``status`` ask without a phase."""
         if plugin.name not in self._digests:
-            self.context(plugin, "digest")
+            section = plugin_config(plugin.info, self.cfg)
+            self._digests[plugin.name] = config_digest(plugin.info, section, self.cfg.targets)
         return self._digests[plugin.name]
 
     def _error_text(self, exc: BaseException, hook: str, timeout: float) -> str:
@@ -518,7 +518,7 @@ class Runner:
                 judgement = _as_judgement(result, hook)
             except HookStillRunning as exc:
                 self.stuck.append(monitor.name)  # it only reads, but the process must not wait for it at exit
-                judgement = Judgement("inconclusive", (f"{hook} did not stop within {exc.grace:g}s after its timeout",))
+                judgement = Judgement("inconclusive", (str(exc),))  # says "after its timeout" or "interrupted"
             except TimeoutError:
                 where = (
                     f"its bake time {bake:g}s + release.timeout_grace"
