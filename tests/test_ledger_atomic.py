@@ -57,9 +57,7 @@ anyio.run(main, sys.argv[1])
 def kill_loop(url: str, cwd: Path, rows: Callable[[str], set[str]]) -> None:
     """Start the hammer, let it write for a random moment, SIGKILL it; every plugin must keep both rows."""
     rng = random.Random()
-    deadline = time.monotonic() + 240
     for kill in range(KILLS):
-        assert time.monotonic() < deadline, f"only {kill} kills in the time allowed"
         proc = subprocess.Popen(
             [sys.executable, "-c", HAMMER, url], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -65,8 +65,9 @@ def test_a_locked_ledger_is_reported_and_ctrl_c_still_works(three: Project) -> N
         [sys.executable, "-c", LOCKER, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
+        # the lock is held before tars-run starts, or tars-run could take the ledger first and never wait
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         with three.start("--format", "json", "apply") as run:
-            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
             lines = Lines(run.proc)
             waiting = lines.wait_for("waiting for the ledger")
             assert str(db_path) in waiting and "another process holds its write lock" in waiting
