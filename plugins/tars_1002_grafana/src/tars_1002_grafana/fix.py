@@ -107,7 +107,7 @@ def make_plan(config: GrafanaConfig, targets: Targets, rules: list[Rule] | None 
     current = rules_path.read_text(encoding="utf-8") if rules_path.exists() else None
     dashboards: dict[Path, str] = {}
     changes: dict[Path, list[Change]] = {}
-    for path in _dashboard_files(dash_dir) if dash_dir.is_dir() else []:
+    for path in _dashboard_files(dash_dir):
         raw = path.read_text(encoding="utf-8")
         try:
             data = json.loads(raw)
@@ -392,7 +392,7 @@ def verify(ctx: Context) -> VerifyResult:
 
 
 def wait_until_data(prom: Prometheus, rules: list[Rule], timeout: float) -> list[str]:
-    """Rules still without data after ``timeout`` (used by tests and the sandbox seed)."""
+    """Rules still without data after ``timeout``: freshly loaded rules need a few evaluations first."""
     names = "|".join(re.escape(r.record) for r in rules)
     query = f'group by (__name__) ({{__name__=~"{names}"}})'
     missing: list[str] = [r.record for r in rules]
