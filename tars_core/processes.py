@@ -42,7 +42,10 @@ from tars_core.waiting import WaitTimeout, wait_until
 Readiness = Callable[[], "str | None"]
 
 BANNER = "--- tars: starting "  # the line spawn() writes before each start; tail() skips it
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # our own children, reaped so they leave no zombie
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_EXITED: dict[
+    int, int
+] = {}  # exit codes of reaped children, for exit_code()  # our own children, reaped so they leave no zombie
 
 
 @attrs.frozen
@@ -85,7 +88,15 @@ def _same_start(a: float, b: float) -> bool:
 def _reap(pid: int) -> None:
     proc = _CHILDREN.get(pid)
     if proc is not None and proc.poll() is not None:
+        _EXITED[pid] = proc.returncode
         del _CHILDREN[pid]
+
+
+def exit_code(ident: ProcessId) -> int | None:
+    """How a process :func:`spawn` started in *this* process ended (negative: killed by that signal);
+    ``None`` while it runs, or for a process started elsewhere (its exit status is not ours to read)."""
+    _reap(ident.pid)
+    return _EXITED.get(ident.pid)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -169,7 +180,10 @@ def _as_user(user: str | None) -> dict[str, Any]:
     """Popen arguments to run as ``user`` (PostgreSQL refuses root); empty unless we are root."""
     if user is None or os.geteuid() != 0:
         return {}
-    pw = pwd.getpwnam(user)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ServiceError(f"no account named {user!r} to run the server as; create it or pick another") from None
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
@@ -208,6 +222,7 @@ def spawn(
         except OSError as exc:
             raise ServiceError(f"cannot start {argv[0]}: {exc.strerror or exc}; is it installed?") from None
     _CHILDREN[proc.pid] = proc
+    _EXITED.pop(proc.pid, None)  # a reused pid starts without an old child's exit code
     ident = ProcessId.of(proc.pid)
     if ident is None:  # exited before psutil could look: keep the pid so the caller sees "gone"
         return ProcessId(proc.pid, 0.0)

@@ -299,3 +299,22 @@ def test_promtool_checks_rules_and_reports_its_own_words() -> None:
     assert "SUCCESS" in check_rules_text(good)
     with pytest.raises(PromtoolError, match=r"parse error|unclosed|unexpected"):
         check_rules_text(good.replace("sum by (job) (up)", "sum by (job (up)"))
+
+
+def test_exit_code_of_our_own_children(tmp_path: Path) -> None:
+    """The supervisor reports how a process it started ended; a soak that crashed is not a result."""
+    from tars_core.processes import exit_code, spawn
+
+    ok = spawn([PY, "-c", "pass"], log=tmp_path / "ok.log")
+    crashed = spawn([PY, "-c", "raise SystemExit(3)"], log=tmp_path / "crash.log")
+    wait_until(lambda: not ok.alive() and not crashed.alive(), timeout=30, what="both exited")
+    assert (exit_code(ok), exit_code(crashed)) == (0, 3)
+    me = ProcessId.of(os.getpid())
+    assert me is not None and exit_code(me) is None  # running, and not our child
+
+
+def test_an_unknown_account_is_a_clear_service_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs root; CI runs as root")
+    with pytest.raises(ServiceError, match="no account named 'tars-nosuch-user'"):
+        Service("x", [PY, "-c", "pass"], log=tmp_path / "x.log", user="tars-nosuch-user").start()

@@ -418,7 +418,7 @@ async def soak_subprocess(
     overruns ``fix.soak_timeout_s``, the soak process and anything it started are stopped, not left training.
     """
     from tars_core.errors import FixError
-    from tars_core.processes import spawn, tail, terminate
+    from tars_core.processes import exit_code, spawn, tail, terminate
     from tars_core.waiting import WaitTimeout, await_until
 
     out.mkdir(parents=True, exist_ok=True)
@@ -458,8 +458,10 @@ async def soak_subprocess(
         raise FixError(f"soak of {impl} still running after {timeout_s:g} s ({tail(log)}); see {log}") from None
     finally:
         terminate(ident, timeout=5.0)  # nothing left when it ended; stops it when it overran or we were cancelled
-    if not verdict_file.exists():
-        raise FixError(f"soak of {impl} ended without a verdict ({tail(log) or 'no output'}); see {log}")
+    code = exit_code(ident)
+    # 0: the judge passed, 1: it found a leak; anything else (a crash after the verdict, in plot()) is no result
+    if code not in (0, 1) or not verdict_file.exists():
+        raise FixError(f"soak of {impl} exited {code} ({tail(log) or 'no output'}); see {log}")
     return load_verdict(verdict_file)
 
 
