@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tars_telemetry.rules import (
-    render_rules,
-)
+from tars_telemetry.rules import eval_order, render_rules
 from tars_telemetry.spec import load_documents
 
 from tars_core.promtool import promtool
@@ -71,6 +69,7 @@ def test_period_ratio_is_exact_where_sloths_average_is_not(tmp_path: Path) -> No
     test = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "1h",
+        "group_eval_order": eval_order([slo]),
         "tests": [
             {
                 "interval": "5m",

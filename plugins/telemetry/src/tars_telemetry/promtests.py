@@ -26,6 +26,7 @@ from tars_telemetry.rules import (
     Tier,
     alert_labels,
     dump,
+    eval_order,
     num,
     threshold,
     tiers_for,
@@ -259,7 +260,12 @@ def slo_cases(slo: SLO) -> list[dict[str, Any]]:
 
 def test_document(slo: SLO, rule_file: str) -> dict[str, Any]:
     tests = [case for tier in tiers_for(slo) for case in tier_cases(slo, tier)]
-    return {"rule_files": [rule_file], "evaluation_interval": f"{STEP}s", "tests": tests + slo_cases(slo)}
+    return {
+        "rule_files": [rule_file],
+        "evaluation_interval": f"{STEP}s",
+        "group_eval_order": eval_order([slo]),
+        "tests": tests + slo_cases(slo),
+    }
 
 
 def render_tests(slo: SLO, rule_file: str) -> str:

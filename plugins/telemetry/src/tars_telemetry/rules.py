@@ -292,6 +292,17 @@ def dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
 
+def eval_order(slos: Sequence[SLO]) -> list[str]:
+    """Group names in the order promtool must evaluate them (its ``group_eval_order``).
+
+    A rule reads the rules of the groups before it at the same timestamp. Prometheus runs groups on their
+    own timers, so a dependency reads a value at most one interval old; promtool evaluates the loaded groups
+    in map order, which changes from run to run, and a rule read before it is written at a coarse
+    ``evaluation_interval`` is older than the lookback and absent. Without this order the tests flake.
+    """
+    return [g["name"] for slo in sorted(slos, key=lambda s: s.name) for g in slo_groups(slo)]
+
+
 def render_rules(slos: Sequence[SLO]) -> str:
     """The rule file for ``slos``: same SLOs, same bytes (sorted by name, no timestamps)."""
     groups = [g for slo in sorted(slos, key=lambda s: s.name) for g in slo_groups(slo)]
