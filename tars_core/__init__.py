@@ -26,6 +26,7 @@ from tars_core.model import (
     Targets,
     VerifyResult,
     non_negative,
+    percentage,
     positive,
 )
 
@@ -53,5 +54,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "non_negative",
+    "percentage",
     "positive",
 ]

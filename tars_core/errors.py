@@ -60,6 +60,16 @@ class ServiceError(FixError):
     """
 
 
+class PrometheusError(FixError):
+    """Prometheus refused a request or is not ready (``tars_core.prometheus``); the message names the URL
+    without its credentials. A failed step, unlike :class:`PrometheusUnreachable`."""
+
+
+class PrometheusUnreachable(PrometheusError):
+    """No HTTP answer at all (bad URL, connection refused, timeout). ``prometheus.connect`` turns it into a
+    :class:`TargetError` (fix the config); raised later, mid-step, it fails that step."""
+
+
 class HookStillRunning(TimeoutError):
     """A hook's worker did not stop within the grace period after its timeout (or a cancellation).
 
@@ -101,6 +111,8 @@ __all__ = [
     "HookStillRunning",
     "LedgerError",
     "LockHeld",
+    "PrometheusError",
+    "PrometheusUnreachable",
     "PromtoolError",
     "RollbackFailed",
     "SandboxError",

@@ -107,6 +107,12 @@ def non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> No
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def percentage(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a share written as a percentage (``freeze_below_percent: 10``)."""
+    if not 0 <= value <= 100:
+        raise ValueError(f"{attribute.name} must be a percentage between 0 and 100, got {value!r}")
+
+
 @attrs.frozen
 class PluginInfo:
     """What a plugin says about itself; returned by ``tars_plugin_info``.

@@ -11,6 +11,7 @@ import pytest
 from tars_core import PluginInfo
 from tars_core.config import load_config, non_negative, plugin_config, positive
 from tars_core.errors import ConfigError
+from tars_core.model import percentage
 from tars_core.redact import Redactor
 
 
@@ -20,6 +21,7 @@ class DbConfig:
     indexes: list[str] = attrs.field(factory=list)
     attempts: int = attrs.field(default=3, validator=positive)
     backoff: float = attrs.field(default=0.0, validator=non_negative)
+    share: float = attrs.field(default=10.0, validator=percentage)
 
 
 INFO = PluginInfo(name="tars-x", title="x", config=DbConfig)
@@ -90,6 +92,8 @@ def test_redactor_data_masks_secret_keys() -> None:
         ("{attempts: 0}", "plugins.tars-x: attempts must be > 0, got 0"),
         ("{attempts: -2}", "plugins.tars-x: attempts must be > 0, got -2"),
         ("{backoff: -0.5}", "plugins.tars-x: backoff must be >= 0, got -0.5"),
+        ("{share: 101}", "plugins.tars-x: share must be a percentage between 0 and 100, got 101"),
+        ("{share: -1}", "plugins.tars-x: share must be a percentage between 0 and 100, got -1"),
     ],
 )
 def test_shared_validators_message_is_kept(tmp_path: Path, section: str, expected: str) -> None:
@@ -100,8 +104,8 @@ def test_shared_validators_message_is_kept(tmp_path: Path, section: str, expecte
 
 
 def test_shared_validators_accept_their_bounds(tmp_path: Path) -> None:
-    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 1, backoff: 0}\n"))
-    assert plugin_config(INFO, cfg) == DbConfig(attempts=1, backoff=0.0)
+    cfg, _ = load_config(write(tmp_path, "plugins:\n  tars-x: {attempts: 1, backoff: 0, share: 100}\n"))
+    assert plugin_config(INFO, cfg) == DbConfig(attempts=1, backoff=0.0, share=100.0)
 
 
 @pytest.mark.parametrize(

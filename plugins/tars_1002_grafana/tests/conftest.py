@@ -13,9 +13,9 @@ import attrs
 import httpx
 import pytest
 from tars_1002_grafana.dashboards import dashboard_files
-from tars_1002_grafana.prom import PrometheusServer
 
 from tars_core.processes import Service, free_port, http_ready
+from tars_core.prometheus import PrometheusServer
 from tars_core.waiting import wait_until
 
 if shutil.which("prometheus") is None or shutil.which("promtool") is None:  # pragma: no cover

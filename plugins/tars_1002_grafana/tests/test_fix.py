@@ -12,11 +12,11 @@ import anyio
 import pytest
 import yaml
 from tars_1002_grafana import plugin
-from tars_1002_grafana.prom import Prometheus, PrometheusServer
 from tars_1002_grafana.rules import GROUPS, RULE_FILE_NAME, build_rules, render_rule_file
 
 from tars_core import FixError, TargetError, Targets
 from tars_core.processes import free_port
+from tars_core.prometheus import Prometheus, PrometheusServer
 from tars_core.testing import (
     HEAVY_MODULES,
     assert_cheap_import,

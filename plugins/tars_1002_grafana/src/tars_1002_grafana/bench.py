@@ -41,7 +41,6 @@ from tars_1002_grafana.patcher import (
     selector_names,
     vector_selectors,
 )
-from tars_1002_grafana.prom import Prometheus, PrometheusServer
 from tars_1002_grafana.rules import (
     Rule,
     build_rules,
@@ -49,6 +48,7 @@ from tars_1002_grafana.rules import (
     render_rule_file,
 )
 from tars_core import BenchmarkResult, Context, Metric
+from tars_core.prometheus import Prometheus, PrometheusServer
 from tars_core.promtool import promtool
 from tars_core.report import format_number, markdown_table, percentile
 from tars_core.waiting import WaitTimeout, wait_until

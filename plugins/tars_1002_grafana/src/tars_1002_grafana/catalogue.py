@@ -353,6 +353,18 @@ class _HistParams:
     fast_mean: float
     slow_mean: float
     les: tuple[str, ...]
+    bounds: tuple[float, ...]  # the bucket bounds behind ``les`` (inf last)
+    fast_median: float
+    slow_median: float
+
+    def fractions(self, factor: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The CDFs per bucket bound when every latency is ``factor`` times longer: F(b / factor)."""
+        if factor == 1.0:
+            return self.fast_frac, self.slow_frac
+        return (
+            tuple(1.0 if math.isinf(b) else _lognormal_cdf(b / factor, self.fast_median, 0.5) for b in self.bounds),
+            tuple(1.0 if math.isinf(b) else _lognormal_cdf(b / factor, self.slow_median, 0.6) for b in self.bounds),
+        )
 
     def sample(self, t: float) -> Hist:
         cf, cs = self.fast.integral(t), self.slow.integral(t)
@@ -417,7 +429,16 @@ class Simulator:
         slow_rate = self._rate(rng, r0 * rng.uniform(0.03, 0.12))
         slow = attrs.evolve(slow_rate, a1=0.8, a2=0.15)  # the slow share peaks at its own time of day
         return _HistParams(
-            fast, slow, ff, fs, m_fast * math.exp(0.5**2 / 2), m_slow * math.exp(0.6**2 / 2), fam.bucket_labels
+            fast,
+            slow,
+            ff,
+            fs,
+            m_fast * math.exp(0.5**2 / 2),
+            m_slow * math.exp(0.6**2 / 2),
+            fam.bucket_labels,
+            bounds,
+            m_fast,
+            m_slow,
         )
 
     def _add(self, name: str, labels: dict[str, str], params: object) -> None:

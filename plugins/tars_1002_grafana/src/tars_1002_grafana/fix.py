@@ -26,7 +26,6 @@ import attrs
 
 from tars_1002_grafana.config import GrafanaConfig
 from tars_1002_grafana.patcher import VAR_MATCHER, Change, dumps, fill_variables, iter_panels, patch_dashboard
-from tars_1002_grafana.prom import Prometheus, PrometheusError, PrometheusUnreachable
 from tars_1002_grafana.rules import (
     Rule,
     build_rules,
@@ -34,7 +33,8 @@ from tars_1002_grafana.rules import (
     render_rule_file,
 )
 from tars_core import ApplyResult, Context, FixError, TargetError, Targets, VerifyResult
-from tars_core.errors import PromtoolError
+from tars_core.errors import PrometheusError, PromtoolError
+from tars_core.prometheus import Prometheus, connect, load_rule_file, rule_health, unload_rule_file
 from tars_core.promtool import check_rules_text
 from tars_core.state import atomic_write_text
 from tars_core.waiting import WaitTimeout, wait_until
@@ -138,69 +138,8 @@ def _reload(prom: Prometheus, config: GrafanaConfig) -> None:
     prom.reload()
 
 
-def rule_health(prom: Prometheus, rules: list[Rule]) -> dict[str, str]:
-    """Each rule's state on the server: ``ok``, ``missing``, ``unknown`` (not evaluated yet) or the error."""
-    loaded: dict[str, dict[str, Any]] = {}
-    for group in prom.rule_groups():
-        for r in group.get("rules", []):
-            if r.get("type") == "recording":
-                loaded[r["name"]] = r
-    out = {}
-    for rule in rules:
-        r = loaded.get(rule.record)
-        if r is None:
-            out[rule.record] = "missing"
-        elif r.get("health") == "ok":
-            out[rule.record] = "ok"
-        elif r.get("health") == "err":
-            out[rule.record] = f"error: {r.get('lastError')}"
-        else:
-            out[rule.record] = str(r.get("health") or "unknown")
-    return out
-
-
-def _wait_healthy(prom: Prometheus, rules: list[Rule], timeout: float) -> dict[str, str]:
-    """Wait for every rule's first evaluation. A reload is synchronous, so rules that are all still
-    missing a few seconds later were not loaded at all (the folder is not in ``rule_files``): fail fast."""
-
-    def loaded() -> bool:
-        return any(v != "missing" for v in rule_health(prom, rules).values())
-
-    def evaluated() -> bool:
-        return all(v == "ok" or v.startswith("error") for v in rule_health(prom, rules).values())
-
-    with contextlib.suppress(WaitTimeout):
-        wait_until(loaded, timeout=5.0, interval=0.5, what="rules loaded")
-        wait_until(evaluated, timeout=timeout, interval=1.0, what="rules evaluated")
-    return rule_health(prom, rules)
-
-
-def _wait_absent(prom: Prometheus, rules: list[Rule], timeout: float) -> bool:
-    try:
-        return wait_until(
-            lambda: all(v == "missing" for v in rule_health(prom, rules).values()),
-            timeout=timeout,
-            interval=0.5,
-            what="rules unloaded",
-        )
-    except WaitTimeout:
-        return False
-
-
-def connect(targets: Targets) -> Prometheus:
-    try:
-        prom = Prometheus(targets.require("prometheus_url"))
-    except PrometheusUnreachable as exc:
-        raise TargetError(f"{exc}: fix targets.prometheus_url") from None
-    try:
-        prom.ready()
-    except PrometheusUnreachable as exc:
-        prom.close()
-        raise TargetError(f"{exc}: start it or fix targets.prometheus_url") from None
-    except PrometheusError as exc:
-        prom.close()
-        raise FixError(f"{exc}: start it or fix targets.prometheus_url") from None
-    return prom
+def _names(rules: list[Rule]) -> list[str]:
+    return [r.record for r in rules]
 
 
 def apply(ctx: Context) -> ApplyResult:
@@ -214,7 +153,7 @@ def apply(ctx: Context) -> ApplyResult:
     plan = make_plan(config, ctx.targets, rules)
     with connect(ctx.targets) as prom:
         if not plan.changed:
-            health = rule_health(prom, rules)
+            health = rule_health(prom, _names(rules))
             if all(v == "ok" for v in health.values()):
                 return ApplyResult(changed=False, detail=f"{len(rules)} rules loaded; dashboards already patched")
         if ctx.dry_run:
@@ -226,26 +165,14 @@ def apply(ctx: Context) -> ApplyResult:
             return ApplyResult(changed=False, detail="dry run: " + plan.summary())
         _check_writable(plan.rules_path.parent, *{p.parent for p in plan.dashboards})
         _backup(ctx, plan)
-        previous = plan.rules_path.read_text(encoding="utf-8") if plan.rules_path.exists() else None
-        if plan.rules_changed:
-            atomic_write_text(plan.rules_path, plan.rules_text)
-        try:
-            _reload(prom, config)
-        except (PrometheusError, FixError) as exc:
-            _restore_file(plan.rules_path, previous)
-            with contextlib.suppress(PrometheusError, FixError):
-                _reload(prom, config)
-            raise FixError(f"Prometheus did not take the rules, previous rule file restored: {exc}") from None
-        health = _wait_healthy(prom, rules, config.reload_timeout_s)
-        bad = {k: v for k, v in health.items() if v != "ok"}
-        if bad:
-            if all(v == "missing" for v in bad.values()):
-                raise FixError(
-                    f"Prometheus did not load {plan.rules_path}: add '{plan.rules_path.parent}/*.yml' "
-                    "to rule_files in its configuration"
-                )
-            name, state = next(iter(bad.items()))
-            raise FixError(f"{len(bad)} recording rules are not healthy after reload (e.g. {name}: {state})")
+        load_rule_file(
+            prom,
+            plan.rules_path,
+            plan.rules_text,
+            _names(rules),
+            timeout=config.reload_timeout_s,
+            reload=lambda: _reload(prom, config),
+        )
         for path, text in plan.dashboards.items():
             atomic_write_text(path, text)
     log.info("applied: %s", plan.summary())
@@ -275,14 +202,6 @@ def _backup(ctx: Context, plan: Plan) -> None:
     ctx.state[BACKUP] = manifest
 
 
-def _restore_file(path: Path, text: str | None) -> None:
-    if text is None:
-        if path.exists():
-            path.unlink()
-    else:
-        atomic_write_text(path, text)
-
-
 def rollback(ctx: Context) -> ApplyResult:
     config: GrafanaConfig = ctx.config
     bdir = ctx.state_dir / BACKUP
@@ -297,16 +216,18 @@ def rollback(ctx: Context) -> ApplyResult:
         return ApplyResult(changed=False, detail="dry run")
     rules_info = manifest["rules"]
     rules_path = Path(rules_info["path"])
-    _restore_file(rules_path, (bdir / "rules.yml").read_text(encoding="utf-8") if rules_info["existed"] else None)
     for path, name in manifest["dashboards"].items():
         atomic_write_text(Path(path), (bdir / name).read_text(encoding="utf-8"))
+    previous = (bdir / "rules.yml").read_text(encoding="utf-8") if rules_info["existed"] else None
     with connect(ctx.targets) as prom:
-        try:
-            _reload(prom, config)
-        except PrometheusError as exc:
-            raise FixError(f"files restored but Prometheus did not reload: {exc}") from None
-        if not rules_info["existed"] and not _wait_absent(prom, all_rules(config), config.reload_timeout_s):
-            raise FixError("files restored but Prometheus still serves the TARS-1002 rules after reload")
+        unload_rule_file(
+            prom,
+            rules_path,
+            previous,
+            _names(all_rules(config)),
+            timeout=config.reload_timeout_s,
+            reload=lambda: _reload(prom, config),
+        )
     del ctx.state[BACKUP]
     shutil.rmtree(bdir, ignore_errors=True)
     return ApplyResult(changed=True, detail=f"restored {rules_path} and {len(manifest['dashboards'])} dashboard(s)")
@@ -356,7 +277,7 @@ def verify(ctx: Context) -> VerifyResult:
         checks["prometheus"] = str(exc)
         return VerifyResult(ok=False, detail=str(exc), checks=checks)
     with prom:
-        health = rule_health(prom, rules)
+        health = rule_health(prom, _names(rules))
         bad = {k: v for k, v in health.items() if v != "ok"}
         checks["rules healthy"] = f"{len(rules) - len(bad)}/{len(rules)}" + (
             f"; e.g. {next(iter(bad))}: {next(iter(bad.values()))}" if bad else ""
