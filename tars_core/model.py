@@ -260,12 +260,16 @@ class SandboxContribution:
     """What a plugin adds to the sandbox; returned by ``tars_sandbox``.
 
     ``config`` is the plugin's section of the generated ``.tars/sandbox/tars.yaml``; ``scrape_targets``
-    are ``host:port`` exporters the sandbox Prometheus scrapes.
+    are ``host:port`` exporters the sandbox Prometheus scrapes; ``remote_write`` are URLs the sandbox
+    Prometheus pushes its samples to (remote write 1.0), only the series whose name matches
+    ``remote_write_keep`` when it is set (a receiver that needs a few series should not get them all).
     """
 
     services: Sequence[ServiceSpec] = ()
     scrape_targets: Sequence[str] = ()
     config: Mapping[str, Any] = attrs.field(factory=dict)
+    remote_write: Sequence[str] = ()
+    remote_write_keep: str | None = None
 
 
 @attrs.define

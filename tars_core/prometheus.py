@@ -245,6 +245,8 @@ class PrometheusServer:
     is started, checked (``/-/ready``) and stopped like every other server. ``rules_dir`` is loaded
     through ``rule_files: [rules_dir/*.yml]``; ``lifecycle`` enables ``/-/reload``. It can be stopped and
     started again on the same port and TSDB (the benchmark restarts it after moving blocks in).
+    ``remote_write`` URLs receive its samples (remote write 1.0), only the series whose name matches
+    ``remote_write_keep`` when that is set.
     """
 
     workdir: Path
@@ -255,6 +257,8 @@ class PrometheusServer:
     extra_args: Sequence[str] = ()
     retention: str = "30d"
     lifecycle: bool = True
+    remote_write: Sequence[str] = ()
+    remote_write_keep: str | None = None
     # a long benchmark runs under its own name, so a cleanup of the distribution's daemon
     # (`pkill -x prometheus`) elsewhere on a shared machine does not end it midway
     process_name: str | None = None
@@ -283,7 +287,14 @@ class PrometheusServer:
         scrape = {"tars": self.scrape_targets}
         rule_files = [str(self.rules_dir / "*.yml")]
         config.write_text(
-            prometheus_config(scrape, rule_files=rule_files, scrape_interval=self.scrape_interval), "utf-8"
+            prometheus_config(
+                scrape,
+                rule_files=rule_files,
+                scrape_interval=self.scrape_interval,
+                remote_write=self.remote_write,
+                remote_write_keep=self.remote_write_keep,
+            ),
+            "utf-8",
         )
         argv = prometheus_argv(
             exe,

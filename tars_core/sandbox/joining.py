@@ -85,6 +85,8 @@ def _record(name: str, version: str, contrib: object, paths: Paths) -> _Joining:
         scrape_targets=[str(t) for t in contrib.scrape_targets],
         services=[s.name for s in services],
         targets=dict(hints),
+        remote_write=[str(u) for u in contrib.remote_write],
+        remote_write_keep=contrib.remote_write_keep,
     )
     return _Joining(name, contributed, services, json.loads(json.dumps(section, default=str)))
 

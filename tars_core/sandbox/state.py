@@ -62,6 +62,8 @@ class Contributed:
     scrape_targets: list[str] = attrs.field(factory=list)
     services: list[str] = attrs.field(factory=list)
     targets: dict[str, Any] = attrs.field(factory=dict)
+    remote_write: list[str] = attrs.field(factory=list)
+    remote_write_keep: str | None = None
 
 
 @attrs.define
