@@ -90,11 +90,62 @@ def make_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helps[name])
         _options(p, suppress=True)
         if name == "sandbox":
-            p.add_argument("action", choices=("up", "down", "status", "reset"))
+            _sandbox_actions(p)
         if name == "new-plugin":
             p.add_argument("name", help="plugin name, e.g. acme-cache-fix")
             p.add_argument("--dir", type=Path, default=None, help="where to create it (default ./NAME)")
     return parser
+
+
+SANDBOX_ACTIONS = {
+    "up": "start the sandbox, or restart only what is down",
+    "down": "stop every sandbox process (data kept)",
+    "status": "each sandbox service with pid, port and health",
+    "reset": "delete the sandbox (data included) and build a fresh one",
+    "incident": "inject an incident into the simulated traffic (errors, latency, traffic), list or end them",
+}
+
+
+def _sandbox_actions(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in SANDBOX_ACTIONS.items():
+        p = actions.add_parser(action, help=text, description=text)
+        _options(p, suppress=True)
+        if action != "incident":
+            continue
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        p.epilog = (
+            "examples:\n"
+            "  tars-run sandbox incident --errors 0.02 --match service=eval-api --for 2m --in 10s\n"
+            "  tars-run sandbox incident --latency 3 --match region=us-east-1 --for 5m\n"
+            "  tars-run sandbox incident --traffic 0.01 --for 1m\n"
+            "  tars-run sandbox incident --list\n"
+            "  tars-run sandbox incident --clear"
+        )
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument(
+            "--errors", type=float, metavar="SHARE", help="share (0-1] of the matching events that fail instead"
+        )
+        what.add_argument("--latency", type=float, metavar="FACTOR", help="multiply matching latencies (> 0)")
+        what.add_argument(
+            "--traffic", type=float, metavar="FACTOR", help="multiply matching event rates (>= 0; 0.01: a drop)"
+        )
+        what.add_argument("--list", action="store_true", help="the incidents: pending, active and ended")
+        what.add_argument("--clear", action="store_true", help="end the active incidents now and drop the pending ones")
+        p.add_argument(
+            "--match",
+            action="append",
+            default=[],
+            metavar="LABEL=VALUE",
+            help="only series with these labels (repeatable or comma-separated; default every series)",
+        )
+        p.add_argument("--for", dest="duration", metavar="DURATION", help="how long it lasts: 90s, 2m, 1h30m")
+        p.add_argument("--in", dest="delay", metavar="DURATION", help="start after this long (default now, 1s)")
+        p.add_argument(
+            "--families",
+            metavar="NAME[,NAME...]",
+            help="metric families to change (default: the request, evaluation and latency families)",
+        )
 
 
 def _stderr(line: str) -> None:
@@ -151,6 +202,22 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
         path = new_plugin(args.name, args.dir or root / args.name)
         _stderr(f"created {path}: pip install -e {path}[test] && pytest {path}/tests")
         return ExitCode.OK
+    if args.command == "sandbox" and args.action == "incident":  # the file only: no plugin needs loading
+        from tars_core.sandbox.command import run_incident
+
+        kinds = {k: getattr(args, k) for k in ("errors", "latency", "traffic") if getattr(args, k) is not None}
+        kind, value = next(iter(kinds.items()), (None, None))
+        return run_incident(
+            root,
+            args.format,
+            kind=kind,
+            value=value,
+            match=args.match,
+            duration=args.duration,
+            delay=args.delay,
+            families=args.families,
+            clear=args.clear,
+        )
     host = PluginHost(blocked=blocked)
     host.load_entry_points()
     if args.command == "list":

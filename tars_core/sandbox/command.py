@@ -1,4 +1,5 @@
-"""What the CLI calls: ``tars-run sandbox up|down|status|reset`` and the silent start behind other commands.
+"""What the CLI calls: ``tars-run sandbox up|down|status|reset|incident`` and the silent start behind other
+commands.
 
 Human text goes to stderr and ``--format json`` prints one document on stdout, like every ``tars-run``
 command.
@@ -8,14 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from tars_core.errors import UsageError
 from tars_core.plugins import PluginHost
+from tars_core.sandbox import incidents as inc
+from tars_core.sandbox import supervise
 from tars_core.sandbox.lifecycle import UpResult, down, healthy, reset, status, up
-from tars_core.sandbox.state import CORE, Paths, State, load_state, show
+from tars_core.sandbox.state import CORE, Paths, ServiceRecord, State, load_state, show
 
 
 def _announcement(state: State, result: UpResult, paths: Paths) -> str:
@@ -125,3 +129,150 @@ def run_command(host: PluginHost, root: Path, action: str, fmt: str) -> int:
     if not text:
         print(json.dumps(doc, indent=2, default=str))
     return code
+
+
+# -- tars-run sandbox incident ------------------------------------------------------------------------------
+
+
+def _consumers(state: State, path: Path) -> list[ServiceRecord]:
+    """The sandbox services that read this incidents file: their argv has ``--incidents PATH``."""
+    found = []
+    for rec in state.services:
+        for i, arg in enumerate(rec.argv[:-1]):
+            if arg == "--incidents" and Path(rec.argv[i + 1]) == path:
+                found.append(rec)
+                break
+    return found
+
+
+def _check_can_inject(state: State, paths: Paths, path: Path) -> None:
+    """An incident nobody applies would look like a monitor that misses it: refuse, saying what to do."""
+    if state.stopped:
+        raise UsageError(f"the sandbox at {show(paths.dir)} is stopped: `tars-run sandbox up`, then add the incident")
+    consumers = _consumers(state, path)
+    if not consumers:
+        raise UsageError(
+            f"no service of the sandbox at {show(paths.dir)} reads incidents (it was built before they existed, "
+            "or no installed plugin simulates traffic): `tars-run sandbox reset`, with tars-1002-grafana installed"
+        )
+    down = [(rec.name, reason) for rec in consumers if (reason := supervise.check(rec, state.bindir)) is not None]
+    if len(down) == len(consumers):
+        what = "; ".join(f"{name}: {reason}" for name, reason in down)
+        raise UsageError(f"the sandbox service that applies incidents is not running ({what}): `tars-run sandbox up`")
+
+
+def _unmatched(state: State, incident: inc.Incident) -> str | None:
+    """A warning when the sandbox's Prometheus has no series with the incident's labels (a typo, or a label
+    value the simulation does not use), naming the values it has. None when it has, or cannot tell."""
+    url = state.targets.get("prometheus_url")
+    if not (incident.match or incident.families) or not url:
+        return None
+    matchers = [f'{k}="{_promql_string(v)}"' for k, v in incident.match]
+    if incident.families:  # histograms are named by their base name
+        matchers.insert(0, f'__name__=~"({"|".join(incident.families)})(_bucket|_sum|_count)?"')
+    selector = ",".join(matchers)
+    try:
+        from tars_core.prometheus import Prometheus
+
+        with Prometheus(str(url), timeout=3.0) as prom:
+            if prom.query(f"count({{{selector}}})"):
+                return None
+            seen = []
+            for name, _ in incident.match:
+                rows = prom.query(f'group by ({name}) ({{{name}!=""}})')
+                values = sorted(str(r["metric"].get(name)) for r in rows)
+                shown = ", ".join(values[:10]) + (", ..." if len(values) > 10 else "")
+                seen.append(f"{name}: {shown}" if values else f"no series has the label {name}")
+    except Exception as exc:  # a warning must never fail the command
+        return f"could not check the labels against the sandbox's Prometheus ({type(exc).__name__}: {exc})"
+    values = f" ({'; '.join(seen)})" if seen else ""
+    return (
+        f"no series in the sandbox's Prometheus has {{{selector}}} yet{values}; "
+        "the incident changes nothing unless such series appear"
+    )
+
+
+def _promql_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _new_incident(
+    kind: str, value: float, match: Sequence[str], duration: str | None, delay: str | None, families: str | None
+) -> inc.Incident:
+    if duration is None:
+        raise UsageError("an incident needs --for DURATION, how long it lasts: e.g. --for 2m")
+    length = inc.parse_duration(duration, "--for")
+    if length <= 0:
+        raise UsageError(f"--for must be longer than 0s, got {duration!r}: e.g. --for 2m")
+    wait = max(inc.parse_duration(delay or "0", "--in"), inc.EFFECT_DELAY)
+    start = time.time() + wait
+    names = [n.strip() for n in (families or "").split(",") if n.strip()]
+    return inc.Incident(
+        kind=kind,  # type: ignore[arg-type]  # checked by Incident
+        value=value,
+        start=start,
+        end=start + length,
+        match=inc.parse_match(match),
+        families=names,
+    )
+
+
+def run_incident(
+    root: Path,
+    fmt: str,
+    *,
+    kind: str | None = None,
+    value: float | None = None,
+    match: Sequence[str] = (),
+    duration: str | None = None,
+    delay: str | None = None,
+    families: str | None = None,
+    clear: bool = False,
+) -> int:
+    """``tars-run sandbox incident``: add one (``kind`` and ``value``), end them all (``clear``), or list.
+
+    Adding needs a running sandbox with a service that applies incidents; listing and clearing only need the
+    sandbox to exist. Bad input and a sandbox that cannot take the incident are :class:`UsageError` (exit 2).
+    """
+    text = fmt != "json"
+    paths = Paths(root)
+    path = inc.incidents_path(paths.dir)
+    adding = kind is not None
+    if not adding and (match or duration or delay or families):
+        raise UsageError("--match, --for, --in and --families go with --errors, --latency or --traffic")
+    state = load_state(paths)
+    if kind is not None:
+        assert value is not None
+        incident = _new_incident(kind, value, match, duration, delay, families)  # bad input first
+    if state is None:
+        raise UsageError(f"no sandbox at {show(paths.dir)}: `tars-run sandbox up` starts one, then add incidents")
+    doc: dict[str, Any] = {"action": "incident", "sandbox": str(paths.dir), "file": str(path)}
+    lines: list[str] = []
+    if adding:
+        _check_can_inject(state, paths, path)
+        added = inc.add(path, incident, shift=True)
+        doc["added"] = added.row(time.time())
+        lines.append(f"tars: added {added.describe(time.time())}")
+        warning = _unmatched(state, added)
+        doc["warning"] = warning
+        if warning:
+            lines.append(f"tars: warning: {warning}")
+    elif clear:
+        done = inc.clear(path)
+        doc["cleared"] = done
+        ended = ", ".join(f"#{i}" for i in done["ended"]) or "none"
+        dropped = ", ".join(f"#{i}" for i in done["dropped"]) or "none"
+        lines.append(f"tars: incidents ended in {inc.EFFECT_DELAY:g}s: {ended}; pending ones dropped: {dropped}")
+    now = time.time()
+    current = inc.load(path)
+    doc["incidents"] = [i.row(now) for i in current]
+    if text:
+        if not adding:
+            lines += [i.describe(now) for i in current] or [
+                "no incidents (add one: tars-run sandbox incident --errors 0.02 --for 2m)"
+            ]
+        for line in lines:
+            print(line, file=sys.stderr)
+    else:
+        print(json.dumps(doc, indent=2, default=str))
+    return 0

@@ -15,15 +15,19 @@ backfill share one code path and lets a backfill be written family by family, as
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
 from tars_core.model import positive
+
+if TYPE_CHECKING:
+    from tars_core.sandbox.incidents import Incident
 
 MetricType = Literal["counter", "gauge", "histogram"]
 Source = Literal["tars", "postgres_exporter", "redis_exporter", "node_exporter"]
@@ -231,6 +235,7 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 FAMILY_BY_SERIES: dict[str, Family] = {s: f for f in FAMILIES for s in f.series_names}
+FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 
 REGIONS = (
     "us-east-1",
@@ -287,6 +292,120 @@ TEST_VALUES: dict[str, tuple[str, ...]] = {
     "mode": ("idle", "user", "system"),
     "device": ("eth0", "lo"),
 }
+
+
+# -- incidents (``tars-run sandbox incident``) ---------------------------------------------------------------
+
+#: The families an incident applies to when it names none: the request, evaluation and latency families the
+#: SLOs read (queue and database families only when named).
+INCIDENT_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "errors": ("tars_http_requests_total", "tars_evaluations_total"),
+    "latency": ("tars_http_request_duration_seconds", "tars_evaluation_duration_seconds"),
+    "traffic": (
+        "tars_http_requests_total",
+        "tars_http_request_duration_seconds",
+        "tars_evaluations_total",
+        "tars_evaluation_duration_seconds",
+    ),
+}
+
+
+@attrs.frozen
+class Outcome:
+    """Where an errors incident moves events in a family: the outcome label and its bad values.
+
+    Events leave the good series and land in the bad series of the same group (the series that differ only
+    in the outcome label), in proportion to the bad series' normal rates, so totals stay what they were.
+    """
+
+    label: str
+    bad: frozenset[str]
+
+
+OUTCOMES: dict[str, Outcome] = {
+    "tars_http_requests_total": Outcome("code", frozenset(c for c, _ in CODES if c.startswith("5"))),
+    "tars_evaluations_total": Outcome("status", frozenset({"error", "timeout"})),
+    "tars_queue_messages_processed_total": Outcome("status", frozenset({"failed"})),
+}
+
+
+def takes(kind: str, family: Family) -> bool:
+    """Can an incident of ``kind`` change ``family``? errors: families with an outcome label; latency:
+    histograms; traffic: counters and histograms (gauges are levels, not events)."""
+    if kind == "errors":
+        return family.name in OUTCOMES
+    if kind == "latency":
+        return family.type == "histogram"
+    return family.type in ("counter", "histogram")
+
+
+@attrs.frozen
+class Window:
+    """An incident as the simulator applies it: simulation seconds, and the families it changes here."""
+
+    kind: str
+    value: float
+    start: float
+    end: float
+    match: tuple[tuple[str, str], ...]
+    families: frozenset[str]
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match)
+
+
+def windows(incidents: Iterable[Incident], origin: float) -> tuple[Window, ...]:
+    """``incidents`` (unix times) in the time of a simulation that counts from ``origin``. Families the
+    catalogue lacks or the kind cannot change are left out (:func:`ignored_families` names them)."""
+    out = []
+    for inc in incidents:
+        names = inc.families or INCIDENT_DEFAULTS[inc.kind]
+        fams = frozenset(n for n in names if n in FAMILY_BY_NAME and takes(inc.kind, FAMILY_BY_NAME[n]))
+        if fams:
+            out.append(Window(inc.kind, inc.value, inc.start - origin, inc.end - origin, tuple(inc.match), fams))
+    return tuple(out)
+
+
+def ignored_families(incident: Incident) -> list[str]:
+    """The families ``incident`` names that this catalogue cannot apply it to (unknown, or the wrong type)."""
+    return [n for n in incident.families if n not in FAMILY_BY_NAME or not takes(incident.kind, FAMILY_BY_NAME[n])]
+
+
+_Segment = tuple[float, float, float, float, float]  # (from, to, traffic factor, latency factor, error share)
+
+
+def _segments(t: float, ws: Sequence[Window]) -> list[_Segment]:
+    """[0, t] cut wherever a window starts or ends, with the combined effect of the windows on each piece:
+    traffic and latency factors multiply, error shares combine as 1 − Π(1 − r)."""
+    if t <= 0:
+        return []
+    cuts = sorted({0.0, t, *(x for w in ws for x in (w.start, w.end) if 0.0 < x < t)})
+    out = []
+    for a, b in itertools.pairwise(cuts):
+        k = f = keep = 1.0
+        for w in ws:
+            if w.start <= a and b <= w.end:
+                if w.kind == "traffic":
+                    k *= w.value
+                elif w.kind == "latency":
+                    f *= w.value
+                else:
+                    keep *= 1.0 - w.value
+        out.append((a, b, k, f, 1.0 - keep))
+    return out
+
+
+def _counter(rate: _Rate, segments: Sequence[_Segment], can_fail: bool) -> tuple[float, float]:
+    """(value, events turned bad): the integral of the rate scaled piece by piece."""
+    value = lost = 0.0
+    for a, b, k, _, e in segments:
+        inc = k * (rate.integral(b) - rate.integral(a))
+        if can_fail and e:
+            value += inc * (1.0 - e)
+            lost += inc * e
+        else:
+            value += inc
+    return value, lost
 
 
 @attrs.frozen
@@ -366,6 +485,21 @@ class _HistParams:
             tuple(1.0 if math.isinf(b) else _lognormal_cdf(b / factor, self.slow_median, 0.6) for b in self.bounds),
         )
 
+    def sample_with(self, segments: Sequence[_Segment]) -> Hist:
+        """The histogram when each piece of time has its own traffic and latency factor: the observations
+        of a piece land in the buckets of F(b / factor), so cumulative counts grow in le and in time."""
+        acc = [0.0] * len(self.les)
+        total = 0.0
+        for a, b, k, f, _ in segments:
+            df = k * (self.fast.integral(b) - self.fast.integral(a))
+            ds = k * (self.slow.integral(b) - self.slow.integral(a))
+            ff, fs = self.fractions(f)
+            for i in range(len(acc)):
+                acc[i] += df * ff[i] + ds * fs[i]
+            total += f * (df * self.fast_mean + ds * self.slow_mean)
+        buckets = tuple((le, float(math.floor(c))) for le, c in zip(self.les, acc, strict=True))
+        return Hist(buckets, total, buckets[-1][1])
+
     def sample(self, t: float) -> Hist:
         cf, cs = self.fast.integral(t), self.slow.integral(t)
         buckets = tuple(
@@ -408,6 +542,7 @@ class Simulator:
         rng = random.Random(topology.seed)
         self.series: dict[str, list[Series]] = {f.name: [] for f in FAMILIES}
         self._build(rng)
+        self._groups: dict[str, list[tuple[list[int], list[tuple[int, float]]]]] = {}
 
     # -- construction -------------------------------------------------------------------------------
     def _rate(self, rng: random.Random, r0: float) -> _Rate:
@@ -553,11 +688,18 @@ class Simulator:
                 )
 
     # -- sampling -----------------------------------------------------------------------------------
-    def samples(self, family: Family, t: float) -> Iterator[tuple[tuple[tuple[str, str], ...], object]]:
+    def samples(
+        self, family: Family, t: float, windows: Sequence[Window] = ()
+    ) -> Iterator[tuple[tuple[tuple[str, str], ...], object]]:
         """(label pairs, value) for every series of ``family`` at ``t`` seconds since the simulated start.
 
-        The value is a float for counters and gauges and a :class:`Hist` for histograms.
+        The value is a float for counters and gauges and a :class:`Hist` for histograms. ``windows`` are the
+        incidents (:func:`windows`); values stay a pure function of (t, windows).
         """
+        started = [w for w in windows if family.name in w.families and w.start < t]
+        if started:
+            yield from self._incident_samples(family, t, started)
+            return
         for i, (pairs, params) in enumerate(self.series[family.name]):
             if isinstance(params, _Rate):
                 yield pairs, params.integral(t)
@@ -565,6 +707,61 @@ class Simulator:
                 yield pairs, params.at(t, i)
             elif isinstance(params, _HistParams):
                 yield pairs, params.sample(t)
+
+    def _outcome_groups(self, name: str, outcome: Outcome) -> list[tuple[list[int], list[tuple[int, float]]]]:
+        """Per group of series that differ only in the outcome label: the good indices, and the bad ones with
+        the share of moved events each receives (its normal rate over the group's bad rate)."""
+        if name not in self._groups:
+            by_key: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int]]] = {}
+            for i, (pairs, _) in enumerate(self.series[name]):
+                key = tuple(p for p in pairs if p[0] != outcome.label)
+                good, bad = by_key.setdefault(key, ([], []))
+                (bad if dict(pairs)[outcome.label] in outcome.bad else good).append(i)
+            groups = []
+            for good, bad in by_key.values():
+                rates = [self._rate_of(name, j).r0 for j in bad]
+                groups.append((good, [(j, r / sum(rates)) for j, r in zip(bad, rates, strict=True)]))
+            self._groups[name] = groups
+        return self._groups[name]
+
+    def _rate_of(self, name: str, i: int) -> _Rate:
+        params = self.series[name][i][1]
+        assert isinstance(params, _Rate)
+        return params
+
+    def _incident_samples(
+        self, family: Family, t: float, ws: Sequence[Window]
+    ) -> Iterator[tuple[tuple[tuple[str, str], ...], object]]:
+        series = self.series[family.name]
+        mine = [[w for w in ws if w.selects(dict(pairs))] for pairs, _ in series]
+        values: list[object] = []
+        lost = [0.0] * len(series)
+        outcome = OUTCOMES.get(family.name) if any(w.kind == "errors" for w in ws) else None
+        can_fail: set[int] = set()
+        if outcome is not None:
+            for good, bad in self._outcome_groups(family.name, outcome):
+                if bad:
+                    can_fail.update(good)
+        for i, (_, params) in enumerate(series):
+            if isinstance(params, _Rate):
+                if mine[i]:
+                    counted, lost[i] = _counter(params, _segments(t, mine[i]), i in can_fail)
+                    values.append(counted)
+                else:
+                    values.append(params.integral(t))
+            elif isinstance(params, _HistParams):
+                values.append(params.sample_with(_segments(t, mine[i])) if mine[i] else params.sample(t))
+            else:
+                values.append(params.at(t, i) if isinstance(params, _Gauge) else None)
+        if outcome is not None and any(lost):
+            for good, bad in self._outcome_groups(family.name, outcome):
+                moved = sum(lost[g] for g in good)
+                for j, share in bad:
+                    received = values[j]
+                    assert isinstance(received, float)
+                    values[j] = received + moved * share
+        for (pairs, _), value in zip(series, values, strict=True):
+            yield pairs, value
 
     def series_count(self) -> int:
         return sum(
@@ -587,13 +784,16 @@ def write_openmetrics(
     step: float,
     t0: float,
     extra_labels: dict[str, str] | None = None,
+    incidents: Iterable[Incident] = (),
 ) -> int:
     """Write samples from ``start`` to ``end`` (unix seconds, inclusive) every ``step`` as OpenMetrics.
 
     ``t0`` is the unix time the simulation counts from (counters are 0 there). Families are written one
     after the other (OpenMetrics forbids interleaving them); within a family, timestamps ascend. tars_*
-    series get ``extra_labels`` (the target labels a scrape would add). Returns the number of samples.
+    series get ``extra_labels`` (the target labels a scrape would add); ``incidents`` (unix times) change the
+    values as they change a scraped exporter's. Returns the number of samples.
     """
+    wins = windows(incidents, t0)
     n = 0
     times = []
     ts = start
@@ -616,7 +816,7 @@ def write_openmetrics(
             for t in times:
                 tsec = f"{t:.3f}"
                 rel = t - t0
-                for prefix, (_, value) in zip(prefixes, sim.samples(fam, rel), strict=True):
+                for prefix, (_, value) in zip(prefixes, sim.samples(fam, rel, wins), strict=True):
                     if isinstance(value, Hist):
                         sep = "," if prefix else ""
                         for le, c in value.buckets:

@@ -85,8 +85,11 @@ def tars_report(release: Release) -> ReportSection | None:
 
 @hookimpl
 def tars_sandbox(site: SandboxSite) -> SandboxContribution:
+    from tars_core.sandbox.incidents import site_incidents_path
+
     port = site.free_port()
     argv = [site.python, "-m", "tars_1002_grafana.exporter", "--port", str(port), "--agents", "20", "--regions", "3"]
+    argv += ["--incidents", str(site_incidents_path(site))]  # `tars-run sandbox incident` writes it
     return SandboxContribution(
         services=[ServiceSpec(name="exporter", argv=argv, port=port, ready="http:/metrics")],
         scrape_targets=[f"127.0.0.1:{port}"],
