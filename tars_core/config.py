@@ -63,9 +63,11 @@ class ReleaseConfig:
         default=15.0, validator=positive
     )  # seconds between "still running" lines during a long phase
     # release gates (monitors): a reliability release passes an error-budget freeze with a warning;
-    # each fix is observed for bake_time seconds (0: not observed), bake_times overrides it per plugin
+    # each fix is observed for bake_time seconds (0: not observed), bake_times overrides it per plugin;
+    # 5 minutes by default, the Workbook's fast page tier's short window: a fast burn shows within it.
+    # Only monitors that implement tars_observe make a bake happen; without one nothing waits.
     reliability: bool = False
-    bake_time: float = attrs.field(default=0.0, validator=non_negative)
+    bake_time: float = attrs.field(default=300.0, validator=non_negative)
     bake_times: dict[str, float] = attrs.field(
         factory=dict, validator=attrs.validators.deep_mapping(attrs.validators.instance_of(str), non_negative)
     )

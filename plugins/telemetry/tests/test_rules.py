@@ -7,11 +7,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 from tars_telemetry.promtests import render_tests
 from tars_telemetry.rules import (
     BURN_ALERT,
     RULE_FILE,
     TIERS,
+    eval_order,
     render_rules,
     slo_groups,
     threshold,
@@ -42,7 +44,8 @@ def test_error_ratios_are_ratios_of_summed_events_for_every_window() -> None:
         f"slo:sli_error:ratio_rate{w}" for w in ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d")
     )
     assert ratios["slo:sli_error:ratio_rate30d"] == (
-        '(sum(rate(tars_http_requests_total{code=~"5.."}[30d]))) / (sum(rate(tars_http_requests_total[30d])))'
+        '(sum(rate(tars_http_requests_total{code=~"5.."}[30d])) or vector(0))'
+        " / (sum(rate(tars_http_requests_total[30d])))"
     )
     assert not any("avg" in e or "sum_over_time(slo:" in e for e in ratios.values())
 
@@ -119,3 +122,34 @@ def test_generated_tests_catch_broken_rules(mutation, caught: str, tmp_path: Pat
     with pytest.raises(PromtoolError) as err:
         run_generated_tests(slo, tmp_path, bad)
     assert caught in str(err.value)
+
+
+def test_a_bad_counter_never_exported_is_a_ratio_of_zero_not_no_data(tmp_path: Path) -> None:
+    """Clients export a 5xx counter only once a 5xx happened: no such series is 0 % errors, not a blind SLO."""
+    slo = SLOS["api-availability"]
+    (tmp_path / "rules.yml").write_text(render_rules([slo]))
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "30s",
+        "group_eval_order": eval_order([slo]),
+        "tests": [
+            {
+                "interval": "30s",
+                "input_series": [{"series": 'tars_http_requests_total{code="200"}', "values": "0+100x40"}],
+                "promql_expr_test": [
+                    {
+                        "expr": 'slo:sli_error:ratio_rate5m{slo="api-availability"}',
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": _own(slo, "slo:sli_error:ratio_rate5m"), "value": 0}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "zero.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    assert "SUCCESS" in promtool("test", "rules", str(path))
+
+
+def _own(slo: SLO, name: str) -> str:
+    return f'{name}{{service="{slo.service}",slo="{slo.name}"}}'

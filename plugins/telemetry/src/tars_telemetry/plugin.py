@@ -1,15 +1,30 @@
-"""tars-slo-monitor: the plugin's entry-point module (only ``tars_plugin_info`` so far).
+"""tars-slo-monitor: the plugin's entry-point module (hooks only; the work is imported inside them).
 
 Imports the core, attrs and the config class only, so ``tars-run list`` stays fast; the spec reader and
-rule generator (yaml) are imported by the hooks that need them. The phase and gate hooks (apply, verify,
-rollback, ``tars_preflight``, ``tars_observe``) come in the next session, once the core has the gate hooks;
-until then the distribution does not register this module as a ``tars.plugins`` entry point.
+rule generator (yaml), the Prometheus client (httpx) and the gate are imported by the hooks that need
+them. apply/verify/rollback load the SLO rules into Prometheus (``monitor``); ``tars_preflight`` and
+``tars_observe`` are the release gate (``gate``). The rule hooks are plain functions because their work
+blocks (the core runs them in a worker thread it waits for); ``tars_observe`` is async so Ctrl-C ends a
+bake at once.
 """
 
 from __future__ import annotations
 
-from tars_core import PluginInfo, hookimpl
+from typing import TYPE_CHECKING
+
+from tars_core import PluginInfo, SandboxContribution, hookimpl
 from tars_telemetry.config import SLOMonitorConfig
+
+if TYPE_CHECKING:
+    from tars_core import (
+        ApplyResult,
+        Context,
+        Release,
+        ReportSection,
+        SandboxSite,
+        VerifyResult,
+    )
+    from tars_core.model import Change, Judgement, Plan
 
 NAME = "tars-slo-monitor"
 
@@ -22,6 +37,58 @@ def tars_plugin_info() -> PluginInfo:
         kind="monitor",
         config=SLOMonitorConfig,
         description="SLOs as code (OpenSLO v1, Sloth prometheus/v1); traffic-weighted SLI ratios, budgets, "
-        "burn rates and MWMB alerts with a minimum-events guard, proven by generated promtool tests.",
-        risk="low: adds Prometheus rules only",
+        "burn rates and MWMB alerts with a minimum-events guard, proven by generated promtool tests; "
+        "freezes a release while a budget is spent and rolls back a fix that burns it.",
+        risk="low: adds Prometheus rules only (removed on rollback)",
     )
+
+
+@hookimpl
+def tars_apply(ctx: Context) -> ApplyResult:
+    from tars_telemetry import monitor
+
+    return monitor.apply(ctx)
+
+
+@hookimpl
+def tars_verify(ctx: Context) -> VerifyResult:
+    from tars_telemetry import monitor
+
+    return monitor.verify(ctx)
+
+
+@hookimpl
+def tars_rollback(ctx: Context) -> ApplyResult:
+    from tars_telemetry import monitor
+
+    return monitor.rollback(ctx)
+
+
+@hookimpl
+def tars_preflight(ctx: Context, plan: Plan) -> Judgement:
+    from tars_telemetry import gate
+
+    return gate.preflight(ctx, plan)
+
+
+@hookimpl
+async def tars_observe(ctx: Context, change: Change) -> Judgement:
+    from tars_telemetry import gate
+
+    return await gate.observe(ctx, change)
+
+
+@hookimpl
+def tars_report(release: Release) -> ReportSection | None:
+    if not any(p.name == NAME for p in release.plugins):
+        return None
+    from tars_telemetry import gate
+
+    return gate.report_section(release, NAME)
+
+
+@hookimpl
+def tars_sandbox(site: SandboxSite) -> SandboxContribution:
+    """The sandbox's config section: rules ready seconds after a load, the gate polling often (its bake
+    times are seconds, see ``release.bake_time`` in the generated config)."""
+    return SandboxContribution(config={"long_rule_interval": "15s", "poll_interval_s": 3.0})
