@@ -185,9 +185,9 @@ def _unmatched(state: State, incident: inc.Incident) -> str | None:
                 seen.append(f"{name}: {shown}" if values else f"no series has the label {name}")
     except Exception as exc:  # a warning must never fail the command
         return f"could not check the labels against the sandbox's Prometheus ({type(exc).__name__}: {exc})"
-    values = f" ({'; '.join(seen)})" if seen else ""
+    known = f" ({'; '.join(seen)})" if seen else ""
     return (
-        f"no series in the sandbox's Prometheus has {{{selector}}} yet{values}; "
+        f"no series in the sandbox's Prometheus has {{{selector}}} yet{known}; "
         "the incident changes nothing unless such series appear"
     )
 
