@@ -388,7 +388,7 @@ def test_watch_once_json_and_plain(stack: Stack) -> None:
     assert res.returncode == 0, res.stderr
     (line,) = res.stdout.splitlines()
     assert f" {SLO_NAME} status=page budget=50.0% burn=5m:0.50,30m:0.50,1h:0.50" in line
-    assert line.endswith(" firing=page-1h")
+    assert line.endswith(" firing=page-1h pending=-")
 
     res = _watch("--prometheus", stack.prom.url, "--slo", str(stack.slo_file), "--once", "--format", "json")
     assert res.returncode == 0, res.stderr

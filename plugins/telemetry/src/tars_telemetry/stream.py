@@ -55,7 +55,7 @@ MAX_BODY = 16 * 1024 * 1024  # a compressed request; Prometheus sends 500 sample
 MAX_DECODED = 64 * 1024 * 1024  # a snappy body declares its decoded length: refuse a bomb before allocating
 STALE_NAN = struct.pack("<Q", 0x7FF0000000000002)  # Prometheus' stale marker, a NaN with this exact payload
 DEFAULT_POLL_S = 5.0
-DEFAULT_PUSH_GRACE_S = 30.0  # no push for this long (6 batch deadlines): read the query API instead
+DEFAULT_PUSH_GRACE_S = 90.0  # no push for this long (3 evaluations of the 30 s rule groups): read the query API
 
 
 class BadWrite(ValueError):

@@ -130,7 +130,7 @@ def _firing(slo: dict[str, Any]) -> str:
 
 
 def plain_lines(view: dict[str, Any]) -> list[str]:
-    """One line per SLO: ``TIME SLO status=... budget=... burn=5m:..,1h:.. firing=...``."""
+    """One line per SLO: ``TIME SLO status=... budget=... burn=5m:..,1h:.. firing=... pending=...``."""
     at = _stamp(view.get("generated_at") or time.time())
     lines = []
     for slo in view["slos"]:
@@ -139,7 +139,8 @@ def plain_lines(view: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"{at} {slo['slo']} status={slo['status']} budget={_pct(slo['budget_remaining'])} "
-            f"burn={burn or '-'} firing={_firing(slo)}"
+            f"burn={burn or '-'} firing={','.join(slo.get('firing') or []) or '-'} "
+            f"pending={','.join(slo.get('pending') or []) or '-'}"
         )
     return lines
 
