@@ -20,7 +20,9 @@ class SLOMonitorConfig:
     # OpenSLO v1 / Sloth prometheus/v1 files or folders; empty means the T.A.R.S. SLOs shipped in the package
     slo_files: list[str] = attrs.field(factory=list)
     rule_file_name: str = "tars-slo-rules.yml"
-    # how often the 1d/3d/period windows are evaluated (the sandbox uses 15s so a fresh load is ready soon)
+    # how often the rules are evaluated, and the 1d/3d/period windows (the sandbox uses 5s and 15s so a
+    # fresh load is evaluated, and apply returns, within seconds)
+    rule_interval: str = attrs.field(default="30s", validator=attrs.validators.matches_re(r"[1-9][0-9]*[smh]"))
     long_rule_interval: str = attrs.field(default="2m", validator=attrs.validators.matches_re(r"[1-9][0-9]*[smh]"))
     reload_timeout_s: float = attrs.field(default=120.0, validator=positive)
     # verify waits this long for every SLO with source data to have its error ratio recorded

@@ -84,7 +84,7 @@ def check_buckets(prom: Prometheus, slos: Sequence[SLO]) -> list[str]:
 def apply(ctx: Context) -> ApplyResult:
     config: SLOMonitorConfig = ctx.config
     slos = load_slos(config)
-    text = render_rules(slos, config.long_rule_interval)
+    text = render_rules(slos, config.long_rule_interval, config.rule_interval)
     try:
         check_rules_text(text)
     except PromtoolError as exc:

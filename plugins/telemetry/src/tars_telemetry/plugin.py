@@ -91,4 +91,6 @@ def tars_report(release: Release) -> ReportSection | None:
 def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     """The sandbox's config section: rules ready seconds after a load, the gate polling often (its bake
     times are seconds, see ``release.bake_time`` in the generated config)."""
-    return SandboxContribution(config={"long_rule_interval": "15s", "poll_interval_s": 3.0})
+    return SandboxContribution(
+        config={"rule_interval": "5s", "long_rule_interval": "15s", "poll_interval_s": 3.0, "min_window_s": 15.0}
+    )
