@@ -163,7 +163,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def paging(url: str) -> bool:
             slo = _slo(st.view(url))
-            return slo["status"] == "page" and slo["budget_remaining"] is not None
+            # the start-up alerts (absent, insufficient data: `for: 0s` here) resolved, the page tier firing
+            return slo["status"] == "page" and slo["firing"] == ["page-1h"] and slo["budget_remaining"] is not None
 
         wait_until(lambda: paging(st.pushed) and paging(st.polled), timeout=90, interval=1, what="both daemons paging")
         yield st
