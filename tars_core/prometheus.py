@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tars_core.errors import FixError, PrometheusError, PrometheusUnreachable, S
 from tars_core.model import Targets
 from tars_core.processes import Service, free_port, http_ready
 from tars_core.redact import safe_url
-from tars_core.state import atomic_write_text
+from tars_core.state import atomic_write_bytes, atomic_write_text
 from tars_core.waiting import WaitTimeout, wait_until
 
 
@@ -172,11 +172,15 @@ def wait_absent(prom: Prometheus, names: Collection[str], timeout: float) -> boo
         return False
 
 
-def _restore(path: Path, text: str | None) -> None:
-    if text is None:
+def _restore(path: Path, previous: str | bytes | None) -> None:
+    """Put ``previous`` back at ``path`` (``None``: no file), keeping the file's mode and owner; bytes are
+    put back exactly (a text round trip would turn CRLF line ends into LF)."""
+    if previous is None:
         path.unlink(missing_ok=True)
+    elif isinstance(previous, bytes):
+        atomic_write_bytes(path, previous)
     else:
-        atomic_write_text(path, text)
+        atomic_write_text(path, previous)
 
 
 def load_rule_file(
@@ -197,8 +201,8 @@ def load_rule_file(
     left for the caller's rollback, which knows what was there before the release.
     """
     reload = reload or prom.reload
-    previous = path.read_text(encoding="utf-8") if path.exists() else None
-    if previous != text:
+    previous = path.read_bytes() if path.exists() else None
+    if previous != text.encode("utf-8"):
         atomic_write_text(path, text)
     try:
         reload()
@@ -220,7 +224,7 @@ def load_rule_file(
 def unload_rule_file(
     prom: Prometheus,
     path: Path,
-    previous: str | None,
+    previous: str | bytes | None,
     names: Collection[str],
     *,
     timeout: float,
@@ -252,6 +256,9 @@ class PrometheusServer:
     workdir: Path
     rules_dir: Path = attrs.field(default=attrs.Factory(lambda self: self.workdir / "rules", takes_self=True))
     scrape_targets: Sequence[str] = ()
+    # further scrape jobs by job name, beside "tars": the same exporter under two jobs, as when one
+    # Prometheus scrapes plain hosts and Kubernetes nodes
+    scrape_jobs: Mapping[str, Sequence[str]] = attrs.field(factory=dict)
     scrape_interval: str = "5s"
     tsdb: Path = attrs.field(default=attrs.Factory(lambda self: self.workdir / "tsdb", takes_self=True))
     extra_args: Sequence[str] = ()
@@ -284,7 +291,7 @@ class PrometheusServer:
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         self.tsdb.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        scrape = {"tars": self.scrape_targets}
+        scrape = {"tars": self.scrape_targets, **self.scrape_jobs}
         rule_files = [str(self.rules_dir / "*.yml")]
         config.write_text(
             prometheus_config(

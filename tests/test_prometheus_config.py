@@ -135,3 +135,14 @@ def test_the_test_server_pushes_by_remote_write(tmp_path: Path, receiver: tuple[
     assert first["content-encoding"] == "snappy"
     assert first["content-type"] == "application/x-protobuf"
     assert first["x-prometheus-remote-write-version"] == "0.1.0"
+
+
+def test_the_test_server_scrapes_further_jobs(tmp_path: Path) -> None:
+    """PrometheusServer(scrape_jobs=...) scrapes one target under several job names (hosts and Kubernetes
+    nodes in one Prometheus), beside the "tars" job."""
+    port = free_port()
+    me = [f"127.0.0.1:{port}"]
+    with PrometheusServer(tmp_path, scrape_targets=me, scrape_jobs={"node": me}, scrape_interval="1s", port=port):
+        with Prometheus(f"http://127.0.0.1:{port}") as prom:
+            wait_until(lambda: len(prom.query("up == 1")) == 2, timeout=30, interval=0.5, what="both jobs scraped")
+            assert sorted(s["metric"]["job"] for s in prom.query("up")) == ["node", "tars"]
