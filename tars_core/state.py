@@ -8,8 +8,10 @@ renamed over the old one, so a reader sees the old document or the new one, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -20,18 +22,50 @@ from tars_core.errors import FixError
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers (Prometheus, Grafana, the next run) see the old
-    content or the new, never half: temp file in the same folder, fsync, rename over the old file."""
+    content or the new, never half (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename over the old file.
+
+    The file keeps the mode and owner of the file it replaces: the temp file is created 0600, and a
+    dashboard that came back 0600 after apply and rollback was unreadable by the Grafana that owns it.
+    A new file gets what ``open()`` would give it (0666 less the umask); ``mode`` overrides both (a
+    rollback putting back the mode it recorded).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            if mode is None:
+                mode = stat.S_IMODE(old.st_mode) if old is not None else 0o666 & ~_umask()
+            os.fchmod(fh.fileno(), mode)
+            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):  # only root may give a file away
+                    os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask, from /proc (setting it to read it would race with other threads' files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class PluginStateStore(MutableMapping[str, Any]):

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from tars_core import ApplyResult, Context, FixError, TargetError, Targets, Veri
 from tars_core.errors import PrometheusError, PromtoolError
 from tars_core.prometheus import Prometheus, connect, load_rule_file, rule_health, unload_rule_file
 from tars_core.promtool import check_rules_text
-from tars_core.state import atomic_write_text
+from tars_core.state import atomic_write_bytes, atomic_write_text
 from tars_core.waiting import WaitTimeout, wait_until
 
 BACKUP = "backup"  # the folder under ctx.state_dir holding the copies, and the ctx.state key listing them
@@ -182,23 +183,28 @@ def apply(ctx: Context) -> ApplyResult:
 def _backup(ctx: Context, plan: Plan) -> None:
     """Keep the pre-fix state once: a later apply (new version) must not overwrite the original backup.
 
-    The copies are files under ``state_dir/backup``; what they are copies of is recorded in ``ctx.state``
-    after they are written, so a crash midway leaves at worst unreferenced copies, never a dangling list.
+    The copies are files under ``state_dir/backup``, byte for byte, with each original's mode in the
+    manifest (rollback must give Grafana and Prometheus back files they can read, not just the bytes);
+    what they are copies of is recorded in ``ctx.state`` after they are written, so a crash midway
+    leaves at worst unreferenced copies, never a dangling list.
     """
     bdir = ctx.state_dir / BACKUP
     manifest: dict[str, Any] = ctx.state.get(BACKUP) or {"rules": None, "dashboards": {}}
+    modes: dict[str, int] = manifest.setdefault("modes", {})
     bdir.mkdir(parents=True, exist_ok=True)
     if manifest["rules"] is None:
         existed = plan.rules_path.exists()
         if existed:
-            (bdir / "rules.yml").write_text(plan.rules_path.read_text(encoding="utf-8"), encoding="utf-8")
+            atomic_write_bytes(bdir / "rules.yml", plan.rules_path.read_bytes(), mode=0o600)
+            modes[str(plan.rules_path)] = stat.S_IMODE(plan.rules_path.stat().st_mode)
         manifest["rules"] = {"path": str(plan.rules_path), "existed": existed}
     for path in sorted(plan.dashboards):
         if str(path) in manifest["dashboards"]:
             continue
         name = f"dashboard-{len(manifest['dashboards'])}-{path.name}"
-        (bdir / name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        atomic_write_bytes(bdir / name, path.read_bytes(), mode=0o600)
         manifest["dashboards"][str(path)] = name
+        modes[str(path)] = stat.S_IMODE(path.stat().st_mode)
     ctx.state[BACKUP] = manifest
 
 
@@ -214,11 +220,12 @@ def rollback(ctx: Context) -> ApplyResult:
             "dry run: would restore %s and %d dashboard(s)", manifest["rules"]["path"], len(manifest["dashboards"])
         )
         return ApplyResult(changed=False, detail="dry run")
+    modes: dict[str, int] = manifest.get("modes", {})  # absent in backups taken before modes were kept
     rules_info = manifest["rules"]
     rules_path = Path(rules_info["path"])
     for path, name in manifest["dashboards"].items():
-        atomic_write_text(Path(path), (bdir / name).read_text(encoding="utf-8"))
-    previous = (bdir / "rules.yml").read_text(encoding="utf-8") if rules_info["existed"] else None
+        atomic_write_bytes(Path(path), (bdir / name).read_bytes(), mode=modes.get(path))
+    previous = (bdir / "rules.yml").read_bytes() if rules_info["existed"] else None
     with connect(ctx.targets) as prom:
         unload_rule_file(
             prom,
@@ -228,6 +235,8 @@ def rollback(ctx: Context) -> ApplyResult:
             timeout=config.reload_timeout_s,
             reload=lambda: _reload(prom, config),
         )
+    if previous is not None and str(rules_path) in modes:
+        os.chmod(rules_path, modes[str(rules_path)])
     del ctx.state[BACKUP]
     shutil.rmtree(bdir, ignore_errors=True)
     return ApplyResult(changed=True, detail=f"restored {rules_path} and {len(manifest['dashboards'])} dashboard(s)")
