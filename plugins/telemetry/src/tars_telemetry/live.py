@@ -173,7 +173,7 @@ class MonitorState:
     def __init__(self, slos: Sequence[SLO] = (), *, stale_after: float = 300.0) -> None:
         self.stale_after = stale_after
         self.slos: dict[str, SLOState] = {s.name: _from_spec(s) for s in slos}
-        self.samples_received = 0
+        self.samples_received = 0  # pushed samples (kept and dropped); a query-API read is not counted
         self.samples_dropped = 0
         self.source = "none"
         self.last_update: float | None = None
@@ -227,11 +227,8 @@ class MonitorState:
         for state in self.slos.values():
             state.series.clear()
             state.alerts.clear()
-        count = 0
         for sample in samples:
             self._put(sample)
-            count += 1
-        self.samples_received += count
         self.source = source
         self.last_update = time.time()
         self.decide()

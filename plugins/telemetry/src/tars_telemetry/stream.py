@@ -202,10 +202,13 @@ class Daemon:
     ) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
+        from tars_core.prometheus import Prometheus
         from tars_telemetry.live import MonitorState
 
         self.state = MonitorState(slos, stale_after=stale_after)
         self.prometheus_url = prometheus_url
+        # PrometheusUnreachable here (a URL that is not one) is the caller's one-line exit 2
+        self.prom = Prometheus(prometheus_url, timeout=max(2.0, poll_interval * 2)) if prometheus_url else None
         self.poll_interval = poll_interval
         self.push_grace = push_grace
         self.last_push: float | None = None
@@ -273,23 +276,19 @@ class Daemon:
         return self.last_push is None or time.monotonic() - self.last_push > self.push_grace
 
     async def poll_once(self) -> None:
-        """Replace the state with the query API's view; a failure is logged once and the state kept."""
+        """Replace the state with the query API's view; a failure is logged once (per kind) and the state
+        kept, so a Prometheus restart does not blank the screen (``--stale-after`` turns it no-data)."""
         from tars_core.errors import PrometheusError
-        from tars_core.prometheus import Prometheus
         from tars_telemetry.live import poll
 
-        assert self.prometheus_url is not None
-
-        def read() -> list[Sample]:
-            with Prometheus(self.prometheus_url or "", timeout=max(1.0, self.poll_interval * 2)) as prom:
-                return poll(prom)
-
+        assert self.prom is not None
         try:
-            samples = await asyncio.to_thread(read)
-        except PrometheusError as exc:
-            if str(exc) != self.poll_error:
-                log.warning("query API fallback failed: %s", exc)
-            self.poll_error = str(exc)
+            samples = await asyncio.to_thread(poll, self.prom)
+        except Exception as exc:  # the loop must outlive a malformed answer too
+            error = str(exc) if isinstance(exc, PrometheusError) else f"{type(exc).__name__}: {exc}"
+            if error != self.poll_error:
+                log.warning("query API fallback failed: %s", error)
+            self.poll_error = error
             return
         if self.poll_error:
             log.info("query API fallback works again")
@@ -301,7 +300,7 @@ class Daemon:
         """Re-decide every second (a silent SLO turns ``no-data``); poll while nothing pushes."""
         next_poll = 0.0
         while True:
-            if self.prometheus_url and self._push_quiet() and time.monotonic() >= next_poll:
+            if self.prom is not None and self._push_quiet() and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll_interval
                 await self.poll_once()
             self.state.decide()
@@ -323,6 +322,8 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if self.prom is not None:
+                self.prom.close()
 
         app.cleanup_ctx.append(run_background)
         return app
@@ -417,7 +418,7 @@ async def serve(daemon: Daemon, host: str, port: int, stop: asyncio.Event) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tars_telemetry.stream --port P [--prometheus URL] [--slo FILE...]``."""
-    from tars_core.errors import ConfigError
+    from tars_core.errors import ConfigError, PrometheusError
     from tars_core.redact import safe_url
     from tars_telemetry.spec import load_files, tars_slos
 
@@ -439,16 +440,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "tars_telemetry.stream"
     try:
         slos = load_files(args.slo) if args.slo else tars_slos()
-    except (ConfigError, OSError) as exc:
+        daemon = Daemon(
+            slos,
+            prometheus_url=args.prometheus,
+            poll_interval=args.poll_interval,
+            push_grace=args.push_grace,
+            stale_after=args.stale_after,
+        )
+    except (ConfigError, PrometheusError, OSError) as exc:  # a bad spec, an unreadable file, a URL that is not one
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(
-        slos,
-        prometheus_url=args.prometheus,
-        poll_interval=args.poll_interval,
-        push_grace=args.push_grace,
-        stale_after=args.stale_after,
-    )
 
     async def run() -> None:
         stop = asyncio.Event()
