@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 import yaml
 
@@ -126,8 +127,7 @@ def test_the_test_server_pushes_by_remote_write(tmp_path: Path, receiver: tuple[
         remote_write_keep="up",
     )
     with server:
-        with Prometheus(server.url) as prom:
-            loaded = prom._api("GET", "/api/v1/status/config")["yaml"]
+        loaded = httpx.get(f"{server.url}/api/v1/status/config", timeout=10).json()["data"]["yaml"]
         assert "write_relabel_configs" in loaded and url in loaded
         wait_until(lambda: seen, timeout=30, interval=0.5, what="a remote-write request")
     first = seen[0]
