@@ -6,6 +6,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+import attrs
 import pytest
 import yaml
 from tars_1002_grafana.catalogue import FAMILY_BY_SERIES
@@ -13,6 +14,7 @@ from tars_1002_grafana.rules import (
     GROUPS,
     RULE_FILE_NAME,
     build_rules,
+    load_rule_file,
     render_rule_file,
     unit_test_data,
     write_unit_tests,
@@ -140,3 +142,52 @@ def test_rules_cli_writes_and_tests(tmp_path: Path) -> None:
     )
     assert f"({len(build_rules())} rules)" in proc.stdout
     assert (tmp_path / RULE_FILE_NAME).exists()
+
+
+def test_the_rule_file_loader_keeps_static_labels_as_written() -> None:
+    """Several rules under one name told apart by a static label (issue 17): the loader must keep it, as
+    Prometheus reads it (``0.90`` stays the string "0.90"), and leave alerting rules out."""
+    text = """
+groups:
+- name: kube-apiserver-histogram.rules
+  rules:
+  - record: cluster_quantile:apiserver_request_sli_duration_seconds:histogram_quantile
+    expr: histogram_quantile(0.99, sum by (cluster, le, resource) (rate(x_bucket{verb=~"LIST|GET"}[5m]))) > 0
+    labels:
+      quantile: 0.90
+      verb: read
+  - alert: KubeAPIErrorBudgetBurn
+    expr: vector(1)
+    labels: {severity: critical}
+  - record: job:up:sum
+    expr: sum by (job) (up)
+"""
+    rules = load_rule_file(text, "kube.yml")
+    assert [(r.record, r.labels, r.group, r.source) for r in rules] == [
+        (
+            "cluster_quantile:apiserver_request_sli_duration_seconds:histogram_quantile",
+            (("quantile", "0.90"), ("verb", "read")),
+            "kube-apiserver-histogram.rules",
+            "kube.yml",
+        ),
+        ("job:up:sum", (), "kube-apiserver-histogram.rules", "kube.yml"),
+    ]
+    assert rules[0].where == "group kube-apiserver-histogram.rules in kube.yml"
+    # rendered back, the labels are there again and promtool accepts the file
+    again = render_rule_file(rules, {"kube-apiserver-histogram.rules": "30s"})
+    assert load_rule_file(again) == [attrs.evolve(r, source="") for r in rules]
+    check_rules_text(again)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- just a list", "not a Prometheus rule file"),
+        ("groups:\n- rules: []", "every group needs a name"),
+        ("groups:\n- name: g\n  rules:\n  - record: x", "rule x in group g has no expr"),
+        ("groups:\n- name: g\n  rules:\n  - record: x\n    expr: up\n    labels: [a]", "labels of rule x"),
+    ],
+)
+def test_a_rule_file_prometheus_would_refuse_is_named(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_rule_file(text, "site.yml")

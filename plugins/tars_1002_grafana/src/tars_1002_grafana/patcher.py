@@ -3,8 +3,8 @@
 Queries are compared as parsed PromQL (``promql-parser``), never as strings: whitespace, label order,
 the position of ``by``/``without``, parentheses and number spelling do not matter. Grafana's variables
 and macros do not parse, so they are first replaced by placeholders: inside a range (``[$__rate_interval]``)
-by a sentinel duration that can only match itself, elsewhere by a sentinel identifier; inside a quoted
-label value they parse as they are and stay.
+by a sentinel duration that can only match itself (or the window an operator opted in to), elsewhere by
+a sentinel identifier; inside a quoted label value they parse as they are and stay.
 
 A query (or any sub-expression of it, largest first) is rewritten to a rule's series when:
 
@@ -15,8 +15,19 @@ A query (or any sub-expression of it, largest first) is rewritten to a rule's se
 * **re-aggregation**: ``sum|min|max by (L) (E)`` where a rule records ``same-op by (K) (E)`` with L ⊆ K:
   it becomes ``op by (L) (rule{filters})``, which equals the original because sums of sums are sums.
 
-Everything else is left untouched with a reason; library panels (their query is not in the dashboard
-JSON) and non-Prometheus targets are reported and skipped. Patching a patched dashboard changes nothing.
+The recorded name alone does not identify a rule's series: several rules (often from several files) may
+record one name, told apart by the labels their series keep (``job="node"`` vs ``job="node-exporter"``)
+or by static ``labels:`` (``quantile="0.9"``). So the rewrite selects the rule's own series: it keeps
+each of the rule's matchers on labels its series keep, each static label, and, where another rule
+records the same name, a label the other rule's series always carry and this one's never (``job=""``).
+It declines when it cannot prove the selection exact, when a static label may overwrite a label of the
+rule's result, when the extra labels of the recorded series (their name, static labels) would change the
+enclosing expression (a vector match on them), and inside a subquery (which samples the expression at
+its own steps, not at the rule's evaluations).
+
+Everything else is left untouched with a reason and a short code (``Rewrite.code``); library panels
+(their query is not in the dashboard JSON) and non-Prometheus targets are reported and skipped.
+Patching a patched dashboard changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import copy
 import difflib
 import json
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -46,6 +58,22 @@ _LABEL_LIST_RE = re.compile(r"(\b(?:by|without|on|ignoring|group_left|group_righ
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _PLACEHOLDER_BASE = 987_600  # sentinel seconds; a rule with an 11-day window would be needed to collide
 _AGG_REAGGREGATABLE = {"sum", "min", "max"}
+_KEEPS_ALL_LABELS = {"topk", "bottomk", "limitk", "limit_ratio"}  # aggregations that return input series
+
+#: Why a query was left as it is: the code in ``Rewrite.code``/``Change.code`` and what it means.
+DECLINE_CODES: dict[str, str] = {
+    "no-rule": "no recording rule computes the expression",
+    "filter": "a label filter does not commute with the rule (the rule aggregates the label away)",
+    "macro-window": "its window is a Grafana macro that follows the time range",
+    "shared-name": "another rule records the same name and its series cannot be told apart",
+    "static-label": "the rule's static labels may overwrite labels of its result",
+    "extra-labels": "the recorded series' extra labels (static labels, name) would change the enclosing expression",
+    "subquery": "inside a subquery, which samples the expression between the rule's evaluations",
+    "recorded": "already reads recorded series",
+    "unparsable": "does not parse as PromQL",
+    "not-prometheus": "not a Prometheus query",
+    "library-panel": "a library panel: its query is not in the dashboard",
+}
 
 
 class QueryError(ValueError):
@@ -54,7 +82,13 @@ class QueryError(ValueError):
 
 @attrs.frozen
 class Change:
-    """What happened to one panel target: ``rewritten`` (with old and new query) or ``skipped`` (why)."""
+    """What happened to one panel target: ``rewritten`` (with old and new query) or ``skipped`` (why).
+
+    ``code`` is ``rewritten`` or a key of :data:`DECLINE_CODES`; ``selectors`` are the recorded
+    selectors a rewrite reads (each with the matchers that pick its rule's series, without the query's
+    own filters); ``groups`` where those rules are defined; ``extra_labels`` the static labels the
+    rewritten series carry beyond the original's (besides their name).
+    """
 
     panel: str
     ref: str
@@ -63,6 +97,23 @@ class Change:
     before: str = ""
     after: str = ""
     rules: tuple[str, ...] = ()
+    code: str = ""
+    selectors: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    extra_labels: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class Rewrite:
+    """What the patcher made of one query: the new query (None when declined), why, and a short code."""
+
+    query: str | None
+    reason: str
+    code: str
+    rules: tuple[str, ...] = ()
+    selectors: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    extra_labels: tuple[tuple[str, str], ...] = ()
 
 
 # -- placeholders --------------------------------------------------------------------------------------
@@ -75,17 +126,25 @@ class _Placeholders:
     durations: dict[str, str] = attrs.field(factory=dict)  # printed sentinel duration -> macro text
     idents: dict[str, str] = attrs.field(factory=dict)  # sentinel identifier -> variable text
     seconds: dict[int, str] = attrs.field(factory=dict)  # sentinel seconds -> macro text
+    windows: dict[float, float] = attrs.field(factory=dict)  # sentinel seconds -> opted-in window seconds
 
     def _duration(self, match: re.Match[str]) -> str:
+        """A sentinel duration for a macro. An opted-in macro (``$__rate_interval=5m``) keeps its sentinel in
+        the tree too, and only *matching* reads it as the window: the parts of the query that are not
+        rewritten keep the macro, so they still follow the dashboard's time range."""
         macro = match.group(1)
         name = "$" + (match.group(2) or match.group(3) or match.group(4))
-        if name in self.macro_windows or macro in self.macro_windows:
-            return self.macro_windows.get(name) or self.macro_windows[macro]
         for secs, text in self.seconds.items():
             if text == macro:
                 return f"{secs}s"
         secs = _PLACEHOLDER_BASE + len(self.seconds)
         self.seconds[secs] = macro
+        window = self.macro_windows.get(name) or self.macro_windows.get(macro)
+        if window:
+            try:
+                self.windows[float(secs)] = pp.parse_duration(window).total_seconds()
+            except ValueError:
+                raise QueryError(f"macro window {window!r} for {macro} is not a PromQL duration") from None
         printed = str(pp.parse(f"x[{secs}s]"))
         self.durations[printed[printed.index("[") + 1 : -1]] = macro
         return f"{secs}s"
@@ -149,17 +208,22 @@ def parse_query(expr: str, macro_windows: Mapping[str, str] | None = None) -> tu
 
 # -- canonical form ------------------------------------------------------------------------------------
 
+_Matcher = tuple[str, str, str]  # (label, op, value)
 
-def _selector(vs: Any) -> tuple[str, frozenset[tuple[str, str, str]]]:
+
+def _matchers(ms: Any) -> frozenset[_Matcher]:
+    return frozenset((m.name, _op(m.op), m.value) for m in ms)
+
+
+def _selector(vs: Any) -> tuple[str, frozenset[_Matcher]]:
     """(metric name, other matchers): ``{__name__="x", a="b"}`` and ``x{a="b"}`` are the same selector."""
     name = str(vs.name) if vs.name is not None else ""
     out = set()
-    for m in vs.matchers.matchers:
-        op = _op(m.op)
-        if m.name == "__name__" and op == "=" and (not name or name == m.value):
-            name = m.value
+    for label, op, value in _matchers(vs.matchers.matchers):
+        if label == "__name__" and op == "=" and (not name or name == value):
+            name = value
             continue
-        out.add((m.name, op, m.value))
+        out.add((label, op, value))
     return name, frozenset(out)
 
 
@@ -167,8 +231,11 @@ def _op(op: Any) -> str:
     return {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}.get(str(op).split(".")[-1], str(op))
 
 
-def _secs(d: timedelta | None) -> float | None:
-    return None if d is None else d.total_seconds()
+def _at(at: Any) -> tuple[str, float | None] | None:
+    if at is None:
+        return None
+    when = getattr(at, "at", None)
+    return (str(at.type).split(".")[-1], when.timestamp() if when is not None else None)
 
 
 def _unwrap(node: Any) -> Any:
@@ -177,58 +244,67 @@ def _unwrap(node: Any) -> Any:
     return node
 
 
-def canon(node: Any) -> Any:
+def canon(node: Any, windows: Mapping[float, float] | None = None) -> Any:
     """A hashable tree that is equal for two expressions iff they are the same PromQL computation
-    up to formatting (label order, by/without placement, parentheses, number and duration spelling)."""
-    node = _unwrap(node)
-    if isinstance(node, pp.VectorSelector):
-        name, matchers = _selector(node)
-        return ("vs", name, matchers, _secs(node.offset), str(node.at) if node.at else None)
-    if isinstance(node, pp.MatrixSelector):
-        return ("ms", canon(node.vector_selector), _secs(node.range))
-    if isinstance(node, pp.AggregateExpr):
-        mod = node.modifier
-        labels = (str(mod.type).split(".")[-1], frozenset(mod.labels)) if mod else None
-        return ("agg", str(node.op), labels, canon(node.param) if node.param is not None else None, canon(node.expr))
-    if isinstance(node, pp.Call):
-        return ("call", node.func.name, tuple(canon(a) for a in node.args))
-    if isinstance(node, pp.BinaryExpr):
-        bmod = node.modifier
-        m = None
-        if bmod is not None:
-            matching = bmod.matching
-            card = str(bmod.card).split(".")[-1]
-            group = frozenset(getattr(bmod, "group_labels", None) or ())
-            m = (
-                card,
-                (str(matching.type).split(".")[-1], frozenset(matching.labels)) if matching else None,
-                group,
-                bool(bmod.return_bool),
-            )
-            if m == ("OneToOne", None, frozenset(), False):
-                m = None
-        return ("bin", str(node.op), m, canon(node.lhs), canon(node.rhs))
-    if isinstance(node, pp.NumberLiteral):
-        return ("num", float(node.val))
-    if isinstance(node, pp.StringLiteral):
-        return ("str", str(node.val))
-    if isinstance(node, pp.UnaryExpr):
-        return ("neg", canon(node.expr))
-    if isinstance(node, pp.SubqueryExpr):
-        return (
-            "sq",
-            canon(node.expr),
-            _secs(node.range),
-            _secs(node.step),
-            _secs(node.offset),
-            str(node.at) if node.at else None,
-        )
-    return ("other", str(node))
+    up to formatting (label order, by/without placement, parentheses, number and duration spelling).
+
+    ``windows`` maps sentinel durations of opted-in macros to the window they stand for.
+    """
+    windows = windows or {}
+
+    def secs(d: timedelta | None) -> float | None:
+        if d is None:
+            return None
+        s = d.total_seconds()
+        return windows.get(s, s)
+
+    def c(node: Any) -> Any:
+        node = _unwrap(node)
+        if isinstance(node, pp.VectorSelector):
+            name, matchers = _selector(node)
+            ors = frozenset(_matchers(group) for group in (node.matchers.or_matchers or ()))
+            return ("vs", name, matchers, ors, secs(node.offset), _at(node.at))
+        if isinstance(node, pp.MatrixSelector):
+            return ("ms", c(node.vector_selector), secs(node.range))
+        if isinstance(node, pp.AggregateExpr):
+            mod = node.modifier
+            labels = (str(mod.type).split(".")[-1], frozenset(mod.labels)) if mod else None
+            return ("agg", str(node.op), labels, c(node.param) if node.param is not None else None, c(node.expr))
+        if isinstance(node, pp.Call):
+            return ("call", node.func.name, tuple(c(a) for a in node.args))
+        if isinstance(node, pp.BinaryExpr):
+            bmod = node.modifier
+            m = None
+            if bmod is not None:
+                matching = bmod.matching
+                card = str(bmod.card).split(".")[-1]
+                group = frozenset(getattr(bmod, "group_labels", None) or ())
+                fill = getattr(bmod, "fill_values", None)
+                fills = (fill.lhs, fill.rhs) if fill is not None else (None, None)
+                m = (
+                    card,
+                    (str(matching.type).split(".")[-1], frozenset(matching.labels)) if matching else None,
+                    group,
+                    bool(bmod.return_bool),
+                    fills,
+                )
+                if m == ("OneToOne", None, frozenset(), False, (None, None)):
+                    m = None
+            return ("bin", str(node.op), m, c(node.lhs), c(node.rhs))
+        if isinstance(node, pp.NumberLiteral):
+            return ("num", float(node.val))
+        if isinstance(node, pp.StringLiteral):
+            return ("str", str(node.val))
+        if isinstance(node, pp.UnaryExpr):
+            return ("neg", c(node.expr))
+        if isinstance(node, pp.SubqueryExpr):
+            return ("sq", c(node.expr), secs(node.range), secs(node.step), secs(node.offset), _at(node.at))
+        return ("other", str(node))
+
+    return c(node)
 
 
 # -- unification ---------------------------------------------------------------------------------------
-
-_Matcher = tuple[str, str, str]
 
 
 def _unify(q: Any, r: Any, extras: list[frozenset[_Matcher]]) -> bool:
@@ -263,6 +339,7 @@ _NODE_KINDS = {"vs", "ms", "agg", "call", "bin", "num", "str", "neg", "sq", "oth
 
 # functions whose output labels do not come from their vector argument, so a filter cannot move past
 _LABEL_BREAKING = {"absent", "absent_over_time", "vector", "scalar", "time", "count_values"}
+_SCALAR_FUNCTIONS = {"scalar", "time", "pi"}
 
 
 def filter_blocker(tree: Any, label: str) -> str | None:
@@ -270,7 +347,8 @@ def filter_blocker(tree: Any, label: str) -> str | None:
 
     A filter commutes when the label survives every aggregation (in ``by``, not in ``without``), every
     vector match (in ``on(...)``, not in ``ignoring(...)``) and every function between the selectors and
-    the result; then filtering the inputs equals filtering the recorded output.
+    the result; then filtering the inputs equals filtering the recorded output. The same condition makes
+    a matcher on every selector of a rule hold for every series the rule records.
     """
     kind = tree[0]
     if kind in ("vs", "num", "str", "other"):
@@ -279,6 +357,8 @@ def filter_blocker(tree: Any, label: str) -> str | None:
         return filter_blocker(tree[1], label)
     if kind == "agg":
         labels = tree[2]
+        if tree[1] == "count_values" and tree[3] == ("str", label):
+            return f"count_values() writes label {label}"
         if labels is None or (labels[0] == "By" and label not in labels[1]):
             return f"label {label} is aggregated away by {tree[1]}"
         if labels[0] == "Without" and label in labels[1]:
@@ -317,7 +397,7 @@ def filter_blocker(tree: Any, label: str) -> str | None:
 def _is_vector(tree: Any) -> bool:
     if tree[0] in ("num", "str"):
         return False
-    if tree[0] == "call" and tree[1] in ("scalar", "time", "pi"):
+    if tree[0] == "call" and tree[1] in _SCALAR_FUNCTIONS:
         return False
     if tree[0] == "neg":
         return _is_vector(tree[1])
@@ -326,58 +406,290 @@ def _is_vector(tree: Any) -> bool:
     return True
 
 
+def output_labels(tree: Any) -> frozenset[str] | None:
+    """The label names the result of ``tree`` can carry (besides ``__name__``), or None when the
+    expression does not bound them (a selector keeps whatever labels its series have)."""
+    kind = tree[0]
+    if kind in ("num", "str"):
+        return frozenset()
+    if kind in ("neg", "sq"):
+        return output_labels(tree[1])
+    if kind == "agg":
+        op, mod, param, inner = tree[1], tree[2], tree[3], tree[4]
+        if op in _KEEPS_ALL_LABELS:
+            return output_labels(inner)
+        written = frozenset({param[1]}) if op == "count_values" and param and param[0] == "str" else frozenset()
+        if mod is None:
+            return written
+        if mod[0] == "By":
+            return frozenset(mod[1]) | written
+        kept = output_labels(inner)
+        return None if kept is None else (kept - mod[1]) | written
+    if kind == "call":
+        fn, args = tree[1], tree[2]
+        if fn in ("absent", "absent_over_time"):
+            return None  # its labels come from the equality matchers of its argument
+        labels: frozenset[str] = frozenset()
+        for a in args:
+            if a[0] in ("num", "str"):
+                continue
+            sub = output_labels(a)
+            if sub is None:
+                return None
+            labels |= sub
+        if fn == "histogram_quantile":
+            labels -= {"le"}
+        if fn in ("label_replace", "label_join") and len(args) > 1 and args[1][0] == "str":
+            labels |= {args[1][1]}
+        return labels
+    if kind == "bin":
+        op, mod, lhs, rhs = tree[1], tree[2], tree[3], tree[4]
+        lv, rv = _is_vector(lhs), _is_vector(rhs)
+        if not (lv and rv):
+            return output_labels(lhs) if lv else output_labels(rhs) if rv else frozenset()
+        left, right = output_labels(lhs), output_labels(rhs)
+        card, group = (mod[0], mod[2]) if mod else ("OneToOne", frozenset())
+        if op == "or":
+            return None if left is None or right is None else left | right
+        if op in ("and", "unless") or card == "OneToOne":
+            return left
+        if card == "OneToMany":
+            return None if right is None else right | group
+        return None if left is None else left | group
+    return None  # selectors, ranges, anything unknown
+
+
+def _selectors(tree: Any) -> list[frozenset[_Matcher]]:
+    """The matchers of every vector selector in ``tree``."""
+    if tree[0] == "vs":
+        return [tree[2]]
+    out: list[frozenset[_Matcher]] = []
+    for part in tree[1:]:
+        if isinstance(part, tuple) and part and isinstance(part[0], str) and part[0] in _NODE_KINDS:
+            out += _selectors(part)
+        elif isinstance(part, tuple):
+            for x in part:
+                if isinstance(x, tuple) and x and isinstance(x[0], str) and x[0] in _NODE_KINDS:
+                    out += _selectors(x)
+    return out
+
+
+# -- telling apart the rules that record one name -------------------------------------------------------
+
+_REGEX_META = set(".^$*+?()[]{}|\\")
+
+
+def _literal_alternatives(regex: str) -> frozenset[str] | None:
+    """The strings a Prometheus regex (fully anchored) matches, when it is a plain alternation of
+    literals (``LIST|GET``, ``(a|b)``, escaped dots allowed); None for anything else."""
+    body = regex
+    if body.startswith("(?:") and body.endswith(")"):
+        body = body[3:-1]
+    elif body.startswith("(") and body.endswith(")") and not body.startswith("(?"):
+        body = body[1:-1]
+    out: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\":
+            if i + 1 < len(body) and not body[i + 1].isalnum():
+                cur.append(body[i + 1])
+                i += 2
+                continue
+            return None
+        if ch == "|":
+            out.append("".join(cur))
+            cur = []
+        elif ch in _REGEX_META:
+            return None
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return frozenset(out)
+
+
+def _value_set(op: str, value: str) -> tuple[bool, frozenset[str]] | None:
+    """(whether the matcher selects the set or its complement, the set), None when not decidable
+    (a Grafana variable in the value, a regex that is not a list of literals)."""
+    if op in ("=", "!="):
+        if "$" in value or "[[" in value:
+            return None
+        return op == "=", frozenset({value})
+    lits = _literal_alternatives(value)
+    return None if lits is None else (op == "=~", lits)
+
+
+def _incompatible(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """True when no label value satisfies both constraints ``(op, value)`` (``("=", "")``: label absent)."""
+    sa, sb = _value_set(*a), _value_set(*b)
+    if sa is None or sb is None:
+        return False
+    (pa, va), (pb, vb) = sa, sb
+    if pa and pb:
+        return not (va & vb)
+    if pa:
+        return va <= vb
+    if pb:
+        return vb <= va
+    return False
+
+
 @attrs.frozen
 class _IndexedRule:
     rule: Rule
     tree: Any
+    out: frozenset[str] | None  # labels the expression's result can carry; None: not bounded
+    pins: frozenset[_Matcher]  # matchers every series the rule records satisfies
+    unusable: str | None  # why no query may be rewritten to this rule
+
+    def constraints(self, label: str) -> set[tuple[str, str]]:
+        """What every series this rule records satisfies on ``label``; ``("=", "")`` when it never has it."""
+        found = {(op, v) for name, op, v in self.pins if name == label}
+        if not found and self.out is not None and label not in self.out and label != "__name__":
+            found = {("=", "")}
+        return found
+
+
+def _index(rule: Rule) -> _IndexedRule:
+    tree = canon(pp.parse(rule.expr))
+    static = dict(rule.labels)
+    out = output_labels(tree)
+    sels = _selectors(tree)
+    common = frozenset.intersection(*sels) if sels else frozenset()
+    pins = {
+        (label, op, value)
+        for label, op, value in common
+        if label != "__name__" and label not in static and filter_blocker(tree, label) is None
+    }
+    pins |= {(label, "=", value) for label, value in static.items()}
+    unusable = None
+    if static:
+        names = ", ".join(f'{k}="{v}"' for k, v in sorted(static.items()))
+        if out is None:
+            unusable = (
+                f"the static labels {names} of {rule.record} ({rule.where}) may overwrite labels of its "
+                "expression's result, which no aggregation bounds"
+            )
+        elif out & static.keys():
+            clash = ", ".join(sorted(out & static.keys()))
+            unusable = (
+                f"the static labels of {rule.record} ({rule.where}) overwrite label(s) {clash} its expression keeps"
+            )
+    return _IndexedRule(rule, tree, out, frozenset(pins), unusable)
+
+
+@attrs.frozen
+class _Candidate:
+    text: str  # the replacement (with the query's filters)
+    rule: _IndexedRule
+    selector: str  # the recorded selector without the query's filters
+    extra: frozenset[str]  # labels the replacement's series carry and the original's do not
 
 
 class RuleIndex:
-    """The rules in canonical form, for matching panel queries against."""
+    """The rules in canonical form, for matching panel queries against.
+
+    Give it every rule the Prometheus loads that records a name a rewrite may use: a rewrite is exact
+    only among the rules it knows (another file recording the same name for other series would add them).
+    """
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules = [_IndexedRule(r, canon(pp.parse(r.expr))) for r in rules]
-        self.records = {r.record for r in rules}
+        self.rules = [_index(r) for r in rules]
+        self.by_record: dict[str, list[_IndexedRule]] = defaultdict(list)
+        for ir in self.rules:
+            self.by_record[ir.rule.record].append(ir)
+        self.records = set(self.by_record)
 
-    def match(self, tree: Any) -> tuple[str | None, str | None, tuple[str, ...]]:
-        """(replacement PromQL, near-miss reason, rules used) for the canonical query ``tree``."""
-        near_miss = None
-        best_reagg: tuple[int, str, tuple[str, ...]] | None = None
+    def selector(self, rule: Rule) -> str:
+        """The selector that picks ``rule``'s own series among every series of its name (or why not)."""
+        ir = next(i for i in self.by_record[rule.record] if i.rule is rule)
+        chosen, why = self._selection(ir, frozenset())
+        if chosen is None:
+            raise ValueError(why)
+        return _selector_text(rule.record, chosen)
+
+    def match(self, tree: Any) -> tuple[list[_Candidate], tuple[str, str] | None]:
+        """The replacements for the canonical query ``tree`` (best first) and the first near miss."""
+        near: tuple[str, str] | None = None
+        direct: list[_Candidate] = []
+        reagg: list[tuple[int, _Candidate]] = []
         for ir in self.rules:
             extras: list[frozenset[_Matcher]] = []
             if _unify(tree, ir.tree, extras):
-                filters, why = self._filters(extras, ir)
-                if why is None:
-                    return f"{ir.rule.record}{filters}", None, (ir.rule.record,)
-                near_miss = near_miss or why
-            reagg = self._reaggregate(tree, ir)
-            if reagg is not None:
-                text, why = reagg
-                if why is not None:
-                    near_miss = near_miss or why
-                    continue
-                size = len(ir.tree[2][1])
-                if best_reagg is None or size < best_reagg[0]:
-                    best_reagg = (size, text or "", (ir.rule.record,))
-        if best_reagg is not None:
-            return best_reagg[1], None, best_reagg[2]
-        return None, near_miss, ()
+                cand, miss = self._candidate(ir, extras, None)
+                if cand is not None:
+                    direct.append(cand)
+                near = near or miss
+            found = self._reaggregate(tree, ir)
+            if found is not None:
+                cand, miss = found
+                if cand is not None:
+                    reagg.append((len(ir.tree[2][1]), cand))
+                near = near or miss
+        reagg.sort(key=lambda pair: pair[0])
+        return direct + [c for _, c in reagg], near
 
-    def _filters(self, extras: list[frozenset[_Matcher]], ir: _IndexedRule) -> tuple[str, str | None]:
+    def _candidate(
+        self, ir: _IndexedRule, extras: list[frozenset[_Matcher]], reagg_by: frozenset[str] | None
+    ) -> tuple[_Candidate | None, tuple[str, str] | None]:
+        if ir.unusable:
+            return None, ("static-label", ir.unusable)
+        filters, why = self._filters(extras, ir)
+        if why is not None:
+            return None, ("filter", why)
+        chosen, why = self._selection(ir, filters)
+        if chosen is None:
+            return None, ("shared-name", why or "")
+        text = _selector_text(ir.rule.record, chosen | filters)
+        selector = _selector_text(ir.rule.record, chosen)
+        if reagg_by is None:
+            extra = frozenset({"__name__", *dict(ir.rule.labels)})
+            return _Candidate(text, ir, selector, extra), None
+        by = f" by ({', '.join(sorted(reagg_by))})" if reagg_by else ""
+        return _Candidate(f"{ir.tree[1]}{by} ({text})", ir, selector, frozenset()), None
+
+    def _filters(self, extras: list[frozenset[_Matcher]], ir: _IndexedRule) -> tuple[frozenset[_Matcher], str | None]:
         if not extras:
-            return "", None
+            return frozenset(), None
         first = extras[0]
         if any(e != first for e in extras[1:]):
-            return "", f"label filters differ between the selectors of {ir.rule.record}'s expression"
+            return frozenset(), f"label filters differ between the selectors of {ir.rule.record}'s expression"
         for name, _, _ in sorted(first):
             why = filter_blocker(ir.tree, name)
             if why:
-                return "", f"{why} in {ir.rule.record}"
-        if not first:
-            return "", None
-        return "{" + ", ".join(f'{n}{op}"{_esc(v)}"' for n, op, v in sorted(first)) + "}", None
+                return frozenset(), f"{why} in {ir.rule.record}"
+        return first, None
 
-    def _reaggregate(self, tree: Any, ir: _IndexedRule) -> tuple[str | None, str | None] | None:
+    def _selection(
+        self, ir: _IndexedRule, filters: frozenset[_Matcher]
+    ) -> tuple[frozenset[_Matcher] | None, str | None]:
+        """Matchers that select exactly ``ir``'s series among every rule recording its name: its pins, and
+        for each other rule of that name a label this rule's series never carry and the other's always do
+        (``job=""``) when the pins and the query's filters do not already exclude it."""
+        chosen = set(ir.pins)
+        for other in self.by_record[ir.rule.record]:
+            if other is ir:
+                continue
+            if _excludes(chosen | filters, other):
+                continue
+            absent = [
+                label
+                for label, _, _ in sorted(other.pins)
+                if ir.constraints(label) == {("=", "")}
+                and any(_incompatible(("=", ""), c) for c in other.constraints(label))
+            ]
+            if absent:
+                chosen.add((absent[0], "=", ""))
+                continue
+            return None, (
+                f"{ir.rule.record} is also recorded by {other.rule.where}, whose series cannot be told apart "
+                f"from those of {ir.rule.where}"
+            )
+        return frozenset(chosen), None
+
+    def _reaggregate(self, tree: Any, ir: _IndexedRule) -> tuple[_Candidate | None, tuple[str, str] | None] | None:
         q, r = tree, ir.tree
         if q[0] != "agg" or r[0] != "agg" or q[1] != r[1] or q[1] not in _AGG_REAGGREGATABLE:
             return None
@@ -391,57 +703,169 @@ class RuleIndex:
         extras: list[frozenset[_Matcher]] = []
         if not _unify(q[4], r[4], extras):
             return None
-        filters, why = self._filters(extras, ir)
-        if why is not None:
-            return None, why
-        by = f" by ({', '.join(sorted(qlabels))})" if qlabels else ""
-        return f"{q[1]}{by} ({ir.rule.record}{filters})", None
+        return self._candidate(ir, extras, qlabels)
+
+
+def _excludes(matchers: frozenset[_Matcher] | set[_Matcher], other: _IndexedRule) -> bool:
+    """Do ``matchers`` select none of ``other``'s series?"""
+    return any(_incompatible((op, v), c) for label, op, v in matchers for c in other.constraints(label))
 
 
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _selector_text(record: str, matchers: frozenset[_Matcher] | set[_Matcher]) -> str:
+    if not matchers:
+        return record
+    return record + "{" + ", ".join(f'{n}{op}"{_esc(v)}"' for n, op, v in sorted(matchers)) + "}"
+
+
+# -- where a sub-expression sits -----------------------------------------------------------------------
+
+
+def _context_blocker(parents: Sequence[Any], extra: frozenset[str], windows: Mapping[float, float]) -> str | None:
+    """Why series carrying the labels ``extra`` (their name, static labels) where the original's carry
+    none would change the expression around them (``parents``, outermost first), or None.
+
+    Walks outwards: an aggregation that drops a label absorbs it, ``scalar()`` absorbs everything, a
+    vector match that would compare the label, ``absent()`` (whose labels come from its argument's
+    selectors) and label functions reading it refuse. What reaches the top only labels the panel's
+    series, which keep their values.
+    """
+    left = set(extra)
+    for p in reversed(parents):
+        if not left:
+            return None
+        if isinstance(p, (pp.ParenExpr, pp.UnaryExpr)):
+            continue
+        if isinstance(p, pp.AggregateExpr):
+            op, mod = str(p.op), p.modifier
+            if op == "count_values" and isinstance(p.param, pp.StringLiteral):
+                left.discard(str(p.param.val))
+            if op in _KEEPS_ALL_LABELS:
+                continue
+            if mod is None:
+                left = set()
+            elif str(mod.type).endswith("By"):
+                left &= set(mod.labels)
+            else:
+                left -= {*mod.labels, "__name__"}
+            continue
+        if isinstance(p, pp.Call):
+            fn = p.func.name
+            strs = [str(a.val) for a in p.args if isinstance(a, pp.StringLiteral)]
+            if fn in ("absent", "absent_over_time"):
+                return f"{fn}() takes its labels from its argument's selectors"
+            if fn == "scalar":
+                return None
+            if fn == "label_replace" and len(strs) >= 3 and strs[2] in left:
+                return f"label_replace() reads label {strs[2]}, which the recorded series carry"
+            if fn == "label_join" and strs:
+                if any(s in left for s in strs[2:]):
+                    return "label_join() reads a label the recorded series carry"
+                left.discard(strs[0])
+            if fn.startswith("sort_by_label") and any(s in left for s in strs):
+                return f"{fn}() sorts by a label the recorded series carry"
+            if fn == "histogram_quantile" and "le" in left:
+                return "histogram_quantile() groups by le, a static label of the rule"
+            continue
+        if isinstance(p, pp.BinaryExpr):
+            if not (_is_vector(canon(p.lhs, windows)) and _is_vector(canon(p.rhs, windows))):
+                continue
+            matching = p.modifier.matching if p.modifier is not None else None
+            if matching is not None and str(matching.type).endswith("Include"):
+                compared = left & set(matching.labels)
+            else:
+                compared = left - {"__name__"} - set(matching.labels if matching is not None else ())
+            if compared:
+                names = ", ".join(sorted(compared))
+                return f"the vector match of '{p.op}' would compare label(s) {names}, which the recorded series carry"
+            continue
+        return f"{type(p).__name__} around the expression"  # subqueries are refused before; anything new too
+    return None
+
+
+def rewrite(expr: str, index: RuleIndex, macro_windows: Mapping[str, str] | None = None) -> Rewrite:
+    """What the patcher makes of one PromQL query: the largest matching sub-expressions rewritten."""
+    ast, ph = parse_query(expr, macro_windows)
+    used: list[_Candidate] = []
+    near: list[tuple[str, str]] = []
+    stack: list[Any] = []
+
+    def pre(node: Any) -> Any:
+        stack.append(node)
+        parents = stack[:-1]
+        if isinstance(node, (pp.NumberLiteral, pp.StringLiteral, pp.MatrixSelector, pp.ParenExpr)):
+            return None
+        if isinstance(node, pp.VectorSelector) and (
+            node.name in index.records or (parents and isinstance(parents[-1], pp.MatrixSelector))
+        ):
+            return None  # a recorded series already, or the samples of a range: never replaced
+        tree = canon(node, ph.windows)
+        if not _is_vector(tree):
+            return None
+        candidates, miss = index.match(tree)
+        if miss:
+            near.append(miss)
+        if not candidates:
+            return None
+        if any(isinstance(p, pp.SubqueryExpr) for p in parents):
+            near.append(
+                (
+                    "subquery",
+                    f"{candidates[0].rule.rule.record} records it, but inside a subquery the expression is "
+                    "sampled at the subquery's steps, between the rule's evaluations",
+                )
+            )
+            return None
+        for cand in candidates:
+            why = _context_blocker(parents, cand.extra, ph.windows)
+            if why is None:
+                used.append(cand)
+                return pp.parse(ph.substitute(cand.text))
+            near.append(("extra-labels", f"{why} (rewriting to {cand.rule.rule.record})"))
+        return None
+
+    def post(node: Any) -> None:
+        stack.pop()
+
+    out = pp.transform(ast, pre_visit=pre, post_visit=post)
+    if not used:
+        names = selector_names(ast)
+        if names and names <= index.records:
+            return Rewrite(None, "already uses recorded series", "recorded")
+        if near:
+            return Rewrite(None, near[0][1], near[0][0])
+        unopted = [m for s, m in ph.seconds.items() if float(s) not in ph.windows]
+        if unopted:
+            macros = ", ".join(sorted(set(unopted)))
+            return Rewrite(
+                None,
+                f"its window {macros} follows the dashboard's time range and no rule records it "
+                f"(opt in with --macro-window '{unopted[0]}=5m')",
+                "macro-window",
+            )
+        return Rewrite(None, "no recording rule computes this expression", "no-rule")
+    records = tuple(c.rule.rule.record for c in used)
+    static = tuple(sorted({kv for c in used if c.extra for kv in c.rule.rule.labels}))
+    return Rewrite(
+        ph.restore(str(out)),
+        "same computation as " + ", ".join(dict.fromkeys(records)),
+        "rewritten",
+        records,
+        tuple(c.selector for c in used),
+        tuple(c.rule.rule.where for c in used),
+        static,
+    )
+
+
 def rewrite_query(
     expr: str, index: RuleIndex, macro_windows: Mapping[str, str] | None = None
 ) -> tuple[str | None, str, tuple[str, ...]]:
     """(new query or None, reason, rules used) for one PromQL query, largest matching sub-expression first."""
-    ast, ph = parse_query(expr, macro_windows)
-    used: list[str] = []
-    reasons: list[str] = []
-
-    def pre(node: Any) -> Any:
-        if isinstance(node, (pp.NumberLiteral, pp.StringLiteral)):
-            return None
-        if isinstance(node, pp.VectorSelector) and node.name in index.records:
-            return None
-        new, why, rules = index.match(canon(node))
-        if new is not None:
-            used.extend(rules)
-            return pp.parse(ph.substitute(new))
-        if why:
-            reasons.append(why)
-        return None
-
-    out = pp.transform(ast, pre_visit=pre)
-    if not used:
-        names = selector_names(ast)
-        if names and names <= index.records:
-            return None, "already uses recorded series", ()
-        if reasons:
-            return None, reasons[0], ()
-        if ph.seconds:
-            macros = ", ".join(sorted(set(ph.seconds.values())))
-            return (
-                None,
-                (
-                    f"its window {macros} follows the dashboard's time range and no rule records it "
-                    f"(opt in with --macro-window '{next(iter(ph.seconds.values()))}=5m')"
-                ),
-                (),
-            )
-        return None, "no recording rule computes this expression", ()
-    return ph.restore(str(out)), "same computation as " + ", ".join(dict.fromkeys(used)), tuple(used)
+    r = rewrite(expr, index, macro_windows)
+    return r.query, r.reason, r.rules
 
 
 def vector_selectors(ast: Any) -> list[Any]:
@@ -560,6 +984,7 @@ def patch_dashboard(
                     "skipped",
                     f"library panel {lib.get('name') or lib.get('uid')}: its queries live in the "
                     "panel library, not in this dashboard; patch the library panel itself",
+                    code="library-panel",
                 )
             )
             continue
@@ -569,18 +994,32 @@ def patch_dashboard(
             if not isinstance(expr, str) or not expr.strip():
                 continue
             if not _is_prometheus(panel, target, ds_vars):
-                changes.append(Change(title, ref, "skipped", "not a Prometheus query", expr))
+                changes.append(Change(title, ref, "skipped", "not a Prometheus query", expr, code="not-prometheus"))
                 continue
             try:
-                new, reason, used = rewrite_query(expr, index, macro_windows)
+                r = rewrite(expr, index, macro_windows)
             except QueryError as exc:
-                changes.append(Change(title, ref, "skipped", str(exc), expr))
+                changes.append(Change(title, ref, "skipped", str(exc), expr, code="unparsable"))
                 continue
-            if new is None:
-                changes.append(Change(title, ref, "skipped", reason, expr))
+            if r.query is None:
+                changes.append(Change(title, ref, "skipped", r.reason, expr, code=r.code))
                 continue
-            target["expr"] = new
-            changes.append(Change(title, ref, "rewritten", reason, expr, new, used))
+            target["expr"] = r.query
+            changes.append(
+                Change(
+                    title,
+                    ref,
+                    "rewritten",
+                    r.reason,
+                    expr,
+                    r.query,
+                    r.rules,
+                    code=r.code,
+                    selectors=r.selectors,
+                    groups=r.groups,
+                    extra_labels=r.extra_labels,
+                )
+            )
     return dash, changes
 
 
@@ -628,7 +1067,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("dashboard", type=Path)
     ap.add_argument("-o", "--output", type=Path, help="write the patched dashboard here")
     ap.add_argument("--in-place", action="store_true", help="overwrite the input dashboard")
-    ap.add_argument("--rules", type=Path, help="a Prometheus rule file (default: the built-in TARS-1002 rules)")
+    ap.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        default=[],
+        help="a Prometheus rule file; repeat it for every file the Prometheus loads (default: the TARS-1002 rules)",
+    )
     ap.add_argument(
         "--macro-window",
         action="append",
@@ -641,12 +1086,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         text = ns.dashboard.read_text(encoding="utf-8")
         dashboard = json.loads(text)
-        rules = load_rule_file(ns.rules.read_text(encoding="utf-8")) if ns.rules else None
+        rules = [r for path in ns.rules for r in load_rule_file(path.read_text(encoding="utf-8"), path.name)] or None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     windows = dict(w.split("=", 1) for w in ns.macro_window)
-    patched, changes = patch_dashboard(dashboard, rules, macro_windows=windows)
+    try:
+        patched, changes = patch_dashboard(dashboard, rules, macro_windows=windows)
+    except ValueError as exc:  # a rule whose expression does not parse
+        print(f"error: a recording rule does not parse: {exc}", file=sys.stderr)
+        return 2
     print(format_changes(changes, color=sys.stdout.isatty()))
     out_text = dumps(patched)
     if ns.json_diff:

@@ -27,9 +27,19 @@ from tars_core.promtool import promtool
 RULE_FILE_NAME = "tars-1002-recording-rules.yml"
 
 
+def _label_pairs(labels: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(dict(labels).items()))
+
+
 @attrs.frozen
 class Rule:
-    """One recording rule: its record name, expression, group and the labels its output keeps."""
+    """One recording rule: its record name, expression, group and the labels its output keeps.
+
+    ``labels`` are the rule's static ``labels:`` (sorted pairs): Prometheus sets them on every recorded
+    series, overwriting a label of the same name, and rule files often record several rules under one
+    name told apart only by them (``quantile: "0.9"``). ``source`` names the file the rule came from, so
+    a reason can say which other file records the same name.
+    """
 
     record: str
     expr: str
@@ -37,6 +47,13 @@ class Rule:
     keeps: tuple[str, ...]
     reads: tuple[str, ...]  # raw selectors (name{matchers}) the rule reads, for tests and the README
     help: str = ""
+    labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_label_pairs)
+    source: str = ""
+
+    @property
+    def where(self) -> str:
+        """Where the rule is defined, for messages: ``group g in file.yml`` (or just the group)."""
+        return f"group {self.group} in {self.source}" if self.source else f"group {self.group}"
 
 
 @attrs.frozen
@@ -442,11 +459,18 @@ def rule_file_data(
             {
                 "name": g,
                 "interval": intervals[g],
-                "rules": [{"record": r.record, "expr": r.expr} for r in rules if r.group == g],
+                "rules": [_rule_entry(r) for r in rules if r.group == g],
             }
             for g in intervals
         ]
     }
+
+
+def _rule_entry(rule: Rule) -> dict[str, object]:
+    entry: dict[str, object] = {"record": rule.record, "expr": rule.expr}
+    if rule.labels:
+        entry["labels"] = dict(rule.labels)
+    return entry
 
 
 def render_rule_file(rules: Sequence[Rule] | None = None, intervals: Mapping[str, str] | None = None) -> str:
@@ -457,14 +481,32 @@ def render_rule_file(rules: Sequence[Rule] | None = None, intervals: Mapping[str
     return header + yaml.safe_dump(rule_file_data(rules, intervals), sort_keys=False, width=120)
 
 
-def load_rule_file(text: str) -> list[Rule]:
-    """Rules from a Prometheus rule file (for patching against a file other than the built-in one)."""
-    data = yaml.safe_load(text) or {}
+def load_rule_file(text: str, source: str = "") -> list[Rule]:
+    """The recording rules of a Prometheus rule file, with their static ``labels:`` (alerting rules are
+    left out). ``source`` (the file's name) is kept on each rule for messages.
+
+    A file Prometheus would refuse (not a mapping, a group without a name, a rule without ``expr``) is
+    a :class:`ValueError` naming the problem, which the CLI reports as bad input.
+    """
+    # every scalar as written (BaseLoader), as Prometheus reads them: `quantile: 0.90` is "0.90", not 0.9
+    data = yaml.load(text, Loader=yaml.BaseLoader) or {}
+    where = source or "rule file"
+    if not isinstance(data, dict) or not isinstance(data.get("groups", []), list):
+        raise ValueError(f"{where}: not a Prometheus rule file (expected a mapping with a 'groups' list)")
     out = []
-    for g in data.get("groups", []):
-        for r in g.get("rules", []):
-            if "record" in r:
-                out.append(Rule(r["record"], r["expr"], g["name"], (), ()))
+    for g in data.get("groups") or []:
+        if not isinstance(g, dict) or "name" not in g:
+            raise ValueError(f"{where}: every group needs a name")
+        for r in g.get("rules") or []:
+            if not isinstance(r, dict) or "record" not in r:
+                continue
+            if "expr" not in r:
+                raise ValueError(f"{where}: rule {r['record']} in group {g['name']} has no expr")
+            labels = r.get("labels") or {}
+            if not isinstance(labels, dict):
+                raise ValueError(f"{where}: labels of rule {r['record']} must be a mapping")
+            static = {str(k): str(v) for k, v in labels.items()}
+            out.append(Rule(str(r["record"]), str(r["expr"]), str(g["name"]), (), (), labels=static, source=source))
     return out
 
 
