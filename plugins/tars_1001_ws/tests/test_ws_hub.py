@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from tars_1001_ws.check import HubError, HubProcess, hub_info, probe_protocol
 from tars_1001_ws.hub import serve
-from tars_1001_ws.protocol import SUBPROTOCOL, decode, encode
+from tars_1001_ws.protocol import CLIENT_JS_PATH, SUBPROTOCOL, SUBPROTOCOL_V100, decode, encode
 from websockets.asyncio.client import connect
 from ws_testlib import eventually
 
@@ -88,9 +88,24 @@ async def test_replay_is_bounded_by_age():
 
 async def test_info_and_metrics_endpoints(hub):
     info = await hub_info(hub.url)
-    assert info["supported"] == [SUBPROTOCOL] and info["enabled"] is True and info["flag"] is None
+    assert info["supported"] == [SUBPROTOCOL, SUBPROTOCOL_V100] and info["enabled"] is True and info["flag"] is None
+    assert info["client"] == CLIENT_JS_PATH
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{hub.port}/metrics").read())
     assert b"tars_ws_hub_v101_enabled 1.0" in body and b"tars_ws_hub_published_total" in body
+
+
+async def test_the_hub_serves_the_browser_client_it_ships(hub):
+    """GET /tars-ws/tars-ws.js is the package's static/tars-ws.js, as a module any origin may import."""
+    from importlib.resources import files
+
+    def get() -> tuple[bytes, dict[str, str]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub.port}{CLIENT_JS_PATH}") as response:
+            return response.read(), dict(response.headers)
+
+    body, headers = await asyncio.to_thread(get)
+    assert body == files("tars_1001_ws").joinpath("static", "tars-ws.js").read_bytes()
+    assert headers["Content-Type"].startswith("text/javascript") and headers["Access-Control-Allow-Origin"] == "*"
+    assert b"export class TarsWebSocket" in body
 
 
 async def test_info_on_something_that_is_not_a_hub_is_a_clear_error():

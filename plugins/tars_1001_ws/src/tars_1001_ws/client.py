@@ -14,7 +14,10 @@ stale until someone pressed refresh. This client owns the whole life of the conn
   each resuming after the last sequence number received, so handlers see each message exactly once and in
   order; what the hub can no longer replay is reported as ``RESYNC_REQUIRED``, never skipped silently;
 * publishes wait in a bounded outbox until the hub acknowledges them; resends carry the same idempotency
-  key, so a publish whose ack was lost is not duplicated.
+  key, so a publish whose ack was lost is not duplicated;
+* it offers both ``tars.ws.v1.0.1`` and ``tars.ws.v1.0.0`` and speaks whichever the hub selects (v1.0.0
+  while the hub's flag is off), like the browser client ``tars-ws.js``: a rollback degrades it (no
+  replay: every reconnect is reported as a resync) instead of locking it out.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from tars_1001_ws.protocol import (
     CLOSE_TRY_AGAIN_LATER,
     MAX_CHANNEL_NAME,
     SUBPROTOCOL,
+    SUBPROTOCOL_V100,
+    SUBPROTOCOLS,
     decode,
     encode,
     retry_after_hint,
@@ -64,7 +69,8 @@ class ConnectionState(enum.Enum):
 
 @dataclass(frozen=True)
 class Message:
-    """One delivered message: ``seq`` counts 1, 2, 3... per channel within ``epoch``."""
+    """One delivered message: ``seq`` counts 1, 2, 3... per channel within ``epoch``
+    (``0`` and ``""`` when the hub speaks v1.0.0, which numbers nothing)."""
 
     channel: str
     seq: int
@@ -77,7 +83,9 @@ class ResyncRequired:
     """A gap the hub could not replay: everything after (last_epoch, last_seq) up to (epoch, first_seq - 1).
 
     ``reason`` is ``epoch_changed`` (the hub restarted or forgot the channel: the end of the old epoch is
-    unknown) or ``evicted`` (the gap outlived the replay buffer). Delivery continues from ``first_seq``;
+    unknown), ``evicted`` (the gap outlived the replay buffer) or ``no_replay`` (this connection or the one
+    before it spoke v1.0.0, the hub's flag being off: what was published while disconnected is unknown;
+    ``epoch`` is ``""`` and ``first_seq`` 0 on a v1.0.0 connection). Delivery continues from ``first_seq``;
     the application should reload the channel's state from its source of truth.
     """
 
@@ -90,6 +98,8 @@ class ResyncRequired:
 
     @property
     def missing(self) -> str:
+        if self.reason == "no_replay":
+            return f"{self.channel}: whatever was published while disconnected (v1.0.0 has no replay)"
         if self.reason == "evicted":
             return f"{self.channel}: seq {self.last_seq + 1}..{self.first_seq - 1} of epoch {self.epoch}"
         tail = f" and seq 1..{self.first_seq - 1} of epoch {self.epoch}" if self.first_seq > 1 else ""
@@ -101,7 +111,8 @@ class StateEvent:
     """What state listeners receive.
 
     ``reason`` and ``delay`` (seconds until the next attempt) are set for DISCONNECTED; ``complete``
-    for RECOVERED (false when any channel needed a resync); ``resync`` for RESYNC_REQUIRED.
+    for RECOVERED (false when any channel needed a resync); ``resync`` for RESYNC_REQUIRED; ``protocol``
+    (the subprotocol the hub selected) for CONNECTED.
     """
 
     state: ConnectionState
@@ -110,6 +121,7 @@ class StateEvent:
     delay: float | None = None
     complete: bool | None = None
     resync: ResyncRequired | None = None
+    protocol: str | None = None
 
 
 class ClientError(Exception):
@@ -148,10 +160,12 @@ class _Subscription:
     received: int = 0  # last seq put in the delivery queue: where a resubscribe resumes
     delivered: tuple[str | None, int] = (None, 0)  # (epoch, seq) a handler last returned from
     resync: Callable[[ResyncRequired], Any] | None = None
+    confirmed: bool = False  # the hub confirmed it on some connection: a reconnect must account for the gap
 
 
 class Publication:
-    """A publish in the outbox; ``await pub.wait()`` gives the sequence number the hub assigned."""
+    """A publish in the outbox; ``await pub.wait()`` gives the sequence number the hub assigned (``None``
+    from a hub speaking v1.0.0)."""
 
     __slots__ = ("channel", "data", "future", "key", "sent_on", "size", "text")
 
@@ -159,12 +173,17 @@ class Publication:
         self.channel = channel
         self.data = data
         self.key = key
-        self.text = encode({"type": "publish", "id": key, "channel": channel, "data": data, "key": key})
-        self.size = len(self.text.encode())
-        self.future: asyncio.Future[int] = loop.create_future()
+        try:  # what the hub would refuse is refused here, before it can sit in the outbox
+            self.text = encode({"type": "publish", "id": key, "channel": channel, "data": data, "key": key})
+            self.size = len(self.text.encode())
+        except UnicodeEncodeError:
+            raise ValueError("data holds a string with a lone UTF-16 surrogate: not valid Unicode") from None
+        except ValueError as exc:
+            raise ValueError(f"data is not standard JSON: {exc}") from None
+        self.future: asyncio.Future[int | None] = loop.create_future()
         self.sent_on = -1  # connection number it was last sent on
 
-    async def wait(self, timeout: float | None = None) -> int:
+    async def wait(self, timeout: float | None = None) -> int | None:
         async with asyncio.timeout(timeout):
             return await asyncio.shield(self.future)
 
@@ -201,6 +220,7 @@ class ReconnectingWebSocketClient:
         inbox_max: int = 10_000,
         client_id: str | None = None,
         rng: random.Random | None = None,
+        protocols: Iterable[str] = SUBPROTOCOLS,
         **connect_kwargs: Any,
     ) -> None:
         try:
@@ -213,6 +233,9 @@ class ReconnectingWebSocketClient:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         if outbox_overflow not in ("reject", "drop_oldest"):
             raise ValueError("outbox_overflow is 'reject' or 'drop_oldest'")
+        self.protocols = tuple(protocols)
+        if not self.protocols or not set(self.protocols) <= set(SUBPROTOCOLS):
+            raise ValueError(f"protocols must be a non-empty selection of {', '.join(SUBPROTOCOLS)}")
         self.url = url
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -233,6 +256,7 @@ class ReconnectingWebSocketClient:
         self._inbox_max = inbox_max
 
         self.state = ConnectionState.CLOSED
+        self.protocol: str | None = None  # what the hub selected for the current (or last) connection
         self.resyncs: list[ResyncRequired] = []
         self.stats = {
             "connections": 0,
@@ -468,7 +492,7 @@ class ReconnectingWebSocketClient:
     async def _open(self) -> _LivenessConnection:
         ws = await connect(
             self.url,
-            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            subprotocols=[Subprotocol(p) for p in self.protocols],
             ping_interval=None,  # liveness is ours: counts any frame, aborts on death
             open_timeout=self.open_timeout,
             close_timeout=self.close_timeout,
@@ -477,11 +501,11 @@ class ReconnectingWebSocketClient:
             **self._connect_kwargs,
         )
         assert isinstance(ws, _LivenessConnection)
-        if ws.subprotocol != SUBPROTOCOL:
+        if ws.subprotocol not in self.protocols:
             ws.transport.abort()
             raise _ProtocolMismatch(
-                f"the hub did not negotiate {SUBPROTOCOL} (no sequence numbers or replay): it is a v1.0.0 hub "
-                f"or the TARS-1001 flag is off"
+                f"the hub did not negotiate {' or '.join(self.protocols)}: it is a v1.0.0 build (which knows no "
+                f"subprotocol){'' if SUBPROTOCOL_V100 in self.protocols else ' or the TARS-1001 flag is off'}"
             )
         return ws
 
@@ -495,7 +519,8 @@ class ReconnectingWebSocketClient:
         self._ws = ws
         self._conn_no += 1
         self.stats["connections"] += 1
-        self._emit(StateEvent(ConnectionState.CONNECTED))
+        self.protocol = ws.subprotocol
+        self._emit(StateEvent(ConnectionState.CONNECTED, protocol=self.protocol))
         reader = asyncio.create_task(self._read_loop(ws))
         heartbeat = asyncio.create_task(self._heartbeat(ws), name="heartbeat")
         tasks: list[asyncio.Future[Any]] = [reader, heartbeat]
@@ -506,14 +531,14 @@ class ReconnectingWebSocketClient:
                     {"channel": name, "epoch": sub.epoch, "seq": sub.received if sub.epoch else None}
                     for name, sub in self._subs.items()
                 ]
+                resyncs_before = len(self.resyncs)
                 recovering = asyncio.ensure_future(self._request({"type": "subscribe", "channels": specs}))
                 tasks.append(recovering)
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 if recovering not in done:
                     _raise_from(done)
-                result = recovering.result()
-                complete = all(entry.get("recovered", False) for entry in result.get("channels", []))
-                self._emit(StateEvent(ConnectionState.RECOVERED, complete=complete))
+                recovering.result()
+                self._emit(StateEvent(ConnectionState.RECOVERED, complete=len(self.resyncs) == resyncs_before))
             else:
                 self._emit(StateEvent(ConnectionState.RECOVERED, complete=True))
             if self._ready is not None and not self._ready.done():
@@ -603,23 +628,35 @@ class ReconnectingWebSocketClient:
             sub = self._subs.get(entry.get("channel"))
             if sub is None:
                 continue
-            first = int(entry["first"])
-            if not entry.get("recovered", False) and sub.epoch is not None:
-                event = ResyncRequired(
-                    entry["channel"], sub.epoch, sub.received, entry["epoch"], first, entry.get("reason") or "unknown"
-                )
+            if self.protocol != SUBPROTOCOL:  # v1.0.0: no position, so no resume after this connection
+                epoch, first, reason = "", 0, "no_replay" if sub.confirmed else None
+            else:
+                epoch, first = entry["epoch"], int(entry["first"])
+                if sub.epoch is None:  # a fresh subscription, or one last held on a v1.0.0 connection
+                    reason = "no_replay" if sub.confirmed else None
+                else:
+                    reason = None if entry.get("recovered", False) else entry.get("reason") or "unknown"
+            if reason is not None:
+                event = ResyncRequired(entry["channel"], sub.epoch, sub.received, epoch, first, reason)
                 self.resyncs.append(event)
                 log.warning("%s: resync required, missing %s", self.url, event.missing)
                 self._emit(StateEvent(ConnectionState.RESYNC_REQUIRED, resync=event))
                 if sub.resync is not None:
                     self._invoke(sub.resync, event)
-            sub.epoch = entry["epoch"]
-            sub.received = first - 1
+            sub.epoch = epoch or None
+            sub.received = max(0, first - 1)
+            sub.confirmed = True
 
     async def _on_msg(self, frame: dict[str, Any]) -> None:
         sub = self._subs.get(frame.get("channel"))  # type: ignore[arg-type]
-        if sub is None or frame.get("epoch") != sub.epoch:
-            return  # unsubscribed meanwhile, or a frame from before a resync
+        if sub is None:
+            return  # unsubscribed meanwhile
+        assert self._inbox is not None
+        if self.protocol != SUBPROTOCOL:  # v1.0.0: nothing to order or deduplicate by
+            await self._inbox.put((sub, Message(frame["channel"], 0, frame.get("data"), "")))
+            return
+        if frame.get("epoch") != sub.epoch:
+            return  # a frame from before a resync
         seq = frame["seq"]
         if seq <= sub.received:
             self.stats["duplicates_dropped"] += 1
@@ -628,17 +665,17 @@ class ReconnectingWebSocketClient:
             self.stats["gaps_detected"] += 1  # cannot happen with a correct hub; reconnect to replay it
             raise _ConnectionLost(f"gap on {frame['channel']}: expected seq {sub.received + 1}, got {seq}")
         sub.received = seq
-        assert self._inbox is not None
         await self._inbox.put((sub, Message(frame["channel"], seq, frame.get("data"), sub.epoch or "")))
 
     def _on_ack(self, frame: dict[str, Any]) -> None:
-        key = frame.get("key")
+        key = frame.get("key") or frame.get("id")  # a v1.0.0 ack echoes only the id (= the key)
         for pub in self._outbox:
             if pub.key == key:
                 self._outbox.remove(pub)
                 self._outbox_bytes -= pub.size
                 if not pub.future.done():
-                    pub.future.set_result(int(frame["seq"]))
+                    seq = frame.get("seq")
+                    pub.future.set_result(int(seq) if seq is not None else None)
                 return
 
     def _fail_publication(self, frame: dict[str, Any]) -> None:

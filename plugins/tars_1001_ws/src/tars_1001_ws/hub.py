@@ -6,6 +6,11 @@ the last messages in a replay buffer bounded by count and age. A subscriber that
 (epoch, seq) it saw gets the gap replayed before live traffic, or is told exactly what cannot be replayed.
 Publishes carry an idempotency key so a client may resend after a reconnect without duplicating.
 
+No frame a client sends can cost another client its connection: frames are parsed strictly (standard
+JSON, bounded nesting, no lone surrogates: :func:`~tars_1001_ws.protocol.decode`), a request is checked
+whole before anything changes, every frame is encoded to UTF-8 once, before it is stored or queued, and
+a send that fails for any reason ends only that one connection.
+
 All channel state is mutated synchronously inside one event loop, between awaits: a subscribe computes
 its replay and registers the subscriber in one step, so no live message can slip between the replay and
 the live stream, and no lock is needed.
@@ -22,6 +27,7 @@ import secrets
 import signal
 import sys
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -36,6 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from tars_1001_ws.protocol import (
+    CLIENT_JS_PATH,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
     DEFAULT_FLAG,
@@ -43,6 +50,8 @@ from tars_1001_ws.protocol import (
     MAX_CHANNEL_NAME,
     METRICS_PATH,
     SUBPROTOCOL,
+    SUBPROTOCOL_V100,
+    FrameError,
     decode,
     encode,
 )
@@ -63,7 +72,7 @@ class _Channel:
         self.name = name
         self.epoch = secrets.token_hex(8)
         self.head = 0
-        self.buffer: deque[tuple[int, float, str]] = deque()  # (seq, monotonic time, encoded msg frame)
+        self.buffer: deque[tuple[int, float, bytes]] = deque()  # (seq, monotonic time, UTF-8 msg frame)
         self.keys: OrderedDict[str, int] = OrderedDict()
         self.subscribers: set[_Session] = set()
 
@@ -88,13 +97,23 @@ class _Session:
     def __init__(self, conn: ServerConnection, v101: bool) -> None:
         self.conn = conn
         self.v101 = v101
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()  # UTF-8 text frames, encoded once for everyone
         self.channels: set[str] = set()
 
     async def write_loop(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        """Send queued frames; a send that fails for any other reason than a closed connection closes
+        this connection with 1011 (it would otherwise stop receiving without knowing) and no other."""
+        try:
             while True:
-                await self.conn.send(await self.queue.get())
+                frame = await self.queue.get()
+                await self.conn.send(frame, text=True)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("sending to %s failed: closing that connection only", self.conn.remote_address)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.conn.close(1011, "hub could not send a frame"), 5.0)
+            self.conn.transport.abort()
 
 
 class Hub:
@@ -138,6 +157,8 @@ class Hub:
         self.stopping = asyncio.Event()
         self.channels: dict[str, _Channel] = {}
         self.sessions: set[_Session] = set()
+        # handshakes accepted only to be closed at once with a code and reason a browser can read
+        self._refused: weakref.WeakKeyDictionary[ServerConnection, tuple[int, str]] = weakref.WeakKeyDictionary()
         self.registry = CollectorRegistry()
         self._connections = Gauge("tars_ws_hub_connections", "Connected clients", ["protocol"], registry=self.registry)
         self._published = Counter("tars_ws_hub_published", "Messages published", registry=self.registry)
@@ -203,8 +224,9 @@ class Hub:
             "server": "tars-1001-ws-hub",
             "version": HUB_VERSION,
             "hub_id": self.hub_id,
-            "supported": [] if self.legacy else [SUBPROTOCOL],
+            "supported": [] if self.legacy else [SUBPROTOCOL, SUBPROTOCOL_V100],
             "enabled": self.enabled,
+            "client": None if self.legacy else CLIENT_JS_PATH,
             "flag": None if self.flags_redis is None else self.flag,
             "replay": {"max_messages": self.replay_max_messages, "max_age": self.replay_max_age},
             "connections": len(self.sessions),
@@ -213,8 +235,15 @@ class Hub:
 
     # -- handshake hooks ------------------------------------------------------------------------------
     def select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-        """Offer v1.0.1 only while enabled: a v1.0.0 hub, or this one with the flag off, selects nothing."""
-        return Subprotocol(SUBPROTOCOL) if self.enabled and SUBPROTOCOL in offered else None
+        """v1.0.1 while enabled, else v1.0.0, whichever the client offers: a browser fails the handshake
+        when none of the protocols it offered is selected, so a client offering both always gets one.
+        A client that offers neither gets none (a v1.0.0 client); the legacy hub, like the v1.0.0 build,
+        knows no subprotocol at all."""
+        if self.legacy:
+            return None
+        if self.enabled and SUBPROTOCOL in offered:
+            return Subprotocol(SUBPROTOCOL)
+        return Subprotocol(SUBPROTOCOL_V100) if SUBPROTOCOL_V100 in offered else None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -224,20 +253,34 @@ class Hub:
             return _respond(
                 connection, HTTPStatus.OK, generate_latest(self.registry).decode(), "text/plain; version=0.0.4"
             )
+        if path == CLIENT_JS_PATH and not self.legacy:
+            response = _respond(connection, HTTPStatus.OK, client_js(), "text/javascript; charset=utf-8")
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            response.headers["Cache-Control"] = "no-cache"
+            return response
         full = self.max_clients is not None and len(self.sessions) >= self.max_clients
         if self.draining or full:
-            response = _respond(
-                connection,
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                "hub restarting\n" if self.draining else "hub at capacity\n",
-                "text/plain",
+            code, reason = (
+                (CLOSE_SERVICE_RESTART, "hub restarting")
+                if self.draining
+                else (CLOSE_TRY_AGAIN_LATER, "hub at capacity")
             )
+            if "Origin" in request.headers and "Upgrade" in request.headers:
+                # A browser sees nothing of an HTTP 503 (its socket just closes with 1006), so it is let in
+                # and closed at once with a code and a retry-after hint it can read.
+                self._refused[connection] = (code, f"{reason}; retry-after={self.retry_after}")
+                return None
+            response = _respond(connection, HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n", "text/plain")
             response.headers["Retry-After"] = str(self.retry_after)
             return response
         return None
 
     # -- connections --------------------------------------------------------------------------------
     async def handler(self, conn: ServerConnection) -> None:
+        refused = self._refused.pop(conn, None)
+        if refused is not None:
+            await conn.close(*refused)
+            return
         session = _Session(conn, conn.subprotocol == SUBPROTOCOL)
         proto = "v1.0.1" if session.v101 else "v1.0.0"
         self.sessions.add(session)
@@ -245,7 +288,7 @@ class Hub:
         writer = asyncio.create_task(session.write_loop())
         if session.v101:
             session.queue.put_nowait(
-                encode(
+                _utf8(
                     {
                         "type": "welcome",
                         "protocol": SUBPROTOCOL,
@@ -258,10 +301,17 @@ class Hub:
             async for raw in conn:
                 try:
                     frame = decode(raw)
-                except ValueError as exc:
-                    session.queue.put_nowait(_error(None, "bad_frame", str(exc)))
+                except FrameError as exc:
+                    session.queue.put_nowait(_error(exc.req_id, exc.code, str(exc)))
                     continue
-                self.dispatch(session, frame)
+                try:
+                    self.dispatch(session, frame)
+                except Exception:  # a bug of ours: this request fails, the connection and the others live on
+                    log.exception("request %.200r failed", frame)
+                    req_id = frame.get("id")
+                    session.queue.put_nowait(
+                        _error(req_id if isinstance(req_id, (str, int)) else None, "internal_error", "hub error")
+                    )
         except ConnectionClosed:
             pass
         finally:
@@ -285,14 +335,15 @@ class Hub:
                 self._unsubscribe(session, req_id, frame.get("channels"))
             elif kind == "publish":
                 self._publish(session, req_id, frame)
+            elif kind == "ping":
+                session.queue.put_nowait(_utf8({"type": "pong", "id": req_id}))
             else:
                 session.queue.put_nowait(_error(req_id, "unknown_type", f"unknown frame type {kind!r}"))
         except _BadRequest as exc:
             session.queue.put_nowait(_error(req_id, "bad_request", str(exc)))
 
     def _channel(self, name: Any) -> _Channel:
-        if not isinstance(name, str) or not name or len(name) > MAX_CHANNEL_NAME:
-            raise _BadRequest(f"channel must be a non-empty string of at most {MAX_CHANNEL_NAME} characters")
+        _check_name(name)
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = _Channel(name)
@@ -300,38 +351,48 @@ class Hub:
         return channel
 
     def _subscribe(self, session: _Session, req_id: Any, specs: Any) -> None:
+        """All or nothing: every entry is checked before any channel is created or subscribed."""
         if not isinstance(specs, list) or not specs:
             raise _BadRequest("subscribe needs a non-empty 'channels' list")
-        self._subscribes.inc()
-        results: list[dict[str, Any]] = []
-        replay: list[str] = []
+        wanted: list[tuple[str, str | None, int | None]] = []
         for spec in specs:
             spec = {"channel": spec} if isinstance(spec, str) else spec
             if not isinstance(spec, dict):
                 raise _BadRequest("each subscribe entry is a channel name or {channel, epoch, seq}")
-            channel = self._channel(spec.get("channel"))
+            name, epoch, seq = spec.get("channel"), spec.get("epoch"), spec.get("seq")
+            _check_name(name)
+            if epoch is not None and not isinstance(epoch, str):
+                raise _BadRequest(f"{name}: epoch must be a string or null")
+            if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+                raise _BadRequest(f"{name}: seq must be a non-negative integer or null")
+            if any(name == w[0] for w in wanted):
+                raise _BadRequest(f"{name}: listed twice in one subscribe")
+            wanted.append((name, epoch, seq))
+        self._subscribes.inc()
+        results: list[dict[str, Any]] = []
+        replay: list[bytes] = []
+        for name, epoch, seq in wanted:
+            channel = self._channel(name)
             if not session.v101:
                 results.append({"channel": channel.name})
             else:
-                result, frames = self._resume(channel, spec.get("epoch"), spec.get("seq"))
+                result, frames = self._resume(channel, epoch, seq)
                 results.append(result)
                 replay.extend(frames)
             channel.subscribers.add(session)
             session.channels.add(channel.name)
-        session.queue.put_nowait(encode({"type": "subscribed", "id": req_id, "channels": results}))
-        for text in replay:
-            session.queue.put_nowait(text)
+        session.queue.put_nowait(_utf8({"type": "subscribed", "id": req_id, "channels": results}))
+        for data in replay:
+            session.queue.put_nowait(data)
         self._replayed.inc(len(replay))
 
-    def _resume(self, channel: _Channel, epoch: Any, seq: Any) -> tuple[dict[str, Any], list[str]]:
+    def _resume(self, channel: _Channel, epoch: str | None, seq: int | None) -> tuple[dict[str, Any], list[bytes]]:
         """What a subscriber resuming after (epoch, seq) gets: the result entry and the frames to replay."""
         oldest = channel.oldest()
         result: dict[str, Any] = {"channel": channel.name, "epoch": channel.epoch, "head": channel.head}
         if seq is None:  # a fresh subscription starts live
             result.update(recovered=True, reason=None, first=channel.head + 1)
             return result, []
-        if not isinstance(seq, int) or seq < 0:
-            raise _BadRequest("seq must be a non-negative integer or null")
         if epoch == channel.epoch and seq <= channel.head:
             if seq + 1 >= oldest:
                 result.update(recovered=True, reason=None, first=seq + 1)
@@ -344,14 +405,14 @@ class Hub:
         return result, [text for _, _, text in channel.buffer]
 
     def _unsubscribe(self, session: _Session, req_id: Any, names: Any) -> None:
-        if not isinstance(names, list):
-            raise _BadRequest("unsubscribe needs a 'channels' list")
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise _BadRequest("unsubscribe needs a 'channels' list of channel names")
         for name in names:
-            channel = self.channels.get(name) if isinstance(name, str) else None
+            channel = self.channels.get(name)
             if channel is not None:
                 channel.subscribers.discard(session)
             session.channels.discard(name)
-        session.queue.put_nowait(encode({"type": "unsubscribed", "id": req_id, "channels": names}))
+        session.queue.put_nowait(_utf8({"type": "unsubscribed", "id": req_id, "channels": names}))
 
     def _publish(self, session: _Session, req_id: Any, frame: dict[str, Any]) -> None:
         if "data" not in frame:
@@ -365,14 +426,24 @@ class Hub:
             self._duplicates.inc()
             if session.v101:
                 ack.update(key=key, epoch=channel.epoch, seq=channel.keys[key], duplicate=True)
-            session.queue.put_nowait(encode(ack))
+            session.queue.put_nowait(_utf8(ack))
             return
+        # encoded (and so proven sendable) before the sequence number is taken or anything is stored
+        try:
+            text = _utf8(
+                {
+                    "type": "msg",
+                    "channel": channel.name,
+                    "epoch": channel.epoch,
+                    "seq": channel.head + 1,
+                    "data": frame["data"],
+                }
+            )
+        except ValueError as exc:  # decode() already refuses these (UnicodeEncodeError too); never store one
+            raise _BadRequest(f"data cannot be sent as standard JSON text: {exc}") from None
         channel.head += 1
         seq = channel.head
         now = time.monotonic()
-        text = encode(
-            {"type": "msg", "channel": channel.name, "epoch": channel.epoch, "seq": seq, "data": frame["data"]}
-        )
         channel.buffer.append((seq, now, text))
         channel.evict(now, self.replay_max_messages, self.replay_max_age)
         if key is not None:
@@ -382,8 +453,8 @@ class Hub:
         self._published.inc()
         if session.v101:
             ack.update(key=key, epoch=channel.epoch, seq=seq, duplicate=False)
-        session.queue.put_nowait(encode(ack))
-        legacy_text: str | None = None
+        session.queue.put_nowait(_utf8(ack))
+        legacy_text: bytes | None = None
         for sub in list(channel.subscribers):
             if sub.queue.qsize() >= self.max_pending:
                 self._drop_slow(sub)
@@ -392,7 +463,7 @@ class Hub:
                 sub.queue.put_nowait(text)
             else:
                 if legacy_text is None:
-                    legacy_text = encode({"type": "msg", "channel": channel.name, "data": frame["data"]})
+                    legacy_text = _utf8({"type": "msg", "channel": channel.name, "data": frame["data"]})
                 sub.queue.put_nowait(legacy_text)
 
     def _drop_slow(self, session: _Session) -> None:
@@ -419,8 +490,31 @@ class _BadRequest(Exception):
     pass
 
 
-def _error(req_id: Any, code: str, message: str) -> str:
-    return encode({"type": "error", "id": req_id, "code": code, "message": message})
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > MAX_CHANNEL_NAME:
+        raise _BadRequest(f"channel must be a non-empty string of at most {MAX_CHANNEL_NAME} characters")
+
+
+def _utf8(frame: dict[str, Any]) -> bytes:
+    """A frame as the UTF-8 bytes of its text frame: encoded once, sent as is to every subscriber."""
+    return encode(frame).encode("utf-8")
+
+
+def _error(req_id: Any, code: str, message: str) -> bytes:
+    return _utf8({"type": "error", "id": req_id, "code": code, "message": message})
+
+
+_CLIENT_JS: str | None = None
+
+
+def client_js() -> str:
+    """The browser client shipped in this package (``static/tars-ws.js``), read once."""
+    global _CLIENT_JS
+    if _CLIENT_JS is None:
+        from importlib.resources import files
+
+        _CLIENT_JS = files("tars_1001_ws").joinpath("static", "tars-ws.js").read_text(encoding="utf-8")
+    return _CLIENT_JS
 
 
 def _respond(connection: ServerConnection, status: HTTPStatus, body: str, content_type: str) -> Response:
