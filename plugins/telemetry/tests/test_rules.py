@@ -111,7 +111,7 @@ def test_generated_promtool_tests_pass(name: str, tmp_path: Path) -> None:
         # without the minimum-events guard the low-traffic case pages
         (lambda text: re.sub(r' and slo:sli_events:increase1h\{slo="api-availability"\} >= \d+', "", text), "got: {"),
         # a single-window alert does not reset when the short window is clean
-        (lambda text: text.replace(' and slo:sli_error:ratio_rate5m{slo="api-availability"} > 0.144', ""), "time: 29m"),
+        (lambda text: text.replace(' and slo:sli_error:ratio_rate5m{slo="api-availability"} > 0.144', ""), "time: 28m"),
     ],
 )
 def test_generated_tests_catch_broken_rules(mutation, caught: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

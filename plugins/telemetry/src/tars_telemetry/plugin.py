@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tars_core import PluginInfo, SandboxContribution, hookimpl
+from tars_core import PluginInfo, hookimpl
 from tars_telemetry.config import SLOMonitorConfig
 
 if TYPE_CHECKING:
     from tars_core import (
         ApplyResult,
+        BenchmarkResult,
         Context,
         Release,
         ReportSection,
+        SandboxContribution,
         SandboxSite,
         VerifyResult,
     )
@@ -79,6 +81,19 @@ async def tars_observe(ctx: Context, change: Change) -> Judgement:
 
 
 @hookimpl
+def tars_benchmark(ctx: Context) -> BenchmarkResult:
+    """Alert quality, Sloth v0.16 (before) against ours (after), on labelled incidents backfilled into a
+    throwaway Prometheus: the quick set here, ``benchmarks/tars-slo-monitor_bench.py`` for all of them."""
+    from tars_core import BenchmarkResult
+    from tars_telemetry import alertbench
+
+    config: SLOMonitorConfig = ctx.config
+    metrics = alertbench.run(ctx.state_dir / "alertbench", quick=config.benchmark_quick, log=ctx.log.info)
+    scope = "quick set (5 scenarios)" if config.benchmark_quick else "full set"
+    return BenchmarkResult(metrics=metrics, detail=f"alert quality on the {scope}; before = Sloth v0.16, after = ours")
+
+
+@hookimpl
 def tars_report(release: Release) -> ReportSection | None:
     if not any(p.name == NAME for p in release.plugins):
         return None
@@ -89,8 +104,13 @@ def tars_report(release: Release) -> ReportSection | None:
 
 @hookimpl
 def tars_sandbox(site: SandboxSite) -> SandboxContribution:
-    """The sandbox's config section: rules ready seconds after a load, the gate polling often (its bake
-    times are seconds, see ``release.bake_time`` in the generated config)."""
-    return SandboxContribution(
-        config={"rule_interval": "5s", "long_rule_interval": "15s", "poll_interval_s": 3.0, "min_window_s": 15.0}
-    )
+    """The streaming monitor daemon (the sandbox Prometheus remote-writes the SLO series to it; see
+    ``tars-slo watch``) and the config section: rules evaluated within seconds of a load, the gate polling
+    often over short windows (the sandbox's bake times are seconds, see ``release.bake_time``)."""
+    import attrs
+
+    from tars_telemetry.stream import sandbox_contribution
+
+    daemon = sandbox_contribution(site)
+    config = {"rule_interval": "5s", "long_rule_interval": "15s", "poll_interval_s": 3.0, "min_window_s": 15.0}
+    return attrs.evolve(daemon, config=config)

@@ -29,6 +29,7 @@ from tars_telemetry.rules import (
     eval_order,
     num,
     threshold,
+    tier_min_events,
     tiers_for,
 )
 from tars_telemetry.spec import (
@@ -194,7 +195,7 @@ def _expect(expr: str, at: int, samples: list[tuple[str, float]]) -> dict[str, A
 
 def tier_cases(slo: SLO, tier: Tier) -> list[dict[str, Any]]:
     thr = threshold(slo, tier)
-    minimum = default_min_events(slo)
+    minimum = tier_min_events(slo, tier)
     run = _minutes(tier.for_) + 20
     reset = _minutes(tier.short) + 3
     tier_alert = _alerts(BURN_ALERT, slo, f',tier="{tier.name}"')
