@@ -522,14 +522,19 @@ def _score(r: float, lo: float, hi: float) -> float:
 
 
 def series_key(labels: Mapping[str, str]) -> str:
-    """The canonical name of a series, as PromQL writes it: ``name{a="x",b="y"}`` with labels sorted."""
+    """The ``series`` label of a forecast: ``name{a=x,b=y}``, labels sorted, without quotes.
+
+    No double quotes or backslashes, so Grafana can put it in a PromQL string through a variable (it
+    regex-escapes a multi-value variable but never escapes ``"``): those characters in a label value
+    become ``'`` and ``/``.
+    """
     name = labels.get("__name__", "")
-    rest = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()) if k != "__name__")
-    return f"{name}{{{rest}}}" if rest or not name else name
+    rest = ",".join(f"{k}={_clean(v)}" for k, v in sorted(labels.items()) if k != "__name__")
+    return f"{name}{{{rest}}}"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _clean(value: str) -> str:
+    return value.replace('"', "'").replace("\\", "/").replace("\n", " ")
 
 
 class _SampleLike(Protocol):
