@@ -67,7 +67,7 @@ def instant(text: str) -> float:
     return when.timestamp()
 
 
-# -- sources ------------------------------------------------------------------------------------------------------
+# -- sources -----------------------------------------------------------------------------------------------------------
 
 
 def _number(text: str, where: str) -> float:
@@ -133,7 +133,7 @@ def read_prometheus(url: str, expr: str, start: float, end: float, step: float, 
     return {"times": [float(t) for t, _ in pairs], "values": [float(v) for _, v in pairs]}
 
 
-# -- building metrics ------------------------------------------------------------------------------------------------
+# -- building metrics --------------------------------------------------------------------------------------------------
 
 
 def _csv_metrics(ns: argparse.Namespace) -> list[Any]:
@@ -216,7 +216,7 @@ def _prometheus_metrics(ns: argparse.Namespace) -> list[Any]:
     ]
 
 
-# -- output ---------------------------------------------------------------------------------------------------------
+# -- output ------------------------------------------------------------------------------------------------------------
 
 
 def render_text(result: Any) -> str:
@@ -234,7 +234,7 @@ def render_text(result: Any) -> str:
     return "\n".join([head, *[f"  - {r}" for r in result.reasons], "", *lines])
 
 
-# -- main -------------------------------------------------------------------------------------------------------------
+# -- main --------------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

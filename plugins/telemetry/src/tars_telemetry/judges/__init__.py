@@ -244,7 +244,8 @@ class MetricResult:
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return _jsonable(attrs.asdict(self, recurse=False))
+        doc: dict[str, Any] = _jsonable(attrs.asdict(self, recurse=False))
+        return doc
 
 
 @attrs.frozen
@@ -272,7 +273,7 @@ class Result:
         raise KeyError(name)
 
     def as_dict(self) -> dict[str, Any]:
-        doc = _jsonable(attrs.asdict(self, recurse=False, filter=lambda a, _: a.name != "metrics"))
+        doc: dict[str, Any] = _jsonable(attrs.asdict(self, recurse=False, filter=lambda a, _: a.name != "metrics"))
         doc["metrics"] = [m.as_dict() for m in self.metrics]
         return doc
 
@@ -301,7 +302,7 @@ def fmt_pct(value: float | None, signed: bool = True) -> str:
 
 def table_rows(result: Result) -> list[tuple[str, ...]]:
     """One row per metric for text and Markdown tables (the CLI and :meth:`Result.markdown`)."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for m in result.metrics:
         ci = "n/a" if any(math.isnan(v) for v in m.ci) else f"[{fmt_pct(m.ci[0])}, {fmt_pct(m.ci[1])}]"
         pe = "n/a"
@@ -328,7 +329,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# -- the judge ------------------------------------------------------------------------------------------------
+# -- the judge ---------------------------------------------------------------------------------------------------------
 
 
 def judge(
@@ -354,7 +355,7 @@ def judge(
     return attrs.evolve(result, cpu_seconds=time.process_time() - started)
 
 
-# -- one metric, then all of them -------------------------------------------------------------------------------
+# -- one metric, then all of them --------------------------------------------------------------------------------------
 
 
 def _clean(values: Sequence[float], *others: Sequence[float] | None) -> list[Any]:
@@ -415,7 +416,7 @@ def _judge_one(m: MetricInput, cfg: JudgeConfig, mde_alpha: float, rng: Any) -> 
         missing = " and ".join(s for s, a in (("baseline", b), ("canary", c)) if a.size == 0)
         return _row(m, "Nodata", [f"no data for the {missing}: no data is never a pass"], test=test_name, **common)
     try:
-        kw = {"alpha": cfg.alpha, "mde_alpha": mde_alpha, "power": cfg.power, "margin": margin}
+        kw: dict[str, Any] = {"alpha": cfg.alpha, "mde_alpha": mde_alpha, "power": cfg.power, "margin": margin}
         quantiles: dict[str, tuple[float, float, float]] = {}
         if counts:
             eb = eb if eb is not None else np.ones_like(b)

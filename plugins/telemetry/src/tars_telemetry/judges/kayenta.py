@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
-from scipy.special import ndtri
-from scipy.stats import rankdata
+from scipy.special import ndtri  # type: ignore[import-untyped]
+from scipy.stats import rankdata  # type: ignore[import-untyped]
 
 from tars_core.errors import ConfigError
 
@@ -41,20 +41,22 @@ _ROOT_TOL = 1e-4  # R's uniroot default (.Machine$double.eps^0.25 rounded), whic
 _EPS = 2.220446049250313e-16
 
 
-# -- preprocessing ---------------------------------------------------------------------------------------------
+# -- preprocessing -----------------------------------------------------------------------------------------------------
 
 
 def handle_nans(values: Sequence[float], strategy: str = "remove") -> np.ndarray:
     """``remove`` drops NaNs; ``replace`` turns them into 0 (Kayenta's only replacement value)."""
     arr = np.asarray(values, dtype=float)
     if strategy == "replace":
-        return np.where(np.isnan(arr), 0.0, arr)
+        return np.asarray(np.where(np.isnan(arr), 0.0, arr))
     if strategy == "remove":
-        return arr[~np.isnan(arr)]
+        return np.asarray(arr[~np.isnan(arr)])
     raise ConfigError(f"nan_strategy must be 'remove' or 'replace', got {strategy!r}")
 
 
-def iqr_outliers(values: Sequence[float], factor: float = 3.0, reduce_sensitivity: bool = True) -> np.ndarray:
+def iqr_outliers(
+    values: Sequence[float] | np.ndarray, factor: float = 3.0, reduce_sensitivity: bool = True
+) -> np.ndarray:
     """A boolean mask of outliers by Tukey's fences with R-7 quantiles (numpy's default).
 
     ``reduce_sensitivity`` (what the judge uses) widens the fences to at least the 1st and 99th
@@ -73,7 +75,7 @@ def iqr_outliers(values: Sequence[float], factor: float = 3.0, reduce_sensitivit
     return np.asarray((arr > high) | (arr < low))
 
 
-# -- effect sizes ----------------------------------------------------------------------------------------------
+# -- effect sizes ------------------------------------------------------------------------------------------------------
 
 
 def mean_ratio(control: np.ndarray, experiment: np.ndarray) -> float:
@@ -90,7 +92,7 @@ def cles(control: np.ndarray, experiment: np.ndarray) -> float:
     return (2 * r1 - m * (m + 1)) / (2 * n * m)
 
 
-# -- Mann-Whitney with a Hodges-Lehmann interval ------------------------------------------------------------------
+# -- Mann-Whitney with a Hodges-Lehmann interval -----------------------------------------------------------------------
 
 
 def wilcoxon_diff(mu: float, quantile: float, x: np.ndarray, y: np.ndarray) -> float:
@@ -156,7 +158,9 @@ def zeroin(ax: float, bx: float, fa: float, fb: float, f: Callable[[float], floa
     return b
 
 
-def mann_whitney_ci(x: Sequence[float], y: Sequence[float], conf_level: float = 0.95) -> tuple[float, float, float]:
+def mann_whitney_ci(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, conf_level: float = 0.95
+) -> tuple[float, float, float]:
     """(lower, upper, estimate) of the location shift x - y, as R's ``wilcox.test(x, y, conf.int=TRUE,
     exact=FALSE, correct=TRUE)`` computes it. Raises ValueError when every observation is tied."""
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -179,7 +183,7 @@ def mann_whitney_ci(x: Sequence[float], y: Sequence[float], conf_level: float = 
     return lower, upper, estimate
 
 
-# -- the metric classifier ---------------------------------------------------------------------------------------
+# -- the metric classifier ---------------------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -227,8 +231,8 @@ def _noise(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def classify(
-    control: Sequence[float],
-    experiment: Sequence[float],
+    control: Sequence[float] | np.ndarray,
+    experiment: Sequence[float] | np.ndarray,
     direction: str = "either",
     *,
     tolerance: float = 0.25,
@@ -319,7 +323,7 @@ def classify_metric(
         return Classification("Error", "Metric Classification Failed", math.nan, False)
 
 
-# -- scoring ------------------------------------------------------------------------------------------------------
+# -- scoring -----------------------------------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -417,7 +421,7 @@ def multi_interval(
     return "Fail", len(scores) - 1, f"last interval scored {last:g} < pass {pass_threshold:g}"
 
 
-# -- the whole judge over our metric inputs ----------------------------------------------------------------------
+# -- the whole judge over our metric inputs ----------------------------------------------------------------------------
 
 
 @attrs.frozen

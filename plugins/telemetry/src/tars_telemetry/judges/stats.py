@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import attrs
 import numpy as np
-from scipy import optimize, stats
-from scipy.special import log_ndtr, logsumexp, ndtri
+from scipy import optimize, stats  # type: ignore[import-untyped]
+from scipy.special import log_ndtr, logsumexp, ndtri  # type: ignore[import-untyped]
 
 # -- results -----------------------------------------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ def variance_inflation(values: np.ndarray) -> float:
     return (1 + rho) / (1 - rho)
 
 
-def holm(p_values: Sequence[float]) -> np.ndarray:
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm's step-down adjusted p-values: family-wise error control under any dependence."""
     p = np.asarray(p_values, dtype=float)
     m = p.size
@@ -94,7 +94,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (false discovery rate; valid under positive dependence)."""
     p = np.asarray(p_values, dtype=float)
     m = p.size
@@ -108,7 +108,7 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def e_benjamini_hochberg(e_values: Sequence[float], alpha: float) -> np.ndarray:
+def e_benjamini_hochberg(e_values: Sequence[float] | np.ndarray, alpha: float) -> np.ndarray:
     """e-BH (Wang and Ramdas 2022): reject the k largest e-values, k the largest with e_(k) >= m/(k alpha).
 
     Controls the false discovery rate under any dependence, which p-BH on 1/e does not promise."""
@@ -522,7 +522,7 @@ def mixture_mde(info: float, tau: float, alpha: float, power: float, bad: str) -
         hi *= 2
         if hi > 1e12:
             return math.inf
-    s_cross = optimize.brentq(gap, 0.0, hi)
+    s_cross = float(optimize.brentq(gap, 0.0, hi))
     return (s_cross + z(power) * math.sqrt(info)) / info
 
 
