@@ -441,7 +441,10 @@ def part_cost() -> dict[str, Any]:
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     out: dict[str, Any] = {}
-    code = "import time; t = time.perf_counter(); import tars_telemetry.forecast as f; f.preload(); print(time.perf_counter() - t)"
+    code = (
+        "import time; t = time.perf_counter(); import tars_telemetry.forecast as f; f.preload(); "
+        "print(time.perf_counter() - t)"
+    )
     took = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     out["preload_ms_fresh_process"] = float(took) * 1e3  # what a daemon's first fit would wait without preload()
     preload()
