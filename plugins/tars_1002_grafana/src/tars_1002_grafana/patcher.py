@@ -52,6 +52,7 @@ _MACRO_RE = re.compile(r"\$\{?(__rate_interval|__interval|__range|__interval_ms|
 _RANGE_VAR_RE = re.compile(r"(?<=[\[:])\s*(\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\])\s*(?=[\]:])")
 # Dashboard variables: $name, ${name}, ${name:format}, [[name]]
 _VAR_RE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]")
+VARIABLE_RE = _VAR_RE  # the name is group 1, 2 or 3 (Grafana macros too: $__rate_interval)
 # a dashboard variable as the whole value of a label matcher: agent_id=~"$agent", job="[[job]]"
 VAR_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"(\$\{?\w+(?::[^}]*)?\}?|\[\[\w+\]\])"')
 _LABEL_LIST_RE = re.compile(r"(\b(?:by|without|on|ignoring|group_left|group_right)\s*\()([^()]*)(?=\))")
