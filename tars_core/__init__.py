@@ -25,9 +25,11 @@ from tars_core.model import (
     ServiceSpec,
     Targets,
     VerifyResult,
+    non_empty,
     non_negative,
     percentage,
     positive,
+    unit_interval,
 )
 
 __all__ = [
@@ -53,7 +55,9 @@ __all__ = [
     "VerifyResult",
     "hookimpl",
     "hookspec",
+    "non_empty",
     "non_negative",
     "percentage",
     "positive",
+    "unit_interval",
 ]

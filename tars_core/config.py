@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeGuard, get_args, get_origin
 
 import attrs
 import cattrs
 import yaml
+from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
+from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception
 
 from tars_core.errors import ConfigError
@@ -177,6 +180,103 @@ def _positive_seconds(value: object, where: str) -> None:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+class _Refused(ValueError):
+    """A config value of the wrong kind; its message reaches the user as is."""
+
+
+def _strict_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise _Refused(f"invalid value for type, expected str, got {_kind(value)} (quote it if it is meant as text)")
+    return value
+
+
+# A value written as ``${VAR}`` is a string after interpolation: numbers and booleans in strings are
+# taken when the whole string is one (``lock_timeout_ms: ${LOCK_MS}``); anything else is refused.
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _strict_int(value: object, _: type) -> int:
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Refused(f"invalid value for type, expected int, got {_kind(value)} {value!r}")
+    return value
+
+
+def _strict_float(value: object, _: type) -> float:
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if not _number(number):
+        raise _Refused(f"invalid value for type, expected float, got {_kind(value)} {value!r}")
+    if not math.isfinite(number):
+        raise _Refused(f"invalid value for type, expected a finite float, got {value!r}")
+    return float(number)
+
+
+def _strict_bool(value: object, _: type) -> bool:
+    if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+        return _BOOL_TEXT[value.strip().lower()]
+    if not isinstance(value, bool):
+        raise _Refused(f"invalid value for type, expected bool (true or false), got {_kind(value)} {value!r}")
+    return value
+
+
+def _is_homogeneous_sequence(type_: Any) -> bool:
+    args = get_args(type_)
+    if get_origin(type_) is tuple:
+        return len(args) == 2 and args[1] is Ellipsis
+    return get_origin(type_) in (list, Sequence, MutableSequence)
+
+
+def _strict_sequence(type_: Any) -> Callable[[object, Any], Any]:
+    """cattrs' own list/tuple hook, after refusing a string or a mapping (cattrs would iterate it:
+    ``services: abc`` became the services 'a', 'b' and 'c')."""
+    base = (
+        homogenous_tuple_structure_factory(type_, config_converter)
+        if get_origin(type_) is tuple
+        else list_structure_factory(type_, config_converter)
+    )
+
+    def hook(value: object, t: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise _Refused(f"expected a list, got {_kind(value)}")
+        return base(value, t)
+
+    return hook
+
+
+def _strict_attrs(cls: type) -> Callable[[object, Any], Any]:
+    """cattrs' own hook for a settings class, after refusing anything but a mapping (cattrs reported a
+    string given for a nested section as "unknown error ('str' object has no attribute 'keys')")."""
+    base: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, config_converter)
+
+    def hook(value: object, t: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Refused(f"expected a mapping of settings, got {_kind(value)}")
+        return base(value, t)
+
+    return hook
+
+
+#: What structures config sections: cattrs with every value checked for its kind. Plain cattrs coerces:
+#: ``[1, 2]`` became the string "[1, 2]", ``maybe`` the boolean True, 1.5 the count 1, .nan a timeout,
+#: and each ran. (``converter`` above stays lenient: it reads back what tars-run itself stored.)
+config_converter = converter.copy()
+config_converter.register_structure_hook(str, _strict_str)
+config_converter.register_structure_hook(int, _strict_int)
+config_converter.register_structure_hook(float, _strict_float)
+config_converter.register_structure_hook(bool, _strict_bool)
+config_converter.register_structure_hook_factory(_is_homogeneous_sequence, _strict_sequence)
+config_converter.register_structure_hook_factory(attrs.has, _strict_attrs)
+
+
 def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in string scalars; ``$$`` is a literal ``$``.
 
@@ -210,7 +310,7 @@ def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
 def _format_exception(exc: BaseException, type_: type | None) -> str:
     """cattrs' wording, except that a validator's own message (``type_`` is None) is kept: "must be
     > 0, got 0" tells the user more than cattrs' generic "invalid value"."""
-    if type_ is None and isinstance(exc, ValueError) and str(exc):
+    if (type_ is None or isinstance(exc, _Refused)) and isinstance(exc, ValueError) and str(exc):
         return str(exc)
     if get_origin(type_) is Literal:
         return f"expected one of {', '.join(map(str, get_args(type_)))}"
@@ -262,7 +362,7 @@ def load_config(path: Path | None, redactor: Redactor | None = None) -> tuple[Ta
     except ConfigError as exc:
         raise ConfigError(f"config {path}: {exc}") from None
     try:
-        cfg = converter.structure(body, TarsConfig)
+        cfg = config_converter.structure(body, TarsConfig)
     except Exception as exc:
         raise ConfigError(f"config {path}: {describe_errors(exc, '$')}") from None
     cfg.plugins = {str(k): dict(v or {}) for k, v in plugins.items()}
@@ -283,7 +383,7 @@ def plugin_config(info: PluginInfo, cfg: TarsConfig) -> Any:
 
 def structure_section(cls: type, section: Mapping[str, Any], prefix: str, root: str) -> Any:
     try:
-        return converter.structure(dict(section), cls)
+        return config_converter.structure(dict(section), cls)
     except Exception as exc:
         raise ConfigError(f"{prefix}{describe_errors(exc, root)}") from None
 

@@ -107,6 +107,19 @@ def non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> No
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def unit_interval(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """attrs validator for a share or probability written as a fraction (``canary_fraction: 0.1``)."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def non_empty(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator for a name (a flag, a Redis key, a schema): an empty one would silently address
+    something else (the flag named "", the hash named "")."""
+    if not value.strip():
+        raise ValueError(f"{attribute.name} must not be empty")
+
+
 def percentage(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     """attrs validator for a share written as a percentage (``freeze_below_percent: 10``)."""
     if not 0 <= value <= 100:

@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
@@ -358,6 +359,137 @@ def unreachable_target_test(
 
     test.__doc__ = f"targets.{target} on a closed port is bad input: exit 2, one line naming it, no password."
     return test
+
+
+@attrs.frozen
+class BadValue:
+    """One wrong value for one key of a plugin's config section, and what the refusal must mention.
+
+    ``section`` is the whole section to give the plugin (nested keys as nested mappings), ``path`` the
+    dotted key, ``mention`` texts the one-line error must contain (the key's name, and for an enum
+    every allowed value).
+    """
+
+    path: str
+    value: Any
+    section: Mapping[str, Any]
+    mention: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.path}={self.value!r}"
+
+
+_NUMERIC_LIMITS: dict[str, tuple[Any, ...]] = {
+    "positive": (0, -1),
+    "non_negative": (-1,),
+    "unit_interval": (-0.1, 1.5),
+    "percentage": (-1, 101),
+}
+
+
+def _validators(field: attrs.Attribute[Any]) -> list[Any]:
+    v = field.validator
+    if v is None:
+        return []
+    inner = getattr(v, "_validators", None)  # attrs' and_()
+    return list(inner) if inner is not None else [v]
+
+
+def _nest(path: Sequence[str], value: Any) -> dict[str, Any]:
+    doc: Any = value
+    for key in reversed(path):
+        doc = {key: doc}
+    return dict(doc)
+
+
+def bad_config_values(config: type, *, _path: tuple[str, ...] = ()) -> list[BadValue]:
+    """Wrong values for every key of the attrs class ``config``, generated from its types and validators.
+
+    Per key: a value of the wrong kind (a string for a number, a list for a string, ``maybe`` for a
+    boolean, a whole number where a list is due), a fraction or a boolean for a count, NaN for a float,
+    the values just outside the core validators' ranges (:func:`~tars_core.model.positive`: 0 and -1,
+    ``non_negative``: -1, ``unit_interval``: -0.1 and 1.5, ``percentage``: -1 and 101), an empty name
+    for ``non_empty``, a value outside a ``Literal``; one unknown key per section; nested sections
+    recursively. Every one of them must be refused before anything runs (exit 2, one line).
+    """
+    import math
+    import typing
+
+    hints = typing.get_type_hints(config)
+    out: list[BadValue] = []
+
+    def bad(field: str, value: Any, *mention: str) -> None:
+        path = (*_path, field)
+        out.append(BadValue(".".join(path), value, _nest(path, value), (field, *mention)))
+
+    bad("no_such_key", 1)
+    for f in attrs.fields(config):
+        t = hints[f.name]
+        origin, args = typing.get_origin(t), typing.get_args(t)
+        if attrs.has(t):
+            bad(f.name, "abc")
+            out.extend(bad_config_values(t, _path=(*_path, f.name)))
+            continue
+        if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+            rest = [a for a in args if a is not type(None)]
+            if len(rest) == 1:
+                t, origin, args = rest[0], typing.get_origin(rest[0]), typing.get_args(rest[0])
+        names = {getattr(v, "__name__", type(v).__name__) for v in _validators(f)}
+        if origin is typing.Literal:
+            bad(f.name, "no-such-choice", *map(str, args))
+        elif t is bool:
+            bad(f.name, "maybe")
+        elif t is int:
+            bad(f.name, "abc")
+            bad(f.name, 1.5)
+            bad(f.name, True)
+            for v in (v for n in names for v in _NUMERIC_LIMITS.get(n, ())):
+                bad(f.name, math.floor(v))
+        elif t is float:
+            bad(f.name, "abc")
+            bad(f.name, math.nan)
+            for v in (v for n in names for v in _NUMERIC_LIMITS.get(n, ())):
+                bad(f.name, v)
+        elif t is str:
+            bad(f.name, [1, 2])
+            if "non_empty" in names:
+                bad(f.name, "")
+            for v in _validators(f):
+                pattern = getattr(v, "pattern", None)
+                if pattern is not None:
+                    bad(f.name, "!not-matching!")
+        elif origin in (list, tuple) or origin is Sequence:
+            bad(f.name, "abc")
+        elif origin is dict or origin is Mapping:
+            bad(f.name, "abc")
+    return out
+
+
+def assert_bad_config_refused(plugin: Any) -> list[BadValue]:
+    """Every :func:`bad_config_values` case of the plugin's config class is refused the way ``tars-run``
+    refuses it before anything runs: a :class:`~tars_core.errors.ConfigError` of one line that names the
+    key (and an enum's allowed values), never cattrs' "unknown error". Returns the cases tried."""
+    from tars_core.config import TarsConfig, plugin_config
+    from tars_core.errors import ConfigError
+
+    _, loaded = _load(plugin)
+    config = loaded.info.config
+    assert config is not None, f"{loaded.name} declares no config class"
+    cases = bad_config_values(config)
+    accepted = []
+    for case in cases:
+        cfg = TarsConfig(plugins={loaded.name: dict(case.section)}, source="tars.yaml")
+        try:
+            plugin_config(loaded.info, cfg)
+        except ConfigError as exc:
+            text = str(exc)
+            assert "\n" not in text and "unknown error" not in text, f"{case}: unclear refusal {text!r}"
+            for word in case.mention:
+                assert word in text, f"{case}: the error does not mention {word!r}: {text!r}"
+            continue
+        accepted.append(str(case))
+    assert not accepted, f"{loaded.name} accepts bad config values: {', '.join(accepted)}"
+    return cases
 
 
 def release_for(

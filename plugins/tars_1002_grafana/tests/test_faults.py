@@ -10,7 +10,7 @@ from typing import Any
 from tars_1002_grafana import plugin
 from tars_1002_grafana.rules import RULE_FILE_NAME
 
-from tars_core.testing import make_context
+from tars_core.testing import assert_bad_config_refused, make_context
 
 PREVIOUS_RULES = (
     b"groups:\r\n  - name: site_rules\r\n    rules:\r\n      - record: site:up:sum\r\n        expr: sum(up)\r\n"
@@ -41,3 +41,10 @@ def test_apply_then_rollback_gives_back_every_byte_and_mode(env: Any) -> None:
 
     assert plugin.tars_rollback(ctx).changed
     assert _files(env.rules_dir, env.dash_dir) == before
+
+
+def test_every_bad_config_value_is_refused_naming_its_key() -> None:
+    """Defects 5 and 7: the matrix generated from GrafanaConfig (reload_timeout_s: -5 used to pass, and
+    reload_method: ftp read "unknown error"), each refused on one line before anything runs."""
+    cases = assert_bad_config_refused(plugin)
+    assert {"reload_timeout_s", "reload_method", "extra_rules", "verify_data"} <= {c.path for c in cases}

@@ -21,7 +21,7 @@ import attrs
 from tars_core import ApplyResult, BenchmarkResult, Metric, PluginInfo, ReportSection, VerifyResult, hookimpl
 from tars_core.errors import FixError
 from tars_core.flags import is_on
-from tars_core.model import SandboxContribution, ServiceSpec
+from tars_core.model import SandboxContribution, ServiceSpec, non_empty, positive, unit_interval
 from tars_core.waiting import WaitTimeout, await_until
 
 if TYPE_CHECKING:
@@ -36,38 +36,38 @@ class JaegerConfig:
     """The ``plugins.tars-1003-jaeger`` config section."""
 
     #: Feature flag the services obey (in ``targets.flags_key``).
-    flag: str = "tars-1003-trace-propagation"
+    flag: str = attrs.field(default="tars-1003-trace-propagation", validator=non_empty)
     #: Evaluation jobs stream (hop 1) and its worker group.
-    stream: str = "tars:evaluations:jobs"
-    group: str = "tars-evaluators"
+    stream: str = attrs.field(default="tars:evaluations:jobs", validator=non_empty)
+    group: str = attrs.field(default="tars-evaluators", validator=non_empty)
     #: Results stream (hop 2) and the dashboard feed's group.
-    result_stream: str = "tars:evaluations:results"
-    result_group: str = "tars-dashboard"
+    result_stream: str = attrs.field(default="tars:evaluations:results", validator=non_empty)
+    result_group: str = attrs.field(default="tars-dashboard", validator=non_empty)
     #: Hash where services report version, capability and propagation state (JSON per service name).
-    registry_key: str = "tars:services:tracing"
+    registry_key: str = attrs.field(default="tars:services:tracing", validator=non_empty)
     #: Services that must report the capability before apply turns the flag on.
     services: tuple[str, ...] = ("eval-producer", "eval-consumer")
     #: A registry entry older than this is a dead service.
-    heartbeat_max_age_s: float = 10.0
+    heartbeat_max_age_s: float = attrs.field(default=10.0, validator=positive)
     #: How long apply/rollback wait for the services to report the new flag state.
-    flag_ack_timeout_s: float = 15.0
+    flag_ack_timeout_s: float = attrs.field(default=15.0, validator=positive)
     #: Hash where the consumer records the traces of probe entries (written by the services).
-    probe_key: str = "tars:trace:probes"
+    probe_key: str = attrs.field(default="tars:trace:probes", validator=non_empty)
     #: Probe entries verify sends through the live streams; continuity must be 100%.
-    probe_messages: int = 20
-    probe_timeout_s: float = 20.0
+    probe_messages: int = attrs.field(default=20, validator=positive)
+    probe_timeout_s: float = attrs.field(default=20.0, validator=positive)
     #: Prefix for verify's own two-hop pipeline streams (deleted afterwards).
-    scratch_prefix: str = "tars:trace:verify"
-    pipeline_messages: int = 40
+    scratch_prefix: str = attrs.field(default="tars:trace:verify", validator=non_empty)
+    pipeline_messages: int = attrs.field(default=40, validator=positive)
     #: Judge verify's own pipeline with process spans that link to the producer instead of parenting.
     links: bool = False
     #: OTLP protocol of the sandbox services' exporter (endpoint: ``targets.otlp_endpoint``).
     otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
     #: Benchmark size for the hook (benchmarks/tars-1003-jaeger_bench.py runs 10,000).
-    benchmark_messages: int = 2000
-    benchmark_rounds: int = 3
+    benchmark_messages: int = attrs.field(default=2000, validator=positive)
+    benchmark_rounds: int = attrs.field(default=3, validator=positive)
     #: Root sampling ratio of the benchmark's 'sampled' mode (ParentBased, as production runs).
-    benchmark_sample_ratio: float = 0.1
+    benchmark_sample_ratio: float = attrs.field(default=0.1, validator=unit_interval)
 
 
 @hookimpl

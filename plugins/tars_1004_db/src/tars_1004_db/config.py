@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from tars_core.model import positive
+from tars_core.model import non_empty, positive
 
 
 @attrs.frozen
@@ -36,7 +36,7 @@ class BenchmarkConfig:
 class DbFixConfig(BuildSettings):
     """``plugins.tars-1004-db``: how the indexes are built and how big the sandbox seed is."""
 
-    schema: str = "public"
+    schema: str = attrs.field(default="public", validator=non_empty)
     connect_timeout_s: float = attrs.field(default=10.0, validator=positive)
     seed_rows: int = attrs.field(default=1_000_000, validator=positive)
     benchmark: BenchmarkConfig = attrs.field(factory=BenchmarkConfig)

@@ -13,17 +13,12 @@ from typing import Any, Literal
 import attrs
 
 from tars_core.flags import enabled_for
-from tars_core.model import non_negative, positive
+from tars_core.model import non_empty, non_negative, positive, unit_interval
 
 Implementation = Literal["fixed", "legacy"]
 
 FLAG_NAME = "tars-1005-ppo-fixed"
 STATUS_PREFIX = "tars:ppo"
-
-
-def _unit_interval(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
 
 
 @attrs.define(frozen=True)
@@ -34,7 +29,7 @@ class PPOConfig:
     than producing an empty buffer that trains on nothing.
     """
 
-    env_id: str = "CartPole-v1"
+    env_id: str = attrs.field(default="CartPole-v1", validator=non_empty)
     num_envs: int = attrs.field(default=8, validator=positive)
     n_steps: int = attrs.field(default=32, validator=positive)
     n_epochs: int = attrs.field(default=20, validator=positive)
@@ -44,9 +39,9 @@ class PPOConfig:
     # Linear annealing horizon of learning rate and clip range in environment steps; 0 keeps them fixed
     # (a long-running trainer). The fraction never drops below ``anneal_floor`` so a soak keeps learning.
     anneal_steps: int = attrs.field(default=100_000, validator=non_negative)
-    anneal_floor: float = attrs.field(default=0.05, validator=_unit_interval)
-    gamma: float = attrs.field(default=0.98, validator=_unit_interval)
-    gae_lambda: float = attrs.field(default=0.8, validator=_unit_interval)
+    anneal_floor: float = attrs.field(default=0.05, validator=unit_interval)
+    gamma: float = attrs.field(default=0.98, validator=unit_interval)
+    gae_lambda: float = attrs.field(default=0.8, validator=unit_interval)
     ent_coef: float = attrs.field(default=0.0, validator=non_negative)
     vf_coef: float = attrs.field(default=0.5, validator=non_negative)
     max_grad_norm: float = attrs.field(default=0.5, validator=positive)
@@ -75,11 +70,11 @@ class PPOFixConfig:
     target ("PPO memory stable at under 1 GB") turned into a slope and a peak the soak judge can check.
     """
 
-    flag: str = FLAG_NAME
-    status_prefix: str = STATUS_PREFIX
+    flag: str = attrs.field(default=FLAG_NAME, validator=non_empty)
+    status_prefix: str = attrs.field(default=STATUS_PREFIX, validator=non_empty)
     # 0 switches every trainer at once; a fraction in (0, 1) first switches only the trainers whose stable
     # bucket under the flag falls under it, watches them for canary_observe_s, then switches the rest.
-    canary_fraction: float = attrs.field(default=0.0, validator=_unit_interval)
+    canary_fraction: float = attrs.field(default=0.0, validator=unit_interval)
     canary_observe_s: float = attrs.field(default=10.0, validator=non_negative)
     switch_timeout_s: float = attrs.field(default=90.0, validator=positive)
     stale_after_s: float = attrs.field(default=30.0, validator=positive)
