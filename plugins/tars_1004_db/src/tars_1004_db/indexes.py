@@ -203,7 +203,12 @@ async def _builds_in_progress(conn: asyncpg.Connection, table_oid: int) -> list[
 
 
 async def _drop(conn: asyncpg.Connection, schema: str, name: str, settings: BuildSettings, log: Log) -> bool:
-    """``DROP INDEX CONCURRENTLY IF EXISTS`` with lock-timeout retries; True if something was dropped."""
+    """``DROP INDEX CONCURRENTLY IF EXISTS`` with retries; True if something was dropped.
+
+    Retried on a lock timeout and on a deadlock: a concurrent drop and a build still running on the
+    server (an interrupted apply's, until its cancel lands) wait for each other's transactions, and
+    PostgreSQL picks one of them to fail; the next try finds the build gone.
+    """
     table_oid = await _require_table(conn, schema)
     for attempt in range(1, settings.attempts + 1):
         if not (await index_state(conn, schema, name)).exists:
@@ -211,16 +216,79 @@ async def _drop(conn: asyncpg.Connection, schema: str, name: str, settings: Buil
         try:
             await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_quote(schema)}.{_quote(name)}")
             return True
-        except asyncpg.LockNotAvailableError:
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            why = "a deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError) else "lock_timeout"
             waiting_for = await blockers(conn, table_oid, 0)
             if attempt == settings.attempts:
                 raise FixError(
-                    f"could not drop index {name}: lock timeout {settings.attempts} times"
+                    f"could not drop index {name}: {why} {settings.attempts} times"
                     + (f", waiting for {'; '.join(waiting_for)}" if waiting_for else "")
                     + "; end those transactions and run rollback (or apply) again"
                 ) from None
-            log.warning("dropping %s hit lock_timeout (attempt %d/%d), retrying", name, attempt, settings.attempts)
+            log.warning("dropping %s hit %s (attempt %d/%d), retrying", name, why, attempt, settings.attempts)
+            await stop_our_builds(conn, table_oid, log)
             await asyncio.sleep(_delay(settings, attempt))
+    return False
+
+
+#: What an index build or drop of ours looks like in ``pg_stat_activity`` (same application name).
+_OURS = """
+    SELECT pid FROM pg_stat_activity
+    WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND pid <> pg_backend_pid() AND application_name = current_setting('application_name')
+      AND state = 'active' AND query ~* '^\\s*(CREATE|DROP)\\s+INDEX\\s+CONCURRENTLY'
+      AND ($1::oid IS NULL OR query ~* ('\\m' || $2 || '\\M'))
+"""
+
+
+async def stop_our_builds(
+    conn: asyncpg.Connection, table_oid: int | None, log: Log, *, timeout: float = 30.0
+) -> list[int]:
+    """Cancel the concurrent index builds and drops an earlier session of this plugin left running on
+    the server, and wait until they have stopped; returns their pids.
+
+    Ctrl-C, a timeout or a SIGKILL of ``tars-run`` ends the client, not the server's work: the backend
+    goes on building until the cancel request lands (or, for a dead client, until it next talks to it),
+    and a rollback that drops meanwhile deadlocks against it. Only sessions with this connection's
+    application name are touched; someone else's build is reported by the caller, never cancelled.
+    A backend that ignores the cancel for ``timeout`` seconds is terminated.
+    """
+    table = None
+    if table_oid is not None:
+        table = await conn.fetchval("SELECT relname FROM pg_class WHERE oid = $1", table_oid)
+    pids = [int(r["pid"]) for r in await conn.fetch(_OURS, table_oid, table or "")]
+    if not pids:
+        return []
+    log.warning("stopping index work an interrupted tars-1004-db session left on the server (pid %s)", pids)
+    for action in ("pg_cancel_backend", "pg_terminate_backend"):
+        for pid in pids:
+            await conn.fetchval(f"SELECT {action}($1)", pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND state = 'active' "
+                "AND query ~* '^\\s*(CREATE|DROP)\\s+INDEX\\s+CONCURRENTLY'",
+                pids,
+            )
+            if not left:
+                return pids
+            await asyncio.sleep(0.1)
+    raise FixError(
+        f"index work of an interrupted tars-1004-db session (pid {', '.join(map(str, pids))}) would not stop: "
+        "ask the DBA to end it, then run rollback (or apply) again"
+    )
+
+
+async def stop_backend(conn: asyncpg.Connection, pid: int, *, timeout: float = 10.0) -> bool:
+    """Cancel whatever backend ``pid`` runs and wait until it is idle or gone (True) or ``timeout``."""
+    await conn.fetchval("SELECT pg_cancel_backend($1)", pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')", pid
+        ):
+            return True
+        await asyncio.sleep(0.05)
     return False
 
 
@@ -246,6 +314,7 @@ async def build(
     repaired = state.exists
     last_problem = ""
     for attempt in range(1, settings.attempts + 1):
+        await stop_our_builds(conn, table_oid, log)
         running = await _builds_in_progress(conn, table_oid)
         if running:
             raise FixError(
@@ -365,9 +434,15 @@ async def apply(
 async def rollback(
     conn: asyncpg.Connection, *, schema: str, settings: BuildSettings, log: Log, dry_run: bool = False
 ) -> list[str]:
-    """Drop every TARS-1004 index (valid or not) concurrently, in reverse order; returns what was dropped."""
-    await _require_table(conn, schema)
+    """Drop every TARS-1004 index (valid or not) concurrently, in reverse order; returns what was dropped.
+
+    A build an interrupted apply left running on the server is cancelled and waited for first: dropping
+    while it runs deadlocks (each waits for the other's transaction).
+    """
+    table_oid = await _require_table(conn, schema)
     await _set_timeouts(conn, settings)
+    if not dry_run:
+        await stop_our_builds(conn, table_oid, log)
     dropped = []
     for spec in reversed(index_specs()):
         if not (await index_state(conn, schema, spec.name)).exists:

@@ -56,15 +56,41 @@ def _connected(ctx: Context, cfg: DbFixConfig) -> AbstractAsyncContextManager[as
     return db.connected(ctx.targets.require("postgres"), timeout=cfg.connect_timeout_s, schema=cfg.schema)
 
 
+async def _stop_on_cancel(ctx: Context, cfg: DbFixConfig, conn: asyncpg.Connection) -> None:
+    """A cancelled hook (Ctrl-C, its timeout) ends here, not on the server: the statement in flight (an
+    index build can run for minutes) goes on until a cancel request lands. Cancel it from a second
+    connection and wait until the backend is idle, shielded, before the hook gives up its worker, so the
+    rollback that follows never drops an index while its build still runs (that deadlocked)."""
+    import anyio
+
+    from tars_1004_db import indexes
+
+    pid = conn.get_server_pid()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(20):
+        try:
+            async with _connected(ctx, cfg) as other:
+                if not await indexes.stop_backend(other, pid):
+                    ctx.log.warning("backend %d still busy 10 s after the cancel; rollback will stop it", pid)
+        except Exception as exc:  # the rollback stops a leftover too; this must not hide the cancellation
+            ctx.log.warning("could not cancel backend %d after the interruption: %s", pid, exc)
+    conn.terminate()
+
+
 @hookimpl
 async def tars_apply(ctx: Context) -> ApplyResult:
+    import anyio
+
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
     # an unreachable server raises TargetError here, before anything changed: the runner records the
     # apply as unreached and skips this plugin's rollback
     async with _connected(ctx, cfg) as conn:
-        records, plan = await indexes.apply(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
+        try:
+            records, plan = await indexes.apply(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
+        except anyio.get_cancelled_exc_class():
+            await _stop_on_cancel(ctx, cfg, conn)
+            raise
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: " + ("; ".join(plan) or "nothing to do"))
     if not records:
@@ -107,11 +133,17 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 
 @hookimpl
 async def tars_rollback(ctx: Context) -> ApplyResult:
+    import anyio
+
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
     async with _connected(ctx, cfg) as conn:
-        dropped = await indexes.rollback(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
+        try:
+            dropped = await indexes.rollback(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
+        except anyio.get_cancelled_exc_class():
+            await _stop_on_cancel(ctx, cfg, conn)
+            raise
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: would drop " + (", ".join(dropped) or "nothing"))
     ctx.state.clear()
