@@ -1,6 +1,7 @@
-"""TARS-1001 benchmark: reconnection, silent-drop detection, idle heartbeat CPU, memory, message loss.
+"""TARS-1001 benchmark: reconnection, silent-drop detection, idle heartbeat CPU, memory, message loss, and
+the same in headless Chromium with tars-ws.js, plus the share of page sessions needing a manual refresh.
 
-Full size (about 10 minutes on a shared 2-core machine):
+Full size (about 15 minutes on a shared 2-core machine; ``--skip-browser`` leaves out the browser part):
 
     python benchmarks/tars-1001-ws_bench.py
 
@@ -20,6 +21,18 @@ fault-injecting TCP proxy where drops are needed, on loopback:
   times (resets and blackholes alternating); before = plain websockets client on the v1.0.0 protocol with
   keepalive scaled to the same detection budget (0.2 s interval).
 
+In the browser (Debian's ``chromium`` through Playwright, ``tars_1001_ws.browser``): the page imports
+tars-ws.js from the hub and reaches it through a fault proxy; before = the v1.0.0 page (one WebSocket, no
+reconnect logic), after = tars-ws.js at its defaults:
+
+* browser reconnect time: seconds from a reset to the page's ``recovered`` event, ``--browser-drops`` times;
+* browser loss: the loss run above with the page as the subscriber;
+* manual-refresh share: ``--browser-sessions`` page sessions (a v1.0.0 page and a tars-ws.js page side by
+  side, each behind its own proxy, the same faults at the same instants: Poisson with mean -ln(0.85), each a
+  reset, a silent drop or a 10 s outage). A session needs a refresh when a message is never shown, or shown
+  more than 30 s after it was published. Sessions are 5 minutes with an update every 2 s, run at
+  ``--browser-scale`` (0.1: every duration, the client's heartbeat and backoff included, times 0.1).
+
 The figures come from the same code as ``tars-run benchmark`` (``tars_1001_ws.check.measure``) and are
 printed as the release report shows them (the core's metrics table, met / MISSED per target).
 """
@@ -36,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from tars_1001_ws import check
+from tars_1001_ws import browser, check
 from tars_1001_ws.plugin import BenchmarkConfig
 
 from tars_core.report import metrics_table
@@ -49,13 +62,21 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         "args": vars(args),
     }
     size = BenchmarkConfig(**{a.name: getattr(args, a.name) for a in attrs.fields(BenchmarkConfig)})
+    python_sizes = {k: v for k, v in attrs.asdict(size).items() if not k.startswith("browser_")}
+    progress = lambda line: print(line, file=sys.stderr)  # noqa: E731
     async with check.HubProcess(log_dir / "hub.log") as hub:
-        results |= await check.measure(
-            hub.url,
-            **attrs.asdict(size),
-            plain_idle=not args.skip_plain_idle,
-            progress=lambda line: print(line, file=sys.stderr),
-        )
+        results |= await check.measure(hub.url, **python_sizes, plain_idle=not args.skip_plain_idle, progress=progress)
+        if not args.skip_browser:
+            results["browser"] = await browser.measure(
+                hub.url,
+                drops=size.browser_drops,
+                messages=size.messages,
+                message_drops=size.message_drops,
+                rate=size.rate,
+                sessions=size.browser_sessions,
+                scale=size.browser_time_scale,
+                progress=progress,
+            )
     return results
 
 
@@ -73,14 +94,30 @@ def main() -> None:
         "--window", dest="idle_window", type=float, default=120.0, help="seconds of idle CPU measurement"
     )
     parser.add_argument("--skip-plain-idle", action="store_true", help="skip the plain-websockets idle run")
+    parser.add_argument("--browser-drops", dest="browser_drops", type=int, default=50, help="resets in Chromium")
+    parser.add_argument("--browser-sessions", dest="browser_sessions", type=int, default=400, help="page sessions")
+    parser.add_argument(
+        "--browser-scale", dest="browser_time_scale", type=float, default=0.1, help="time scale of the sessions"
+    )
+    parser.add_argument("--skip-browser", action="store_true", help="leave out the headless Chromium figures")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tars-1001-bench-") as log_dir:
         results = asyncio.run(run(args, Path(log_dir)))
-    print(metrics_table(check.metrics(results)))
+    metrics = check.metrics(results)
+    if "browser" in results:
+        metrics += browser.metrics(results["browser"])
+    print(metrics_table(metrics))
     in_order = {k: "yes" if results[f"loss_{k}"]["in_order"] else "no" for k in ("before_plain_websockets", "after")}
     print(f"\nDelivered in order: before {in_order['before_plain_websockets']}, after {in_order['after']}.")
     print("Subscriptions restored after a reconnect: before only by hand (the loop resubscribes), after automatically.")
+    if "browser" in results:
+        r = results["browser"]["refresh"]
+        print(
+            f"Page sessions: {r['sessions']} ({r['faulted_sessions']} hit by a fault); sessions needing a refresh "
+            f"before {r['before_percent']:.1f} %, after {r['after_percent']:.1f} %; longest staleness after "
+            f"{r['after_max_stale_s_real']:.1f} s (threshold 30 s); Chromium {results['browser']['version']}."
+        )
     if args.json:
         print(json.dumps(results, indent=2, default=str))
 

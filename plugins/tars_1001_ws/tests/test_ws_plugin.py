@@ -249,6 +249,9 @@ async def test_benchmark_hook_gives_before_and_after_figures(tmp_path):
             "messages": 300,
             "message_drops": 2,
             "rate": 300.0,
+            "browser_drops": 3,
+            "browser_sessions": 10,
+            "browser_time_scale": 0.02,
         }
     }
     ctx = make_context(plugin, targets=Targets(), config=config, state_dir=tmp_path)
@@ -263,9 +266,20 @@ async def test_benchmark_hook_gives_before_and_after_figures(tmp_path):
         "messages_duplicated",
         "heartbeat_cpu",
         "memory_per_client",
+        "browser_reconnect_p50",
+        "browser_reconnect_p95",
+        "browser_reconnect_max",
+        "browser_messages_lost",
+        "browser_messages_duplicated",
+        "manual_refresh_share",
+        "manual_refresh_share_of_faulted",
     }
     assert metrics["messages_lost"].after == 0 and metrics["messages_duplicated"].after == 0
     assert metrics["messages_lost"].met is True and metrics["messages_duplicated"].met is True
+    # the browser figures: the v1.0.0 page loses what comes after its first drop, tars-ws.js nothing
+    assert metrics["browser_messages_lost"].after == 0 and metrics["browser_messages_duplicated"].after == 0
+    assert metrics["browser_messages_lost"].before > 0
+    assert "Chromium" in result.detail
     assert all(m.unit and m.target and m.met is not None for m in result.metrics)
     assert "messages_lost" in metrics_table(result.metrics)  # the core renders the figures, judged by `met`
 

@@ -359,8 +359,7 @@ class Hub:
             spec = {"channel": spec} if isinstance(spec, str) else spec
             if not isinstance(spec, dict):
                 raise _BadRequest("each subscribe entry is a channel name or {channel, epoch, seq}")
-            name, epoch, seq = spec.get("channel"), spec.get("epoch"), spec.get("seq")
-            _check_name(name)
+            name, epoch, seq = _check_name(spec.get("channel")), spec.get("epoch"), spec.get("seq")
             if epoch is not None and not isinstance(epoch, str):
                 raise _BadRequest(f"{name}: epoch must be a string or null")
             if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
@@ -490,9 +489,10 @@ class _BadRequest(Exception):
     pass
 
 
-def _check_name(name: Any) -> None:
+def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_CHANNEL_NAME:
         raise _BadRequest(f"channel must be a non-empty string of at most {MAX_CHANNEL_NAME} characters")
+    return name
 
 
 def _utf8(frame: dict[str, Any]) -> bytes:
