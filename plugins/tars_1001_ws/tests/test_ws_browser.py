@@ -9,8 +9,12 @@ Without Chromium every test here fails with one line saying what to install (nev
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import re
+import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -330,3 +334,53 @@ async def test_the_v100_page_without_reconnect_logic_stays_dead_after_one_drop(p
         await asyncio.sleep(0.5)
     view = await page.view(i)
     assert data(view, "news") == [1] and not view["connected"]
+
+
+async def test_the_readme_example_page_works_as_documented(browser, bhub, bproxy):
+    """The README's example page, as written (hub addresses swapped for the test hub and its proxy)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    html = re.search(r"```html\n(.*?)```", readme, re.S)
+    assert html is not None, "README lost its example page"
+    body = (
+        html.group(1)
+        .replace("https://hub.example:8765", f"http://127.0.0.1:{bhub.port}")
+        .replace("wss://hub.example:8765/", bproxy.url())
+        .encode()
+    )
+    rows = json.dumps([{"title": "from-rest"}]).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            out = rows if self.path.startswith("/api/evaluations") else body
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        status = "document.getElementById('status').textContent"
+        await page.wait_for_function(f"{status} === 'live'", timeout=20_000)
+        commands: list[Any] = []
+        async with ReconnectingWebSocketClient(bhub.url, **FAST) as pub:
+            await pub.subscribe("commands", lambda m: commands.append(m.data))
+            await (await pub.publish("evaluations", {"title": "eval-1"})).wait(5)
+            bproxy.reset()
+            await page.wait_for_function(f"{status}.startsWith('reconnecting…')", timeout=20_000)
+            await (await pub.publish("evaluations", {"title": "eval-2"})).wait(5)  # while the page is away
+            await page.wait_for_function(f"{status} === 'live'", timeout=20_000)
+            await page.click("#pause")
+            await await_until(lambda: commands == [{"op": "pause"}], timeout=10, what="pause published")
+        await page.wait_for_function("document.getElementById('evals').children.length === 3", timeout=20_000)
+        assert (await page.inner_text("#evals")).split("\n") == ["eval-2", "eval-1", "from-rest"]
+    finally:
+        await context.close()
+        server.shutdown()
+        server.server_close()
