@@ -74,13 +74,16 @@ DEFAULT_BAD = {
     "gauge": "either",
 }
 #: the change each kind must be able to see for a pass (relative; memory: of its level per hour).
-#: Error rates get a coarser default because sandbox-scale traffic has a few hundred errors in ten
-#: minutes: no valid test sees a 10 % change in those (the MDE says so instead of guessing).
+#: Error rates and memory get coarser defaults because that is what ten minutes of sandbox-scale data
+#: can resolve with a valid test (benchmarks/tars-regression-monitor_bench_results.md): a few hundred
+#: errors cannot show a 10 % change, and ten minutes of autocorrelated RSS samples hold under ten
+#: effective samples (TARS-1005's v1.0.0 leak grows RSS by more than 100 % an hour). A stricter
+#: requirement is a config away; the verdict then says "inconclusive" until the data can support it.
 DEFAULT_MDE = {
     "latency": 0.10,
     "throughput": 0.10,
     "gauge": 0.10,
-    "memory": 0.10,
+    "memory": 0.50,
     "errors": 0.50,
     "counts": 0.50,
 }
@@ -181,7 +184,9 @@ class JudgeConfig:
 
     ``mde``: per-kind changes a pass must be able to see (merged over :data:`DEFAULT_MDE`); ``margin``:
     relative change tolerated before it counts as a regression (0: any significant change in the bad
-    direction fails); ``min_samples``: per arm, for location and slope tests; ``paired``: ``auto`` pairs
+    direction fails); ``min_samples``: per arm, for location tests; ``min_slope_samples``: per arm for
+    slopes (fewer cannot tell a trend from autocorrelated noise: 6 samples of a flat AR(0.8) series
+    "leak" one time in eleven); ``paired``: ``auto`` pairs
     concurrent samples by timestamp, ``never`` does not; ``bootstrap``: resamples for latency quantiles;
     ``tau``: sequential mixtures' scale per kind (default: that kind's MDE, where they are quickest);
     ``per``: the time unit of slopes, seconds.
@@ -194,6 +199,7 @@ class JudgeConfig:
     power: float = attrs.field(default=0.8, validator=_positive)
     margin: float = 0.0
     min_samples: int = 5
+    min_slope_samples: int = 30
     paired: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "never")))
     bootstrap: int = 400
     tau: Mapping[str, float] = attrs.field(factory=dict)
@@ -445,7 +451,7 @@ def _judge_one(m: MetricInput, cfg: JudgeConfig, mde_alpha: float, rng: Any) -> 
             else:
                 r = stats.rate_ratio_test(float(b.sum()), float(c.sum()), float(eb.sum()), float(ec.sum()), m.bad, **kw)
         elif m.kind == "memory":
-            need = max(cfg.min_samples, 4)
+            need = max(cfg.min_slope_samples, 4)
             if b.size < need or c.size < need:
                 return _row(
                     m,
@@ -456,11 +462,11 @@ def _judge_one(m: MetricInput, cfg: JudgeConfig, mde_alpha: float, rng: Any) -> 
                 )
             tb = tb if tb is not None else np.arange(b.size, dtype=float)
             tc = tc if tc is not None else np.arange(c.size, dtype=float)
+            ob, oc = np.argsort(tb, kind="stable"), np.argsort(tc, kind="stable")
+            b, tb, c, tc = b[ob], tb[ob], c[oc], tc[oc]
             if sequential:
                 tau = cfg.tau.get(m.kind, mde_req)
-                r = stats.sequential_slope_test(
-                    b, c, tb, tc, m.bad, tau=tau, per=cfg.per, min_samples=max(cfg.min_samples, 10), **kw
-                )
+                r = stats.sequential_slope_test(b, c, tb, tc, m.bad, tau=tau, per=cfg.per, min_samples=need, **kw)
             else:
                 r = stats.slope_test(b, c, tb, tc, m.bad, per=cfg.per, **kw)
             if m.baseline_times is None or m.canary_times is None:
@@ -475,8 +481,9 @@ def _judge_one(m: MetricInput, cfg: JudgeConfig, mde_alpha: float, rng: Any) -> 
                     **common,
                 )
             paired = cfg.paired == "auto" and _aligned(tb, tc)
-            if paired:  # the same instants on both sides, in time order
-                b, c = b[np.argsort(tb)], c[np.argsort(tc)]
+            # time order (the sequential tests accrue samples in it; pairing needs the same instants)
+            b = b[np.argsort(tb, kind="stable")] if tb is not None else b
+            c = c[np.argsort(tc, kind="stable")] if tc is not None else c
             log_scale = stats.can_log(b, c)
             if sequential:
                 tau = cfg.tau.get(m.kind, math.log1p(mde_req))
