@@ -84,7 +84,9 @@ class ForecastConfig:
 
     ``step``: the sample interval (the scrape or rule evaluation interval); samples are placed on this grid.
     ``season``: the seasonal period (None: level only). Fitting a season needs ``3 * season`` of history
-    (two seasons to fit, one to calibrate); with less, :meth:`Forecaster.fit` falls back to level only.
+    (two seasons to fit, one to calibrate); with less, :meth:`Forecaster.fit` falls back to level only, and a
+    streamed forecaster whose ``train`` is shorter refits with the season once three seasons have arrived
+    (a daemon can forecast after a short warm-up and still learn a long cycle).
     ``level``: the band's nominal coverage. ``memory``: the level may not forget faster than this (smoothing
     bounded by ``step / memory``); ``season_memory`` bounds the seasonal smoothing likewise, in seasons.
     ``train``: history a fit started by :meth:`Forecaster.update` waits for (default three seasons, or 30
@@ -92,7 +94,8 @@ class ForecastConfig:
     ``drift_threshold``/``drift_delta``: Page-Hinkley's lambda and delta, in band units (z-like); ``drift_hold``:
     how long the drift flag stays up after the last detection (a gauge scraped every 15 s still sees it).
     ``max_gap``: a longer silence starts the warm-up again (the old state no longer describes the series).
-    ``refit_every``: refit on the latest ``train`` of history this often (None: never).
+    ``refit_every``: refit on the buffered history (the latest ``train``, or three seasons when longer) this
+    often (None: never).
     """
 
     step: float = 5.0
@@ -132,6 +135,11 @@ class ForecastConfig:
         if self.train is not None:
             return max(round(self.train / self.step), 40)
         return 3 * self.period if self.period else round(1800 / self.step)
+
+    @property
+    def history_samples(self) -> int:
+        """Samples a streamed forecaster keeps for its fits: the warm-up, or three seasons when longer."""
+        return max(self.train_samples, 3 * self.period)
 
     @property
     def gap_samples(self) -> int:
@@ -302,9 +310,10 @@ class Forecaster:
         self.fit_model: ModelFit = model or _HoltWinters.fit  # another model: the benchmark's candidates
         self.model: ForecastModel | None = None
         self.band = _Conformal(self.config.level, self.config.calibration_window)
-        self.history: deque[tuple[float, float]] = deque(maxlen=self.config.train_samples)
+        self.history: deque[tuple[float, float]] = deque(maxlen=self.config.history_samples)
         self.last_at: float | None = None  # the last sample's slot on the step grid
         self.fitted_at: float | None = None
+        self.seasonal = False  # the fitted model has a season (a short warm-up fits the level only)
         self.samples = 0  # samples judged since the last fit
         self.inside = 0  # of which inside the band, outside drift periods
         self.counted = 0  # samples outside drift periods
@@ -323,10 +332,13 @@ class Forecaster:
 
     @property
     def fit_due(self) -> bool:
-        """A fit is waiting: a warm-up is complete, or ``refit_every`` has passed since the last fit."""
+        """A fit is waiting: a warm-up is complete, three seasons arrived after a level-only fit, or
+        ``refit_every`` has passed since the last fit."""
         c = self.config
         if self.model is None:
             return len(self.history) >= c.train_samples
+        if c.period and not self.seasonal and len(self.history) >= 3 * c.period:
+            return True
         return (
             c.refit_every is not None
             and self.fitted_at is not None
@@ -341,7 +353,7 @@ class Forecaster:
         self._fit_points(list(samples))
 
     def refit(self) -> None:
-        """Fit again on the buffered history (the warm-up, or the latest ``train`` for ``refit_every``)."""
+        """Fit again on the buffered history (the warm-up, three seasons, or the latest for ``refit_every``)."""
         with self._lock:
             snapshot = list(self.history)
         self._fit_points(snapshot)
@@ -396,6 +408,7 @@ class Forecaster:
             self.model, self.band, self._up, self._down = model, band, up, down
             self.fitted_at = end
             self.last_at = end
+            self.seasonal = period > 0
             self.samples = self.inside = self.counted = self.drifts = self.direction = 0
             self.drift_until = -math.inf
             self.history.clear()
@@ -459,6 +472,7 @@ class Forecaster:
         self.model = None
         self.history.clear()
         self.last_at = self.fitted_at = None
+        self.seasonal = False
         self.band = _Conformal(self.config.level, self.config.calibration_window)
 
     def _judge(self, t: float, value: float) -> Prediction:
@@ -563,6 +577,7 @@ class ForecastBank:
     ``config``: a :class:`ForecastConfig` for every series, or a callable ``labels -> ForecastConfig | None``
     (None: that series is not forecast, e.g. not a metric the monitor judges). Gauges carry the labels
     ``metric`` (the series' ``__name__``) and ``series`` (:func:`series_key`); see :data:`METRICS`.
+    ``last`` and ``labels`` hold each series' latest judged sample and its labels, for a JSON view.
     """
 
     def __init__(
@@ -578,6 +593,8 @@ class ForecastBank:
         self.auto_fit = auto_fit
         self.forecasters: dict[str, Forecaster] = {}
         self.names: dict[str, str] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        self.last: dict[str, Prediction] = {}
         self.children: dict[str, dict[str, Any]] = {}
         g: dict[str, Any] = {}
         helps = {
@@ -609,7 +626,9 @@ class ForecastBank:
 
     def forecaster(self, labels: Mapping[str, str]) -> Forecaster | None:
         """The series' forecaster, created on first sight (None if the config callable declines it)."""
-        key = series_key(labels)
+        return self._forecaster(series_key(labels), labels)
+
+    def _forecaster(self, key: str, labels: Mapping[str, str]) -> Forecaster | None:
         found = self.forecasters.get(key)
         if found is None:
             config = self._config_for(labels)
@@ -617,6 +636,7 @@ class ForecastBank:
                 return None
             found = self.forecasters[key] = Forecaster(config, auto_fit=self.auto_fit)
             self.names[key] = labels.get("__name__", "")
+            self.labels[key] = dict(labels)
         return found
 
     def fit(self, labels: Mapping[str, str], samples: Iterable[tuple[float, float]]) -> Forecaster | None:
@@ -629,14 +649,16 @@ class ForecastBank:
 
     def update(self, labels: Mapping[str, str], t: float, value: float) -> Prediction | None:
         """Judge and learn one sample, and set the series' gauges. None: not forecast, or skipped."""
-        f = self.forecaster(labels)
+        key = series_key(labels)
+        f = self._forecaster(key, labels)
         if f is None:
             return None
         drifts = f.drifts
         p = f.update(t, value)
         if p is None:
             return None
-        g = self._children(series_key(labels))
+        self.last[key] = p
+        g = self._children(key)
         g["actual"].set(p.value)
         g["ready"].set(1 if p.ready else 0)
         if p.ready:
@@ -676,6 +698,8 @@ class ForecastBank:
         if self.forecasters.pop(key, None) is None:
             return
         name = self.names.pop(key)
+        self.labels.pop(key, None)
+        self.last.pop(key, None)
         self.children.pop(key, None)
         for gauge in self.gauges.values():
             try:

@@ -42,7 +42,14 @@ ABSENT_ALERT = "SLOMetricAbsent"
 SELECTOR = '{__name__=~"slo:.+|ALERTS",slo!=""}'
 # the sample timestamps of the same series: timestamp() drops the metric name, so it is copied first
 _STAMP_LABEL = "tars_series_name"
-STAMPS = f'timestamp(label_replace({SELECTOR}, "{_STAMP_LABEL}", "$1", "__name__", "(.+)"))'
+
+
+def stamps_query(selector: str) -> str:
+    """``timestamp()`` of the series ``selector`` picks, with their metric name kept in a label."""
+    return f'timestamp(label_replace({selector}, "{_STAMP_LABEL}", "$1", "__name__", "(.+)"))'
+
+
+STAMPS = stamps_query(SELECTOR)
 _WINDOW = re.compile(r"slo:(?:burn_rate|sli_error):ratio_rate(\w+)$")
 
 
@@ -205,16 +212,19 @@ class MonitorState:
             state.series[name] = Reading(sample.value, sample.at)
         return state
 
-    def ingest(self, samples: Iterable[Sample], *, dropped: int = 0, source: str = "remote-write") -> int:
+    def ingest(
+        self, samples: Iterable[Sample], *, dropped: int = 0, elsewhere: int = 0, source: str = "remote-write"
+    ) -> int:
         """Apply pushed samples (in any order; the newest reading of a series wins) and re-decide the SLOs
-        they touched. Returns how many were applied."""
+        they touched. Returns how many were applied. ``elsewhere``: samples of the same push kept for
+        another consumer (the forecasts), counted as received only."""
         touched: dict[str, SLOState] = {}
         count = 0
         for sample in samples:
             state = self._put(sample)
             touched[state.name] = state
             count += 1
-        self.samples_received += count + dropped
+        self.samples_received += count + dropped + elsewhere
         self.samples_dropped += dropped
         if count:
             self.source = source
@@ -263,16 +273,17 @@ def _from_spec(slo: SLO) -> SLOState:
     )
 
 
-def poll(prom: Prometheus, at: float | None = None) -> list[Sample]:
-    """Every kept series at ``at`` (default now) through the query API, with the sample's own timestamp.
+def poll(prom: Prometheus, at: float | None = None, selector: str = SELECTOR) -> list[Sample]:
+    """Every kept series (or those ``selector`` picks) at ``at`` (default now) through the query API, with
+    the sample's own timestamp.
 
     Two instant queries at the same evaluation time: the values (an instant query honours stale markers,
     so a resolved alert is not returned) and ``timestamp()`` of the same series, joined on their labels.
     """
     at = time.time() if at is None else at
-    values = prom.query(SELECTOR, at=at)
+    values = prom.query(selector, at=at)
     stamps: dict[tuple[tuple[str, str], ...], float] = {}
-    for row in prom.query(STAMPS, at=at):
+    for row in prom.query(stamps_query(selector), at=at):
         labels = dict(row["metric"])
         labels["__name__"] = labels.pop(_STAMP_LABEL, "")
         stamps[tuple(sorted(labels.items()))] = float(row["value"][1])
