@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from tars_core.errors import LockHeld, RollbackFailed, UsageError
+from tars_core.errors import LockHeld, RollbackFailed, TargetError, UsageError
 from tars_core.model import ExitCode, PluginState
 from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import RedactingFilter, Redactor
@@ -271,7 +271,7 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
     code = ExitCode.OK
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, runner)
+        await tg.start(_watch_signals, runner)  # Ctrl-C goes to the runner before the ledger is touched
         try:
             code = await _with_ledger(runner, args, plugins)
         except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
@@ -314,9 +314,17 @@ async def _with_ledger(runner: Runner, args: argparse.Namespace, plugins: list[L
         started = time.monotonic()
         try:
             code = ExitCode(await _command(runner, args, plugins, writes))
-        except RollbackFailed as exc:
-            _stderr(f"tars-run: {exc}; manual action needed")
+        except RollbackFailed as exc:  # the final line below says it: one line, not two
+            runner.final_message = f"{exc}; manual action needed"
             code = ExitCode.MANUAL_ACTION
+        except TargetError as exc:  # resolving a crashed run could not reach a target: nothing was undone
+            runner.final_message = runner.redact(str(exc))
+            code = ExitCode.BAD_INPUT
+        except BaseException as exc:
+            if writes and not isinstance(exc, Exception):  # the run itself was cancelled: close its row
+                with anyio.CancelScope(shield=True):
+                    await ledger.end_run(runner.run_id, ExitCode.INTERRUPTED.name.lower())
+            raise
         if writes:
             await ledger.end_run(runner.run_id, code.name.lower())
         if cmd in NEEDS_TARGETS:
@@ -331,10 +339,11 @@ async def _with_ledger(runner: Runner, args: argparse.Namespace, plugins: list[L
             await ledger.close()
 
 
-async def _watch_signals(runner: Runner) -> None:
+async def _watch_signals(runner: Runner, *, task_status: Any) -> None:
     import anyio
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             runner.interrupt()
 

@@ -75,6 +75,9 @@ class ReleaseConfig:
         factory=dict, validator=attrs.validators.deep_mapping(attrs.validators.instance_of(str), non_negative)
     )
     on_inconclusive: Literal["fail", "pass"] = "fail"
+    # a rollback that cannot reach its target is tried again this many times, delay x the try apart
+    rollback_retries: int = attrs.field(default=2, validator=non_negative)
+    rollback_retry_delay: float = attrs.field(default=2.5, validator=non_negative)
 
 
 @attrs.define

@@ -52,6 +52,17 @@ class TargetError(FixError):
     """
 
 
+class TargetLost(TargetError):
+    """The target went away in the middle of a step (connection lost, server restarted) and did not come
+    back within the hook's own retries.
+
+    Exit 2 like every unreachable target, but unlike a plain :class:`TargetError` from ``tars_apply`` it
+    does not say "nothing changed": the step may have changed part of the target, so the runner still
+    rolls it back (and a rollback that cannot reach the target leaves it as it is, exit 2, the message
+    saying to run again once the target answers).
+    """
+
+
 class ServiceError(FixError):
     """A server process could not be started or did not get ready; the message quotes its log.
 
@@ -118,5 +129,6 @@ __all__ = [
     "SandboxError",
     "ServiceError",
     "TargetError",
+    "TargetLost",
     "UsageError",
 ]

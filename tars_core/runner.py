@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from tars_core.config import TarsConfig, config_digest, converter, plugin_config
-from tars_core.errors import FixError, HookStillRunning, RollbackFailed, TargetError
+from tars_core.errors import FixError, HookStillRunning, RollbackFailed, TargetError, TargetLost
 from tars_core.flags import FeatureFlags, fraction
 from tars_core.ledger import Ledger, now
 from tars_core.model import (
@@ -134,6 +135,8 @@ class Runner:
         self.final_message = ""
         self.bad_target = False  # a hook raised TargetError: the run ends with exit 2 (bad input)
         self.unreached: set[str] = set()  # apply raised TargetError in this run: its rollback is a no-op
+        # plugins whose last rollback in this run could not reach the target: left as they are, exit 2
+        self.rollback_unreachable: set[str] = set()
         self.stuck: list[str] = []  # plugins whose hook would not stop: the process must not wait for them
         self.tick_every = cfg.release.progress_every
         self.grace = cfg.release.timeout_grace
@@ -185,29 +188,41 @@ class Runner:
         return step
 
     async def phase(self, plugin: LoadedPlugin, phase: str, *, record: bool = True) -> tuple[Step, Any]:
-        """Call one hook of one plugin with its timeout, ledger rows around it, progress on stderr."""
+        """Call one hook of one plugin with its timeout, ledger rows around it, progress on stderr.
+
+        The row written ``running`` before the call is closed on every way out of this method (a
+        cancellation of the whole run, an error of the runner itself): only a process that died may
+        leave a ``running`` row, which is what the next run takes it for.
+        """
         if self.interrupted and phase != "rollback":
             return self._note(Step(plugin.name, phase, Outcome.INTERRUPTED, error=NOT_STARTED)), None
         if phase == "rollback" and plugin.name in self.unreached:
             return await self._nothing_to_undo(plugin), None
         ctx = self.context(plugin, phase)
         phase_id = None
-        if record and not self.dry_run:
-            phase_id = await self.ledger.phase_start(
-                self.run_id, self.release, plugin.name, phase, plugin.version, self.digest(plugin)
-            )
+        closed = False
         start = time.monotonic()
-        self.progress(f"{self._stamp()} {plugin.name}: {phase} ...")
         try:
-            outcome, error, result = await self._invoke(plugin, phase, ctx)
+            if record and not self.dry_run:
+                phase_id = await self.ledger.phase_start(
+                    self.run_id, self.release, plugin.name, phase, plugin.version, self.digest(plugin)
+                )
+            self.progress(f"{self._stamp()} {plugin.name}: {phase} ...")
+            try:
+                outcome, error, result = await self._invoke(plugin, phase, ctx)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await ctx.flags.aclose()
+            seconds = time.monotonic() - start
+            detail = self.redact(getattr(result, "detail", "") or "") or None
+            if phase_id is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.ledger.phase_end(phase_id, outcome, error, detail)
+            closed = True
         finally:
-            with anyio.CancelScope(shield=True):
-                await ctx.flags.aclose()
-        seconds = time.monotonic() - start
-        detail = self.redact(getattr(result, "detail", "") or "") or None
-        if phase_id is not None:
-            with anyio.CancelScope(shield=True):
-                await self.ledger.phase_end(phase_id, outcome, error, detail)
+            if phase_id is not None and not closed:
+                with anyio.CancelScope(shield=True):
+                    await self.ledger.phase_end(phase_id, Outcome.INTERRUPTED, f"tars_{phase} interrupted")
         checks = {str(k): self.redact(str(v)) for k, v in (getattr(result, "checks", None) or {}).items()}
         step = self._note(Step(plugin.name, phase, outcome, seconds, error, detail, checks))
         tail = f"{outcome} ({seconds:.2f}s)" + (f": {error}" if error else "")
@@ -221,6 +236,11 @@ class Runner:
             if phase in ("apply", "rollback", "verify"):
                 return Outcome.FAILED, f"plugin {plugin.name} does not implement {hook}", None
             return Outcome.SKIPPED, None, None
+        # Ctrl-C, or a cancellation of the whole run, that came while the ``running`` row was written: the
+        # hook is not started (an async hook's body runs up to its first await as soon as it is called)
+        if self.interrupted and phase != "rollback":
+            return Outcome.INTERRUPTED, f"{hook} interrupted by the user", None
+        await anyio.lowlevel.checkpoint()
         timeout = self.cfg.timeout(plugin.name, phase)
         outcome, result = Outcome.INTERRUPTED, None
         error: str | None = f"{hook} interrupted"
@@ -261,15 +281,22 @@ class Runner:
         return outcome, error, result
 
     def _failure(self, plugin: LoadedPlugin, phase: str, exc: Exception, timeout: float) -> tuple[Outcome, str]:
-        """A hook that raised: ``unreached`` when apply stopped at an unusable target, else ``failed``."""
+        """A hook that raised: ``unreached`` when apply stopped at an unusable target, else ``failed``.
+
+        Any :class:`TargetError` makes the run's exit code 2. One from a rollback means the target could
+        not be reached to undo anything: the plugin is left as the ledger has it (see ``_rollback_all``).
+        """
         if self.debug:
             log.exception("%s tars_%s failed", plugin.name, phase)
         error = self._error_text(exc, f"tars_{phase}", timeout)
         if not isinstance(exc, TargetError):
             return Outcome.FAILED, error
-        self.bad_target = True
-        if phase != "apply":
+        if phase == "rollback":  # tried again; the exit code is ``_rollback_all``'s to decide
+            self.rollback_unreachable.add(plugin.name)
             return Outcome.FAILED, error
+        self.bad_target = True
+        if phase != "apply" or isinstance(exc, TargetLost):
+            return Outcome.FAILED, error  # a lost target mid-apply may have changed something: roll back
         self.unreached.add(plugin.name)  # TargetError from apply: raised before it changed anything
         return Outcome.UNREACHED, error
 
@@ -349,7 +376,12 @@ class Runner:
                 if step.outcome == Outcome.UNKNOWN:
                     await self.set_state(plugin, PluginState.UNKNOWN)
                     raise RollbackFailed([rec.plugin], step.error or "")
-            step, _ = await self.phase(plugin, "rollback")
+            step = await self._rollback_one(plugin)
+            if step.outcome != Outcome.OK and rec.plugin in self.rollback_unreachable:
+                raise TargetError(
+                    f"{rec.plugin}: resolving a crashed {rec.phase}: {step.error}; left as it is: run tars-run "
+                    "again once the target answers"
+                )
             if step.outcome != Outcome.OK:
                 unknown = step.outcome == Outcome.UNKNOWN
                 await self.set_state(plugin, PluginState.UNKNOWN if unknown else PluginState.ROLLBACK_FAILED)
@@ -618,12 +650,21 @@ class Runner:
         return out
 
     async def _rollback_all(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
-        """Roll back ``plugins`` in this order; stop at a rollback that would not stop (see the class doc)."""
+        """Roll back ``plugins`` in this order; stop at a rollback that would not stop (see the class doc).
+
+        A rollback that could not reach its target (it raised :class:`TargetError`) is tried again,
+        ``release.rollback_retries`` times, ``rollback_retry_delay`` x the try apart (rollbacks are
+        idempotent): a dependency that restarted or paused mid-release is usually back by then. One that
+        still cannot reach it leaves the plugin as the ledger has it and ends the run with exit 2: nothing
+        could be undone, and the next ordinary run (apply or rollback) does it once the target answers.
+        Exit 4 stays for what really needs a person: a rollback that reached the target and failed.
+        """
         done: list[str] = []
         broken: list[str] = []
         nothing: list[str] = []
+        away: list[str] = []
         for i, plugin in enumerate(plugins):
-            step, _ = await self.phase(plugin, "rollback")
+            step = await self._rollback_one(plugin)
             if step.outcome in _DONE:
                 await self.set_state(plugin, PluginState.ROLLED_BACK)
                 done.append(plugin.name)
@@ -634,6 +675,8 @@ class Runner:
                 rest = [p.name for p in plugins[i + 1 :]]
                 left = f" (also left as they are: {', '.join(rest)})" if rest else ""
                 return RunResult(ExitCode.MANUAL_ACTION, self.steps, done, (step.error or "") + left)
+            elif plugin.name in self.rollback_unreachable:
+                away.append(f"{plugin.name} ({step.error})")
             else:
                 await self.set_state(plugin, PluginState.ROLLBACK_FAILED)
                 broken.append(f"{plugin.name} ({step.error})")
@@ -643,7 +686,30 @@ class Runner:
         msg = f"rolled back {', '.join(done) or 'nothing'}"
         if nothing:
             msg += f"; nothing to undo for {', '.join(nothing)} (apply never reached the target)"
+        if away:
+            msg += (
+                f"; could not reach the target to roll back {', '.join(away)}: left as it is; "
+                "run tars-run rollback (or apply) again once the target answers"
+            )
+            return RunResult(ExitCode.BAD_INPUT, self.steps, done, msg)
         return RunResult(ExitCode.OK, self.steps, done, msg)
+
+    async def _rollback_one(self, plugin: LoadedPlugin) -> Step:
+        """The rollback phase of ``plugin``, tried again after a failure (see ``_rollback_all``)."""
+        tries = 1 + self.cfg.release.rollback_retries
+        for attempt in range(1, tries + 1):
+            self.rollback_unreachable.discard(plugin.name)
+            step, _ = await self.phase(plugin, "rollback")
+            if plugin.name not in self.rollback_unreachable or attempt == tries:
+                return step
+            delay = self.cfg.release.rollback_retry_delay * attempt
+            self.progress(
+                f"{self._stamp()} {plugin.name}: rollback could not reach the target (try {attempt}/{tries}); "
+                f"trying again in {delay:g}s"
+            )
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(delay)
+        return step
 
     async def rollback(self, plugins: Sequence[LoadedPlugin]) -> RunResult:
         await self._recall_unreached(plugins)

@@ -5,6 +5,7 @@ fault-injection suite in tests/faults/, ``nox -s faults``)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any, Literal
@@ -12,9 +13,14 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from tars_core.config import structure_section
+from tars_core import ApplyResult, Context, PluginInfo, VerifyResult, hookimpl
+from tars_core.config import ReleaseConfig, TarsConfig, structure_section
 from tars_core.errors import ConfigError
+from tars_core.ledger import Holder, SQLiteLedger
 from tars_core.model import non_empty, non_negative, positive, unit_interval
+from tars_core.plugins import PluginHost
+from tars_core.redact import Redactor
+from tars_core.runner import Runner
 from tars_core.state import atomic_write_bytes, atomic_write_text
 from tars_core.testing import bad_config_values
 
@@ -114,3 +120,204 @@ def test_tars_run_refuses_a_coerced_value_with_exit_2_before_anything_runs(
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"tars-run: error: config {project.work / 'tars.yaml'}: {expect}")
     assert project.calls() == [] and not (project.work / ".tars" / "state.db").exists()
+
+
+# -- defect 13: the interrupt path closes the ledger row it opened ------------------------------------------
+
+
+class _Fix:
+    """An in-process fix whose hooks note their calls (the runner drives it as tars-run would)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def tars_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="fix-x", title="fix x")
+
+    @hookimpl
+    async def tars_apply(self, ctx: Context) -> ApplyResult:
+        self.calls.append("apply")
+        return ApplyResult()
+
+    @hookimpl
+    def tars_verify(self, ctx: Context) -> VerifyResult:
+        return VerifyResult(ok=True)
+
+    @hookimpl
+    def tars_rollback(self, ctx: Context) -> ApplyResult:
+        self.calls.append("rollback")
+        return ApplyResult()
+
+
+async def _phase_while_the_ledger_is_locked(tmp_path: Path, interrupt: bool) -> tuple[_Fix, list[tuple[str, str]]]:
+    """Start the apply phase while another connection holds the SQLite write lock (the ``running`` row waits
+    to be written), then Ctrl-C the runner (``interrupt``) or cancel the whole run, then free the lock."""
+    import threading
+
+    import anyio
+
+    fix = _Fix()
+    host = PluginHost(trace=False)
+    plugin = host.register(fix, "fix-x")
+    assert plugin is not None
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    await ledger.open()
+    await ledger.acquire(Holder.me("test"))
+    cfg = TarsConfig(release=ReleaseConfig(progress_every=0.05))
+    waiting = threading.Event()
+
+    def progress(line: str) -> None:
+        if "waiting for the ledger" in line:
+            waiting.set()
+
+    runner = Runner(host, cfg, ledger, Redactor(), root=tmp_path, progress=progress)
+    await ledger.start_run(runner.run_id, runner.release, "apply")
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.phase, plugin, "apply")
+            await anyio.to_thread.run_sync(waiting.wait, 30)
+            assert waiting.is_set(), "the phase never waited for the ledger"
+            if interrupt:
+                runner.interrupt()
+            else:
+                tg.cancel_scope.cancel()
+            blocker.execute("COMMIT")
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("COMMIT")
+        blocker.close()
+        rows = [(r.phase, r.outcome) for r in await ledger.phases(runner.release)]
+        await ledger.close()
+    return fix, rows
+
+
+def test_ctrl_c_while_the_running_row_is_written_closes_it_and_does_not_start_the_hook(tmp_path: Path) -> None:
+    """Ctrl-C landed between the ``running`` row and the hook call: the hook ran anyway, to the end."""
+    import anyio
+
+    fix, rows = anyio.run(_phase_while_the_ledger_is_locked, tmp_path, True)
+    assert rows == [("apply", "interrupted")]
+    assert fix.calls == []
+
+
+def test_a_run_cancelled_while_the_running_row_is_written_closes_it(tmp_path: Path) -> None:
+    """The run itself cancelled there (asyncio's own Ctrl-C handling before tars-run's took over): the
+    row stayed ``running`` and the next run resolved a crash that never happened."""
+    import anyio
+
+    fix, rows = anyio.run(_phase_while_the_ledger_is_locked, tmp_path, False)
+    assert rows == [("apply", "interrupted")]
+    assert fix.calls == []
+
+
+# -- defects 6, 8 and 9: an unreachable or lost target is exit 2, retried, never "manual action" -------------
+
+FLAKY = '''
+"""Test plugin flaky-fix: its target is a marker file behind a "server" that a file turns off."""
+from pathlib import Path
+
+import attrs
+
+from tars_core import ApplyResult, PluginInfo, TargetError, VerifyResult, hookimpl
+from tars_core.errors import TargetLost
+
+
+@attrs.define
+class Config:
+    dir: str = "."
+    lose_in_apply: bool = False  # apply changes the target, then loses the server
+
+
+def _path(ctx, name):
+    return Path(ctx.config.dir) / name
+
+
+def _server(ctx, phase):
+    with open(_path(ctx, "calls.log"), "a") as f:
+        f.write(phase + "\\n")
+    down = _path(ctx, "down")
+    if down.exists():
+        if down.read_text() == "once":
+            down.unlink()
+        raise TargetError("cannot reach the flaky server at 127.0.0.1:9 (connection refused): start it")
+
+
+@hookimpl
+def tars_plugin_info():
+    return PluginInfo(name="flaky-fix", title="flaky", config=Config)
+
+
+@hookimpl
+def tars_apply(ctx):
+    _server(ctx, "apply")
+    _path(ctx, "marker").write_text("on")
+    if ctx.config.lose_in_apply:
+        raise TargetLost("lost the connection to the flaky server at 127.0.0.1:9 mid-apply: start it")
+    return ApplyResult()
+
+
+@hookimpl
+def tars_verify(ctx):
+    _server(ctx, "verify")
+    return VerifyResult(ok=_path(ctx, "marker").exists())
+
+
+@hookimpl
+def tars_rollback(ctx):
+    _server(ctx, "rollback")
+    _path(ctx, "marker").unlink(missing_ok=True)
+    return ApplyResult()
+'''
+
+
+def _flaky(project: Any, **section: Any) -> None:
+    project.module("flaky-fix", FLAKY)
+    project.config({"flaky-fix": section}, release={"bake_time": 0, "rollback_retry_delay": 0.1})
+
+
+def _verdict(res: Any) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.startswith("tars-run:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return str(lines[0])
+
+
+def test_rollback_that_cannot_reach_its_target_is_exit_2_and_leaves_the_fix_as_it_is(project: Any) -> None:
+    """Defect 6: TARS-1001's rollback with Redis unreachable exited 4 ("manual action") although nothing
+    was touched; the other plugins' exit 2. Tried three times, then exit 2 naming what to do."""
+    _flaky(project)
+    assert project.run("apply").returncode == 0
+    (project.work / "down").write_text("always")
+    res = project.run("rollback")
+    assert res.returncode == 2
+    line = _verdict(res)
+    assert "cannot reach the flaky server" in line and "run tars-run rollback (or apply) again" in line, line
+    assert project.calls().count("rollback") == 3
+    _, status = project.json("status")
+    assert status["plugins"][0]["state"] == "applied"  # type: ignore[index]
+    (project.work / "down").unlink()
+    assert project.run("rollback").returncode == 0
+    assert not (project.work / "marker").exists()
+
+
+def test_rollback_whose_target_comes_back_is_retried_and_succeeds(project: Any) -> None:
+    """Defect 8: a dependency that restarted during the rollback ended in exit 4 with no retry."""
+    _flaky(project)
+    assert project.run("apply").returncode == 0
+    (project.work / "down").write_text("once")
+    code, doc = project.json("rollback")
+    assert code == 0, doc
+    assert [(s["phase"], s["outcome"]) for s in doc["steps"]] == [("rollback", "failed"), ("rollback", "ok")]  # type: ignore[index]
+    assert not (project.work / "marker").exists()
+
+
+def test_a_target_lost_mid_apply_is_exit_2_and_what_apply_changed_is_rolled_back(project: Any) -> None:
+    """Defect 9: a server lost mid-apply was a raw exception and exit 1; a plain TargetError would also skip
+    the rollback ("apply changed nothing"), leaving the half-applied target behind."""
+    _flaky(project, lose_in_apply=True)
+    res = project.run("apply")
+    assert res.returncode == 2
+    assert "lost the connection to the flaky server" in _verdict(res)
+    assert project.calls() == ["apply", "rollback"] and not (project.work / "marker").exists()
