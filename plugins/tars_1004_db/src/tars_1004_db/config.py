@@ -38,5 +38,7 @@ class DbFixConfig(BuildSettings):
 
     schema: str = attrs.field(default="public", validator=non_empty)
     connect_timeout_s: float = attrs.field(default=10.0, validator=positive)
+    # a connection lost mid-phase is retried on a new one, with backoff, for up to this long
+    reconnect_s: float = attrs.field(default=60.0, validator=positive)
     seed_rows: int = attrs.field(default=1_000_000, validator=positive)
     benchmark: BenchmarkConfig = attrs.field(factory=BenchmarkConfig)

@@ -107,6 +107,18 @@ async def connected(
         await conn.close()
 
 
+#: What a connection lost mid-phase raises (the server restarted or shut down, our backend was terminated,
+#: the network cut): the hooks reconnect and go on. An ``InterfaceError`` counts only on a closed connection.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line, for FixError messages (asyncpg errors can carry DETAIL lines)."""
     return " ".join(str(exc).split()) or type(exc).__name__

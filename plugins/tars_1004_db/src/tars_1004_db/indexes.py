@@ -31,7 +31,7 @@ import asyncpg
 import attrs
 
 from tars_1004_db.config import BuildSettings
-from tars_1004_db.db import one_line, sql_text
+from tars_1004_db.db import CONNECTION_LOST, one_line, sql_text
 from tars_1004_db.pagination import HOT_QUERIES
 from tars_core import FixError
 
@@ -334,6 +334,8 @@ async def build(
             started = time.perf_counter()
             try:
                 await conn.execute(spec.create_sql)
+            except CONNECTION_LOST:
+                raise  # the hook reconnects; the next attempt finds this build's leftover INVALID and redoes it
             except asyncpg.LockNotAvailableError as exc:
                 last_problem = f"lock timeout ({settings.lock_timeout_ms} ms): {one_line(exc)}"
                 log.warning("building %s: %s (attempt %d/%d)", spec.name, last_problem, attempt, settings.attempts)

@@ -7,7 +7,10 @@ library modules are imported inside the hooks.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from tars_core import Context, Release, SandboxSite
 
 NAME = "tars-1004-db"
+T = TypeVar("T")
 
 
 @hookimpl
@@ -76,21 +80,66 @@ async def _stop_on_cancel(ctx: Context, cfg: DbFixConfig, conn: asyncpg.Connecti
     conn.terminate()
 
 
+async def _on_the_server(
+    ctx: Context, cfg: DbFixConfig, phase: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """``work`` on a fresh connection; a connection lost midway (server restarted, backend terminated,
+    network cut) is retried on a new one with backoff for up to ``reconnect_s``, since every phase of this
+    fix is idempotent (a half-built index is found INVALID and rebuilt). The first connection failing is
+    an unusable target (``TargetError`` from ``db.connect``: nothing changed); one lost later and not back
+    in time is :class:`TargetLost` (exit 2, and apply's rollback still runs)."""
+    import anyio
+    import asyncpg
+
+    from tars_1004_db import db
+    from tars_core.errors import TargetError, TargetLost
+    from tars_core.redact import host_port
+
+    dsn = ctx.targets.require("postgres")
+    deadline = time.monotonic() + cfg.reconnect_s
+    lost: str | None = None
+    for attempt in itertools.count(1):
+        try:
+            async with _connected(ctx, cfg) as conn:
+                try:
+                    return await work(conn)
+                except anyio.get_cancelled_exc_class():
+                    await _stop_on_cancel(ctx, cfg, conn)
+                    raise
+                except db.CONNECTION_LOST as exc:
+                    if isinstance(exc, asyncpg.InterfaceError) and not conn.is_closed():
+                        raise  # a misuse of the connection, not a lost one
+                    lost = db.one_line(exc)
+        except TargetError as exc:
+            if lost is None:  # never connected in this phase: the target is unusable as configured
+                raise
+            lost = f"{lost}; then {exc}"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TargetLost(
+                f"lost the connection to PostgreSQL at {host_port(dsn, 5432)} during {phase} ({lost}) and it did "
+                f"not come back within {cfg.reconnect_s:g} s (plugins.{NAME}.reconnect_s): start the server, then "
+                f"run tars-run {phase} again"
+            )
+        delay = min(0.5 * 2 ** (attempt - 1), 5.0, left)
+        ctx.log.warning("lost the connection to PostgreSQL during %s (%s); reconnecting in %.1f s", phase, lost, delay)
+        await anyio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @hookimpl
 async def tars_apply(ctx: Context) -> ApplyResult:
-    import anyio
-
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
     # an unreachable server raises TargetError here, before anything changed: the runner records the
     # apply as unreached and skips this plugin's rollback
-    async with _connected(ctx, cfg) as conn:
-        try:
-            records, plan = await indexes.apply(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
-        except anyio.get_cancelled_exc_class():
-            await _stop_on_cancel(ctx, cfg, conn)
-            raise
+    records, plan = await _on_the_server(
+        ctx,
+        cfg,
+        "apply",
+        lambda conn: indexes.apply(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run),
+    )
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: " + ("; ".join(plan) or "nothing to do"))
     if not records:
@@ -113,8 +162,7 @@ async def tars_verify(ctx: Context) -> VerifyResult:
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    async with _connected(ctx, cfg) as conn:
-        ok, checks = await indexes.verify(conn, schema=cfg.schema)
+    ok, checks = await _on_the_server(ctx, cfg, "verify", lambda conn: indexes.verify(conn, schema=cfg.schema))
     names = [s.name for s in indexes.index_specs()]
     broken = [n for n in names if checks[n].startswith(("missing", "INVALID"))]
     if ok:
@@ -133,17 +181,15 @@ async def tars_verify(ctx: Context) -> VerifyResult:
 
 @hookimpl
 async def tars_rollback(ctx: Context) -> ApplyResult:
-    import anyio
-
     from tars_1004_db import indexes
 
     cfg = _config(ctx)
-    async with _connected(ctx, cfg) as conn:
-        try:
-            dropped = await indexes.rollback(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run)
-        except anyio.get_cancelled_exc_class():
-            await _stop_on_cancel(ctx, cfg, conn)
-            raise
+    dropped = await _on_the_server(
+        ctx,
+        cfg,
+        "rollback",
+        lambda conn: indexes.rollback(conn, schema=cfg.schema, settings=cfg, log=ctx.log, dry_run=ctx.dry_run),
+    )
     if ctx.dry_run:
         return ApplyResult(changed=False, detail="dry run: would drop " + (", ".join(dropped) or "nothing"))
     ctx.state.clear()
