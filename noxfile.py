@@ -7,7 +7,6 @@ you need" is tested rather than assumed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import nox
@@ -84,19 +83,26 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def build(session: nox.Session) -> None:
-    """Wheels and sdists of every distribution into dist/, with SHA256SUMS."""
-    session.install("build")
-    dist = ROOT / "dist"
-    dist.mkdir(exist_ok=True)
-    for folder in [ROOT, *(ROOT / "plugins" / p for p in PLUGINS)]:
-        session.run("python", "-m", "build", "--outdir", str(dist), str(folder))
-    sums = [
-        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}"
-        for f in sorted(dist.iterdir())
-        if f.suffix in (".whl", ".gz")
-    ]
-    (dist / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    session.log("\n".join(sums))
+    """The v1.0.1 release build (release/v1_0_1/build_v1_0_1_package.py) into dist/: every wheel and sdist
+    built twice from the last commit and compared byte for byte, twine/check-wheel-contents/validate-pyproject,
+    requirements.lock, a clean-venv smoke test of tars-run, CycloneDX SBOMs, release notes, SHA256SUMS and a
+    signed provenance statement. Slow (minutes): its own session, not part of ``-t tests``.
+
+    ``nox -s build -- --signing-key KEY.pem`` signs with your key (``... build_v1_0_1_package.py keygen KEY.pem``
+    makes one). Without it the session signs with a throwaway key and says so: that signature shows only that
+    dist/ was not changed after this build, not who built it.
+    """
+    session.install("-r", "release/v1_0_1/build-tools.txt")
+    script = "release/v1_0_1/build_v1_0_1_package.py"
+    args = list(session.posargs)
+    if not any(a == "--signing-key" or a.startswith("--signing-key=") for a in args):
+        key = Path(session.create_tmp()) / "throwaway-signing-key.pem"
+        key.unlink(missing_ok=True)
+        key.with_name(key.name + ".pub").unlink(missing_ok=True)
+        session.run("python", script, "keygen", str(key))
+        session.warn(f"no --signing-key given: signing with the throwaway key {key} (public key: {key}.pub)")
+        args += ["--signing-key", str(key)]
+    session.run("python", script, "build", *args)
 
 
 @nox.session(python=False)
