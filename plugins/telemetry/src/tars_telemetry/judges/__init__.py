@@ -29,7 +29,8 @@ What each metric kind is tested with (``stats`` has the details):
 - ``errors``, ``counts``: samples are event counts per interval; exposures (requests per interval for
   error rates, else equal time per sample) make them rates. An exact conditional binomial test of the rate
   ratio: valid with zero or two events, where Kayenta passes a canary whose baseline had no errors.
-- ``memory``: difference of least-squares slopes (a leak), relative to the baseline level per hour.
+- ``memory``: difference of slopes (a leak) by AR(1) generalised least squares, relative to the baseline
+  level per hour; at least 30 samples a side (``min_slope_samples``).
 
 Then Holm (default) or Benjamini-Hochberg across the metrics that were tested, and the verdict:
 
@@ -76,14 +77,14 @@ DEFAULT_BAD = {
 #: the change each kind must be able to see for a pass (relative; memory: of its level per hour).
 #: Error rates and memory get coarser defaults because that is what ten minutes of sandbox-scale data
 #: can resolve with a valid test (benchmarks/tars-regression-monitor_bench_results.md): a few hundred
-#: errors cannot show a 10 % change, and ten minutes of autocorrelated RSS samples hold under ten
-#: effective samples (TARS-1005's v1.0.0 leak grows RSS by more than 100 % an hour). A stricter
+#: errors cannot show a 10 % change, and ten minutes of autocorrelated RSS samples (10 s apart, AR 0.8)
+#: resolve about 15 % of the level per hour (TARS-1005's v1.0.0 leak is more than 100 % an hour). A stricter
 #: requirement is a config away; the verdict then says "inconclusive" until the data can support it.
 DEFAULT_MDE = {
     "latency": 0.10,
     "throughput": 0.10,
     "gauge": 0.10,
-    "memory": 0.50,
+    "memory": 0.25,
     "errors": 0.50,
     "counts": 0.50,
 }
@@ -185,8 +186,8 @@ class JudgeConfig:
     ``mde``: per-kind changes a pass must be able to see (merged over :data:`DEFAULT_MDE`); ``margin``:
     relative change tolerated before it counts as a regression (0: any significant change in the bad
     direction fails); ``min_samples``: per arm, for location tests; ``min_slope_samples``: per arm for
-    slopes (fewer cannot tell a trend from autocorrelated noise: 6 samples of a flat AR(0.8) series
-    "leak" one time in eleven); ``paired``: ``auto`` pairs
+    slopes (fewer cannot tell a trend from autocorrelated noise: 24 samples of a flat AR(0.8) series
+    still "leak" at four times alpha); ``paired``: ``auto`` pairs
     concurrent samples by timestamp, ``never`` does not; ``bootstrap``: resamples for latency quantiles;
     ``tau``: sequential mixtures' scale per kind (default: that kind's MDE, where they are quickest);
     ``per``: the time unit of slopes, seconds.
@@ -416,7 +417,7 @@ def _judge_one(m: MetricInput, cfg: JudgeConfig, mde_alpha: float, rng: Any) -> 
     counts = m.kind in ("errors", "counts")
     test_name = {
         True: "conditional binomial (poisson rate ratio)",
-        False: "ols slope difference" if m.kind == "memory" else "rank test (hodges-lehmann)",
+        False: "slope difference (AR(1) GLS)" if m.kind == "memory" else "rank test (hodges-lehmann)",
     }[counts]
     if b.size == 0 or c.size == 0:
         missing = " and ".join(s for s, a in (("baseline", b), ("canary", c)) if a.size == 0)
