@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -483,3 +484,59 @@ def test_cli_helpers() -> None:
     assert regression_cli.duration("1h30m") == 5400 and regression_cli.duration("250ms") == 0.25
     assert regression_cli.instant("1970-01-01T00:01:00Z") == 60.0
     assert regression_cli.main(["judge", "--baseline", "", "--canary", "", "--kind", "gauge"]) == 2
+
+
+def test_cli_on_a_real_prometheus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Range queries against a real Prometheus holding backfilled samples: a 30 % slower canary fails,
+    a selector that matches two series is bad input, one that matches nothing is no data."""
+    from tars_core.prometheus import PrometheusServer
+    from tars_core.promtool import promtool
+
+    rng = np.random.default_rng(12)
+    end = (int(time.time()) // 3600 - 3) * 3600  # three hours ago, on the hour: outside the head block
+    start = end - 590
+    lines = ["# TYPE tars_judge_latency_seconds gauge"]
+    for track, factor in (("stable", 1.0), ("canary", 1.3)):
+        for ts in range(start, end + 1, 10):
+            value = 0.05 * factor * rng.lognormal(0, 0.05)
+            lines.append(f'tars_judge_latency_seconds{{track="{track}"}} {value} {ts}')
+    lines.append("# EOF")
+    om = tmp_path / "history.om"
+    om.write_text("\n".join(lines) + "\n")
+    promtool("tsdb", "create-blocks-from", "openmetrics", "--quiet", str(om), str(tmp_path / "tsdb"))
+    prom = PrometheusServer(tmp_path / "prom", tsdb=tmp_path / "tsdb", retention="3650d")
+    prom.start(timeout=120)
+    try:
+        base = ["judge", "--prometheus", prom.url, "--start", str(start), "--end", str(end), "--step", "10s"]
+        base += ["--kind", "latency", "--name", "api"]
+        code = regression_cli.main(
+            [
+                *base,
+                "--baseline",
+                'tars_judge_latency_seconds{track="stable"}',
+                "--canary",
+                'tars_judge_latency_seconds{track="canary"}',
+                "--format",
+                "json",
+            ]
+        )
+        doc = json.loads(capsys.readouterr().out)
+        row = doc["metrics"][0]
+        assert code == 1 and row["label"] == "High" and row["n_baseline"] == row["n_canary"] == 60
+        assert "paired" in row["test"] and row["effect"] == pytest.approx(0.3, abs=0.05)
+        code = regression_cli.main([*base, "--baseline", "tars_judge_latency_seconds", "--canary", "up"])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and "returned 2 series" in err and len(err.strip().splitlines()) == 1
+        code = regression_cli.main(
+            [
+                *base,
+                "--baseline",
+                'tars_judge_latency_seconds{track="gone"}',
+                "--canary",
+                'tars_judge_latency_seconds{track="canary"}',
+            ]
+        )
+        out, _ = capsys.readouterr()
+        assert code == 3 and "Nodata" in out and "no data for the baseline" in out
+    finally:
+        prom.stop()
