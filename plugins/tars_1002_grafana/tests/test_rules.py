@@ -16,6 +16,7 @@ from tars_1002_grafana.rules import (
     build_rules,
     load_rule_file,
     render_rule_file,
+    rules_from_api,
     unit_test_data,
     write_unit_tests,
 )
@@ -191,3 +192,35 @@ groups:
 def test_a_rule_file_prometheus_would_refuse_is_named(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_rule_file(text, "site.yml")
+
+
+def test_rules_as_a_running_prometheus_serves_them() -> None:
+    """``/api/v1/rules`` groups (shape of Prometheus 2.42's answer) become rules with their static labels."""
+    groups = [
+        {
+            "name": "node-exporter.rules",
+            "file": "/etc/prometheus/rules/node-mixin.yml",
+            "interval": 30,
+            "rules": [
+                {
+                    "name": "instance:node_vmstat_pgmajfault:rate5m",
+                    "query": 'rate(node_vmstat_pgmajfault{job="node"}[5m])',
+                    "health": "ok",
+                    "type": "recording",
+                },
+                {
+                    "name": "q:h:histogram_quantile",
+                    "query": "histogram_quantile(0.9, sum by (le) (rate(h_bucket[5m])))",
+                    "labels": {"quantile": "0.9"},
+                    "health": "ok",
+                    "type": "recording",
+                },
+                {"name": "NodeDown", "query": "up == 0", "type": "alerting", "labels": {"severity": "page"}},
+            ],
+        }
+    ]
+    rules = rules_from_api(groups)
+    assert [(r.record, r.labels, r.where) for r in rules] == [
+        ("instance:node_vmstat_pgmajfault:rate5m", (), "group node-exporter.rules in node-mixin.yml"),
+        ("q:h:histogram_quantile", (("quantile", "0.9"),), "group node-exporter.rules in node-mixin.yml"),
+    ]

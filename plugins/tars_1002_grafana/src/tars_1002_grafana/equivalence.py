@@ -47,7 +47,15 @@ import yaml
 
 from tars_1002_grafana.dashboards import dashboard_files
 from tars_1002_grafana.patcher import DECLINE_CODES, VARIABLE_RE, Change, RuleIndex, patch_dashboard
-from tars_1002_grafana.rules import RULE_FILE_NAME, Rule, build_rules, group_intervals, load_rule_file, render_rule_file
+from tars_1002_grafana.rules import (
+    RULE_FILE_NAME,
+    Rule,
+    build_rules,
+    group_intervals,
+    load_rule_file,
+    render_rule_file,
+    rules_from_api,
+)
 
 NO_MATCH = "__no_such_value__"  # a variable value no series carries
 REL_TOLERANCE = 1e-6
@@ -168,6 +176,7 @@ class Report:
     controls: list[Checked] = attrs.field(factory=list)
     skipped_instants: int = 0  # evaluation instants dropped because a scrape was in flight
     seconds: float = 0.0
+    served: str = ""  # how the rules Prometheus serves differ from those the patcher indexed ("" = none)
 
     @property
     def wrong(self) -> list[Checked]:
@@ -184,7 +193,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.wrong and not self.unverified
+        return not self.wrong and not self.unverified and not self.served
 
     def figures(self) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}
@@ -211,6 +220,7 @@ class Report:
             "comparisons_with_data": sum(c.with_data for c in self.checked),
             "series_compared": sum(c.series for c in self.checked),
             "variable_combinations": sum(c.combinations for c in self.checked),
+            "patcher_rules_equal_served_rules": not self.served,
             "controls": len(self.controls),
             "controls_caught": sum(c.wrong for c in self.controls),
             "instants_skipped_for_scrapes": self.skipped_instants,
@@ -259,8 +269,11 @@ class Report:
             f"per rewrite; T.A.R.S. exporter {self.options.agents} agents x {self.options.regions} regions.",
             "",
             "Rule files loaded together: "
-            + ", ".join(f"`{n}` ({k} recording rules)" for n, k in self.rule_files.items())
+            + ", ".join(f"`{n}` ({k} recording rule{'s' if k != 1 else ''})" for n, k in self.rule_files.items())
             + ".",
+            "",
+            "The rules the patcher matched against are exactly the recording rules the server serves "
+            "(`/api/v1/rules`: record, static labels, group)" + ("." if not self.served else f": NO, {self.served}."),
             "",
             "Scrape jobs: " + "; ".join(f"`{j}`: {len(t)} target(s)" for j, t in self.targets.items()) + ".",
             "",
@@ -605,8 +618,8 @@ def compare(original: Any, rewritten: Any, static: Mapping[str, str]) -> tuple[i
     a = sorted((key(labels), v) for labels, v in orig)
     b = sorted((key(labels), v) for labels, v in new)
     if [k for k, _ in a] != [k for k, _ in b]:
-        only_a = sorted({k for k, _ in a} - {k for k, _ in b})[:2]
-        only_b = sorted({k for k, _ in b} - {k for k, _ in a})[:2]
+        ca, cb = Counter(k for k, _ in a), Counter(k for k, _ in b)
+        only_a, only_b = sorted((ca - cb).elements())[:2], sorted((cb - ca).elements())[:2]
         return 0, f"{len(a)} series vs {len(b)}; only original: {only_a}; only rewrite: {only_b}"
     for (k, va), (_, vb) in zip(a, b, strict=True):
         if not _same_value(va, vb):
@@ -658,6 +671,10 @@ def run(workdir: Path, options: Options | None = None, log: Callable[[str], None
             interval=1.0,
             what="every target scraped",
         )
+        # the patcher must know every rule the server records (else a rewrite could pick up others' series)
+        served = sorted((r.record, r.labels, r.group) for r in rules_from_api(prom.rule_groups()))
+        indexed = sorted((r.record, r.labels, r.group) for r in rules)
+        differ = "" if served == indexed else f"{len(served)} rules served, {len(indexed)} indexed"
         clock = _Clock(prom, index, since - 1, options.race_margin_s)
         needed = {g: by_group[g] for _, c in rewrites for g in c.groups}
         instants = _instants_by_group(clock, needed, options.instants, options.timeout_s)
@@ -671,6 +688,7 @@ def run(workdir: Path, options: Options | None = None, log: Callable[[str], None
             jobs,
             prometheus_version(),
             changes,
+            served=differ,
         )
         for dash, c in rewrites:
             item = Checked(dash, c.panel, c.ref, c.before, c.after, c.groups)

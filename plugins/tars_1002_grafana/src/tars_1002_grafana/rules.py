@@ -510,6 +510,22 @@ def load_rule_file(text: str, source: str = "") -> list[Rule]:
     return out
 
 
+def rules_from_api(groups: Iterable[Mapping[str, object]]) -> list[Rule]:
+    """The recording rules a running Prometheus serves, from ``/api/v1/rules``'s groups
+    (``tars_core.prometheus.Prometheus.rule_groups()``): what to give the patcher so that a rewrite is
+    exact among every rule of the target, including files other teams load there."""
+    out = []
+    for g in groups:
+        source = Path(str(g.get("file") or "")).name
+        rules = g.get("rules")
+        for r in rules if isinstance(rules, list) else []:
+            if r.get("type") != "recording":
+                continue
+            labels = {str(k): str(v) for k, v in (r.get("labels") or {}).items()}
+            out.append(Rule(str(r["name"]), str(r["query"]), str(g["name"]), (), (), labels=labels, source=source))
+    return out
+
+
 # -- promtool ------------------------------------------------------------------------------------------
 
 
