@@ -42,6 +42,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 2
 ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
 BUSY_TIMEOUT = 30.0  # seconds a SQLite write waits for another process's write lock before giving up
+HOLDER_WAIT = 2.0  # seconds a refused run waits for the holder's identity to appear (see acquire)
 CRASHED = "crashed"  # tars_runs.outcome of a run whose process died; the others are ExitCode names
 
 _TABLES = [
@@ -94,6 +95,16 @@ class Holder:
 
     def describe(self) -> str:
         return f"{self.command} by pid {self.pid} on {self.host}, started {self.started_at}"
+
+
+def _read_holder(fd: int) -> Holder | None:
+    """The identity in a lock file (``None``: empty or half-written, i.e. being written or cleared)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096).decode()
+        return Holder(**json.loads(data)) if data.strip() else None
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 class Ledger(ABC):
@@ -366,36 +377,48 @@ class SQLiteLedger(Ledger):
                 self.on_wait(waited)
 
     async def acquire(self, holder: Holder) -> None:
+        """Take the flock and write who we are into the lock file.
+
+        The holder writes its identity just after the lock becomes visible, and empties the file just
+        before it lets go, so a loser can find the lock held and the file empty: it then looks again
+        (and tries the lock again) for up to :data:`HOLDER_WAIT` seconds instead of naming "an unknown
+        process" (1 race in 6 when two applies started together).
+        """
+        deadline = time.monotonic() + HOLDER_WAIT
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
             try:
-                data = os.read(fd, 4096).decode() or "{}"
-                current = Holder(**json.loads(data)) if data.strip() != "{}" else None
-            except (ValueError, TypeError):
-                current = None
-            os.close(fd)
-            raise LockHeld(current, self.location) from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                current = _read_holder(fd)
+                if current is None and time.monotonic() < deadline:
+                    await anyio.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise LockHeld(current, self.location) from None
+            break
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(attrs.asdict(holder)).encode())
         os.fsync(fd)
         self._lock_fd = fd
 
     async def holder(self) -> Holder | None:
+        deadline = time.monotonic() + HOLDER_WAIT
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return Holder(**json.loads(os.read(fd, 4096).decode() or "{}"))
-            except (ValueError, TypeError):
-                return Holder("?", 0, "?", "unknown")
-            finally:
-                os.close(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-        return None
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    current = _read_holder(fd)
+                    if current is None and time.monotonic() < deadline:
+                        await anyio.sleep(0.01)
+                        continue
+                    return current or Holder("?", 0, "?", "unknown")
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+        finally:
+            os.close(fd)
 
     async def release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -468,10 +491,14 @@ class PostgresLedger(Ledger):
             self._conn = None
 
     async def acquire(self, holder: Holder) -> None:
-        got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY)
-        if not got:
-            row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
-            raise LockHeld(Holder(**dict(row)) if row else None, self.location)
+        """The session advisory lock, then our row in ``tars_lock``; a loser that finds no row yet (taken,
+        not written; or being released) looks again for up to :data:`HOLDER_WAIT` s (see SQLite's)."""
+        deadline = time.monotonic() + HOLDER_WAIT
+        while not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
+            current = await self._lock_row()
+            if current is not None or time.monotonic() >= deadline:
+                raise LockHeld(current, self.location)
+            await anyio.sleep(0.01)
         self._locked = True
         await self._conn.execute(
             "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4) ON CONFLICT (id) "
@@ -483,14 +510,24 @@ class PostgresLedger(Ledger):
             holder.command,
         )
 
+    async def _lock_row(self) -> Holder | None:
+        row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
+        return Holder(**dict(row)) if row else None
+
     async def holder(self) -> Holder | None:
         if self._locked:
             return Holder.me("this run")
-        if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
-            await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
-            return None
-        row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
-        return Holder(**dict(row)) if row else Holder("?", 0, "?", "unknown")
+        deadline = time.monotonic() + HOLDER_WAIT
+        while True:
+            if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
+                await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+                return None
+            current = await self._lock_row()
+            if current is not None:
+                return current
+            if time.monotonic() >= deadline:
+                return Holder("?", 0, "?", "unknown")
+            await anyio.sleep(0.01)
 
     async def release_lock(self) -> None:
         if self._locked and self._conn is not None:
