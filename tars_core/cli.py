@@ -482,7 +482,23 @@ def _status_row(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> dict[str
         "applied_version": st.get("version"),
         "updated_at": st.get("updated_at"),
         "config_changed": bool(st) and not _same(runner, p, st),
+        "unfinished": None,
     }
+
+
+async def _unfinished(runner: Runner, live: bool) -> dict[str, dict[str, Any]]:
+    """Per plugin, a phase still ``running`` in the ledger: in progress while a run holds the lock, else
+    interrupted by a run that died. The state row says what was true before that phase started, so a
+    status that showed only it hid a half-applied target right after a crash."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, rec, release in await runner.ledger.unfinished():
+        if release == runner.release:
+            out[rec.plugin] = {
+                "phase": rec.phase,
+                "started_at": rec.started_at,
+                "run": "in progress" if live else "died",
+            }
+    return out
 
 
 def _same(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> bool:
@@ -508,11 +524,25 @@ async def _plan_or_status(runner: Runner, plugins: list[LoadedPlugin], cmd: str,
     doc["last_run"] = last = await runner.ledger.last_run()
     holder = await runner.ledger.holder()
     doc["lock"] = attrs.asdict(holder) if holder else None
+    unfinished = await _unfinished(runner, live=holder is not None)
+    for r in rows:
+        r["unfinished"] = unfinished.get(r["plugin"])
+
+    def note(r: dict[str, Any]) -> str:
+        u = r["unfinished"]
+        if u is None:
+            return ""
+        if u["run"] == "in progress":
+            return f"  {u['phase']} in progress since {u['started_at']}"
+        return f"  {u['phase']} INTERRUPTED at {u['started_at']} (its run died; the next apply or rollback resolves it)"
+
     text = "\n".join(
-        f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}" for r in rows
+        f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}{note(r)}"
+        for r in rows
     )
     if last:
-        text += f"\nlast run: {last['command']} {last['outcome'] or 'running'} at {last['started_at']}"
+        outcome = last["outcome"] or ("running" if holder is not None else "died (the next run resolves it)")
+        text += f"\nlast run: {last['command']} {outcome} at {last['started_at']}"
     text += f"\nlock: {holder.describe() if holder else 'free'}"
     _emit(fmt, doc, text)
     return ExitCode.OK
