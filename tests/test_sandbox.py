@@ -393,6 +393,54 @@ def test_killed_postgres_recovers_with_its_data(box: Box) -> None:
     assert len(postmasters(str(Path(box.state()["pg_dir"]) / "data"))) == 1
 
 
+def test_postgres_killed_under_a_busy_backend_is_restarted_by_the_next_up(box: Box) -> None:
+    """Issue 18, defect 10: a backend busy in a CPU-bound query (PostgreSQL backends call setsid(), so the
+    postmaster's session does not hold them) outlives a SIGKILLed postmaster and keeps the shared memory;
+    ``up`` failed ("pre-existing shared memory block is still in use") until it ended. It must stop it."""
+    box.ensure()
+    dsn = box.targets()["postgres"]
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, asyncpg, sys\n"
+            "async def main():\n"
+            "    conn = await asyncpg.connect(sys.argv[1])\n"
+            "    await conn.execute('CREATE TEMP TABLE busy AS SELECT g AS n FROM generate_series(1, 20000) g')\n"
+            "    await conn.fetchval('SELECT count(*) FROM busy a, busy b, busy c')\n"
+            "asyncio.run(main())\n",
+            dsn,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def busy() -> list[Any]:
+            return list(
+                pg_fetch(
+                    dsn,
+                    "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%busy a, busy b%' "
+                    "AND pid <> pg_backend_pid()",
+                )
+            )
+
+        deadline = time.monotonic() + 30
+        while not (rows := [r for r in busy() if r["pid"]]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rows, "the busy query never started"
+        backend = int(rows[0]["pid"])
+        kill_and_wait(box.pids()["postgres"])
+        assert running(backend), "the busy backend should outlive its postmaster (that is the fault)"
+        said: list[str] = []
+        sandbox.ensure_running(box.host, box.root, announce=said.append)
+        assert len(said) == 1 and "restarted postgres" in said[0], said
+        assert not running(backend)
+        assert pg_fetch(box.targets()["postgres"], "SELECT greeting FROM sbx_alpha_seed")[0]["greeting"] == "hi"
+    finally:
+        client.kill()
+        client.wait()
+
+
 def test_a_plugin_installed_later_joins_the_running_sandbox(box: Box) -> None:
     box.ensure()
     before = box.pids()

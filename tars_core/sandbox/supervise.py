@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,12 +124,33 @@ def _await(rec: ServiceRecord, bindir: str, timeout: float) -> None:
         raise SandboxError(str(exc).replace(rec.log, show(rec.log))) from None
 
 
+def orphans(rec: ServiceRecord, paths: Paths, keep: Collection[int]) -> list[psutil.Process]:
+    """Processes a dead service left outside its session: same server binary, running from its folder.
+
+    PostgreSQL backends call setsid(), so the postmaster's session does not hold them; one busy in a
+    query (a parallel worker, a CPU-bound scan) does not notice its postmaster was SIGKILLed and keeps
+    the cluster's shared memory, and the new postmaster refused to start ("pre-existing shared memory
+    block is still in use") until it ended. ``keep``: pids of the recorded services still running.
+    """
+    if rec.cwd is None:
+        return []
+    exe = os.path.basename(rec.argv[0])
+    found = marked_processes((MARK_ENV, str(paths.dir)), exes={exe}, cwd_under=[rec.cwd])
+    out = []
+    for proc in found:
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid not in keep and os.path.basename(proc.exe()) == exe:
+                out.append(proc)
+    return out
+
+
 def revive(recs: Sequence[ServiceRecord], paths: Paths, bindir: str) -> list[str]:
     """Start every service that is not running (or not answering); returns the names started.
 
     All are started before any is waited for, so plugin services come up side by side.
     """
     todo: list[ServiceRecord] = []
+    live = {r.pid for r in recs if r.pid is not None and alive(r)}
     for rec, reason in zip(recs, check_all(recs, bindir), strict=True):
         if reason is None:
             continue
@@ -139,6 +161,10 @@ def revive(recs: Sequence[ServiceRecord], paths: Paths, bindir: str) -> list[str
             except SandboxError:
                 log.warning("%s (pid %s) is not answering; restarting it", rec.name, rec.pid)
         stop(rec)  # a dead leader's session may still hold backends, ports and shared memory
+        leftovers = orphans(rec, paths, live)
+        if leftovers:
+            log.warning("%s: stopping %d process(es) its dead server left behind", rec.name, len(leftovers))
+            kill_all(leftovers, timeout=STOP_TIMEOUT)
         _start(rec, paths)
         todo.append(rec)
     deadline = time.monotonic() + START_TIMEOUT
