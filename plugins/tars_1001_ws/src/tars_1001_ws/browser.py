@@ -415,7 +415,9 @@ async def refresh_share(
         "after_percent": share("after", verdicts),
         "before_percent_of_faulted": share("before", faulted),
         "after_percent_of_faulted": share("after", faulted),
-        "after_refresh_reasons": [v["after"]["why"] for v in verdicts if v["after"]["refresh"]],
+        "after_refresh_reasons": [
+            f"{v['after']['why']} (faults: {', '.join(v['faults'])})" for v in verdicts if v["after"]["refresh"]
+        ],
         "after_max_stale_s_real": max(v["after"]["max_stale"] for v in verdicts) / scale,
     }
 

@@ -163,6 +163,7 @@ export class TarsWebSocket extends EventTarget {
       this._started = new Promise((resolve, reject) => {
         this._ready = { resolve, reject };
       });
+      this._started.catch(() => {}); // closed before connecting: only a caller that awaits it hears of it
       this._run();
     }
     return this._started;
@@ -183,7 +184,8 @@ export class TarsWebSocket extends EventTarget {
     this._subs.set(channel, {
       handler, onResync, epoch: null, received: 0, delivered: [null, 0], confirmed: false,
     });
-    if (this._ws && this._live) {
+    if (this._ws) {
+      // also during recovery: the recovery's subscribe frame was made before this channel was added
       try {
         await this._request({ type: "subscribe", channels: [{ channel, epoch: null, seq: null }] });
       } catch (err) {
@@ -193,7 +195,7 @@ export class TarsWebSocket extends EventTarget {
   }
 
   async unsubscribe(channel) {
-    if (this._subs.delete(channel) && this._ws && this._live) {
+    if (this._subs.delete(channel) && this._ws) {
       try {
         await this._request({ type: "unsubscribe", channels: [channel] });
       } catch {
