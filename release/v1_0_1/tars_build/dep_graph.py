@@ -26,18 +26,18 @@ def _requirements(name: str) -> list[Requirement]:
 
 def _deps(name: str, extras: Iterable[str]) -> list[tuple[str, frozenset[str]]]:
     """(dependency, extras it is asked for) of ``name`` installed with ``extras``."""
-    found = []
+    found: list[tuple[str, frozenset[str]]] = []
     for req in _requirements(name):
         wanted = ["", *sorted(extras)]
         if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted):
-            found.append((canonicalize_name(req.name), frozenset(req.extras)))
+            found.append((str(canonicalize_name(req.name)), frozenset(req.extras)))
     return found
 
 
 def closure(root: str) -> dict[str, set[str]]:
     """Every distribution ``root`` pulls in, each with the extras asked of it; installed ones only."""
-    asked: dict[str, set[str]] = {canonicalize_name(root): set()}
-    todo = [canonicalize_name(root)]
+    asked: dict[str, set[str]] = {str(canonicalize_name(root)): set()}
+    todo = [str(canonicalize_name(root))]
     while todo:
         name = todo.pop()
         for dep, extras in _deps(name, asked[name]):
@@ -56,7 +56,7 @@ def graph(roots: Iterable[str]) -> dict[str, dict[str, list[str]]]:
     closures: dict[str, list[str]] = {}
     for root in roots:
         asked = closure(root)
-        closures[canonicalize_name(root)] = sorted(asked)
+        closures[str(canonicalize_name(root))] = sorted(asked)
         for name, extras in asked.items():
             edges.setdefault(name, set()).update(d for d, _ in _deps(name, extras) if d in asked)
     return {"edges": {k: sorted(v) for k, v in sorted(edges.items())}, "closure": closures}

@@ -10,6 +10,7 @@ which this machine cannot do (no network identity).
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import os
@@ -94,7 +95,7 @@ def generate_key(path: Path) -> Path:
 def load_signer(path: Path, password: bytes | None = None) -> Any:
     """A securesystemslib ``CryptoSigner`` for the PEM private key at ``path`` (ECDSA, Ed25519 or RSA)."""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from securesystemslib.signer import CryptoSigner, SSlibKey
+    from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
     try:
         key = load_pem_private_key(path.read_bytes(), password=password)
@@ -103,12 +104,12 @@ def load_signer(path: Path, password: bytes | None = None) -> Any:
     except (ValueError, TypeError) as exc:
         raise ProvenanceError(f"signing key {path} cannot be loaded ({exc}): give a PEM private key") from None
     try:
-        public = SSlibKey.from_crypto(key.public_key())  # type: ignore[arg-type]
+        public = SSlibKey.from_crypto(key.public_key())
     except Exception as exc:
         raise ProvenanceError(
             f"signing key {path}: unsupported key type ({exc}): use ECDSA P-256, Ed25519 or RSA"
         ) from None
-    return CryptoSigner(key, public)  # type: ignore[arg-type]
+    return CryptoSigner(key, public)
 
 
 def public_pem(signer: Any) -> str:
@@ -130,14 +131,14 @@ def verify(envelope: Mapping[str, Any], public_key_pem: str) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     from securesystemslib.dsse import Envelope
     from securesystemslib.exceptions import VerificationError
-    from securesystemslib.signer import SSlibKey
+    from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
     try:
-        key = SSlibKey.from_crypto(load_pem_public_key(public_key_pem.encode()))  # type: ignore[arg-type]
+        key = SSlibKey.from_crypto(load_pem_public_key(public_key_pem.encode()))
     except (ValueError, TypeError) as exc:
         raise ProvenanceError(f"the public key cannot be loaded ({exc}): give the PEM public key") from None
     try:
-        env = Envelope.from_dict(dict(envelope))
+        env = Envelope.from_dict(copy.deepcopy(dict(envelope)))  # from_dict consumes what it reads
     except Exception as exc:
         raise ProvenanceError(f"not a DSSE envelope ({exc})") from None
     if env.payload_type != PAYLOAD_TYPE:

@@ -133,12 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = collect()
     args.metadata_out.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     benchmarks = load_benchmarks(args.benchmarks) if args.benchmarks else {}
-    artifacts = [tuple(a) for a in json.loads(args.artifacts.read_text())]
+    artifacts = [(str(a[0]), str(a[1])) for a in json.loads(args.artifacts.read_text())]
     text = render(
         meta,
         benchmarks,
         (args.benchmarks_label or str(args.benchmarks)) if args.benchmarks else None,
-        artifacts,  # type: ignore[arg-type]
+        artifacts,
         version=args.version,
         commit=args.commit,
         epoch=args.epoch,

@@ -72,7 +72,7 @@ def relink(bom: Mapping[str, Any], edges: Mapping[str, Iterable[str]]) -> dict[s
     A component without an entry in ``edges`` keeps an empty ``dependsOn`` (nothing of ours needs it).
     """
     out = copy.deepcopy(dict(bom))
-    refs = {canonicalize_name(c["name"]): c["bom-ref"] for c in out.get("components", [])}
+    refs = {str(canonicalize_name(c["name"])): c["bom-ref"] for c in out.get("components", [])}
     deps = []
     for comp in sorted(out.get("components", []), key=lambda c: c["bom-ref"]):
         wanted = edges.get(canonicalize_name(comp["name"]), ())
