@@ -48,6 +48,13 @@ each interval; ``Result.stop`` says when the answer can no longer change (a metr
 metric's anytime-valid interval already rules out the requested change). Until then a ``pass`` is
 provisional: keep calling until the bake ends and take the last verdict.
 
+Kayenta's behaviour is there too, for comparison and migration: :func:`judge_kayenta` gives its verdict
+on the same inputs (``Result.score`` is its weighted group score), and over repeated intervals
+``kayenta.multi_interval([score, ...])`` applies Spinnaker's rule (earlier intervals at least marginal 75,
+the last at pass 95). Its blind spots (no data passes, two errors against none pass, autocorrelated
+series fail a third of clean runs: benchmarks/tars-regression-monitor_bench_results.md) are why it is
+not the default.
+
 This module imports only attrs and the core's errors; numpy and scipy load when :func:`judge` runs.
 """
 
