@@ -427,8 +427,13 @@ def smoke(venv: Path, work: Path, wheels: Sequence[Path], sandbox_config: Path |
             ).stdout
         )
     finally:
-        if started:
-            subprocess.run([tars, "sandbox", "down"], cwd=work, env=env, capture_output=True, timeout=300)
+        if started:  # stop it and delete it, data included (its cluster may live in /var/tmp, outside work/)
+            destroy = "import sys, pathlib, tars_core.sandbox.lifecycle as s; s.destroy(pathlib.Path(sys.argv[1]))"
+            gone = subprocess.run(
+                [venv / "bin" / "python", "-c", destroy, work], cwd=work, env=env, capture_output=True, timeout=300
+            )
+            if gone.returncode != 0:
+                log(f"warning: the smoke test's sandbox in {work} was not removed: {gone.stderr.strip()[-300:]}")
     planned = [r["plugin"] for r in plan["plugins"]]
     if sorted(planned) != sorted(expected):
         raise BuildError(f"the dry-run plan lists {planned}, expected every plugin {sorted(expected)}")
