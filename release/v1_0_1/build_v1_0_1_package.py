@@ -430,7 +430,12 @@ def smoke(venv: Path, work: Path, wheels: Sequence[Path], sandbox_config: Path |
         if started:  # stop it and delete it, data included (its cluster may live in /var/tmp, outside work/)
             destroy = "import sys, pathlib, tars_core.sandbox.lifecycle as s; s.destroy(pathlib.Path(sys.argv[1]))"
             gone = subprocess.run(
-                [venv / "bin" / "python", "-c", destroy, work], cwd=work, env=env, capture_output=True, timeout=300
+                [venv / "bin" / "python", "-c", destroy, work],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             if gone.returncode != 0:
                 log(f"warning: the smoke test's sandbox in {work} was not removed: {gone.stderr.strip()[-300:]}")
