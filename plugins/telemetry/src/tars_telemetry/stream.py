@@ -507,6 +507,8 @@ class Daemon:
                     self.retry_at[key] = time.monotonic() + REFIT_RETRY_S
                     self.fits["failed"] += 1
                 else:
+                    if key in self.bank.forecasters:  # the band and score follow with the next sample
+                        self.bank.gauges["ready"].labels(self.bank.names[key], key).set(1)
                     self.fit_errors.pop(key, None)
                     self.retry_at.pop(key, None)
                     self.fits["ok"] += 1
