@@ -63,22 +63,23 @@ class TargetLost(TargetError):
     """
 
 
+class PrometheusError(FixError):
+    """Prometheus refused a request or is not ready (``tars_core.prometheus``); the message names the URL
+    without its credentials. A failed step, unlike :class:`PrometheusUnreachable`."""
+
+
+class PrometheusUnreachable(PrometheusError, TargetLost):
+    """No HTTP answer at all (bad URL, connection refused, timeout), after the client's own retries when it
+    had answered before. ``prometheus.connect`` turns it into a :class:`TargetError` (fix the config);
+    raised later, mid-step, it is a lost target: exit 2, and an apply is still rolled back."""
+
+
 class ServiceError(FixError):
     """A server process could not be started or did not get ready; the message quotes its log.
 
     A :class:`FixError` because a benchmark or verify that cannot start its helper server fails that
     step; the sandbox turns it into a :class:`SandboxError` (bad input: nothing has run yet).
     """
-
-
-class PrometheusError(FixError):
-    """Prometheus refused a request or is not ready (``tars_core.prometheus``); the message names the URL
-    without its credentials. A failed step, unlike :class:`PrometheusUnreachable`."""
-
-
-class PrometheusUnreachable(PrometheusError):
-    """No HTTP answer at all (bad URL, connection refused, timeout). ``prometheus.connect`` turns it into a
-    :class:`TargetError` (fix the config); raised later, mid-step, it fails that step."""
 
 
 class HookStillRunning(TimeoutError):
@@ -93,6 +94,13 @@ class HookStillRunning(TimeoutError):
         self.grace = grace
         after = f"its {timeout:g}s timeout" if timeout is not None else "it was interrupted"
         super().__init__(f"{hook} did not stop within {grace:g}s after {after}")
+
+
+class HookStopped(BaseException):
+    """Raised in a sync hook's thread by the core's waiting helpers once the runner asked the hook to stop
+    (its timeout, Ctrl-C): a thread cannot be cancelled, so it is told at its next wait instead, and the
+    hook unwinds (its ``finally`` blocks run) within moments instead of the whole wait. A BaseException
+    like ``KeyboardInterrupt``, so ``except Exception`` in a plugin does not swallow it."""
 
 
 class PromtoolError(FixError):
@@ -120,6 +128,7 @@ __all__ = [
     "ConfigError",
     "FixError",
     "HookStillRunning",
+    "HookStopped",
     "LedgerError",
     "LockHeld",
     "PrometheusError",

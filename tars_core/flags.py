@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
-from tars_core.errors import TargetError
+from tars_core.errors import TargetError, TargetLost
 from tars_core.redact import host_port
 
 #: Values that mean "off" (compared case-insensitively, surrounding blanks ignored); a missing flag is off.
@@ -71,7 +71,15 @@ class FeatureFlags:
 
     Every Redis failure becomes a :class:`TargetError` naming ``targets.redis`` by host and port (never
     its password), so ``tars-run`` exits 2 for an unreachable Redis instead of failing the fix.
+
+    A Redis this process has already talked to that stops answering (restarted, paused, a network blip)
+    is tried again with backoff for up to ``reconnect_for`` seconds before that error: a dependency that
+    came back must not cost a release (it ended in exit 4 with the fix in fact in place). One never
+    reached, or refusing the password, fails at once: that is the config, and waiting will not fix it.
     """
+
+    #: Redis URLs this process has had an answer from (see the class doc).
+    _answered: ClassVar[set[str]] = set()
 
     def __init__(
         self,
@@ -80,11 +88,13 @@ class FeatureFlags:
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
+        reconnect_for: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
         self.key = key
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.reconnect_for = reconnect_for
         self._client: Any = None
 
     @property
@@ -110,16 +120,48 @@ class FeatureFlags:
         return self._client
 
     async def _call(self, action: str, name: str, method: str, *args: Any) -> Any:
-        from redis.exceptions import RedisError
+        import anyio
+        from redis.exceptions import AuthenticationError, RedisError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        try:
-            return await getattr(self._redis(), method)(*args)
-        except (RedisError, OSError, ValueError) as exc:
-            where = host_port(self.redis_url or "", 6379)
-            raise TargetError(
-                f"cannot reach targets.redis at {where} to {action} flag {name} ({type(exc).__name__}): "
-                "start Redis or fix targets.redis"
-            ) from None
+        where = host_port(self.redis_url or "", 6379)
+        transient = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+        deadline: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                result = await getattr(self._redis(), method)(*args)
+            except AuthenticationError as exc:
+                raise self._unreachable(action, name, where, exc) from None
+            except transient as exc:
+                if self.redis_url not in self._answered or self.reconnect_for <= 0:
+                    raise self._unreachable(action, name, where, exc) from None
+                deadline = deadline if deadline is not None else time.monotonic() + self.reconnect_for
+                if time.monotonic() >= deadline:
+                    raise self._unreachable(action, name, where, exc, lost=True) from None
+                log.warning("targets.redis at %s stopped answering (%s); trying again", where, type(exc).__name__)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+                continue
+            except (RedisError, OSError, ValueError) as exc:
+                raise self._unreachable(action, name, where, exc) from None
+            if self.redis_url:
+                self._answered.add(self.redis_url)
+            return result
+
+    def _unreachable(
+        self, action: str, name: str, where: str, exc: BaseException, *, lost: bool = False
+    ) -> TargetError:
+        if lost:
+            return TargetLost(
+                f"targets.redis at {where} stopped answering while trying to {action} flag {name} and did not "
+                f"come back within {self.reconnect_for:g}s ({type(exc).__name__}): start Redis, then run again"
+            )
+        return TargetError(
+            f"cannot reach targets.redis at {where} to {action} flag {name} ({type(exc).__name__}): "
+            "start Redis or fix targets.redis"
+        )
 
     async def get(self, name: str) -> str | None:
         value = await self._call("read", name, "hget", self.key, name)

@@ -10,7 +10,11 @@ awaited, shielded, for a bounded grace period; a worker that is still running af
 
 What counts as the worker:
 
-- a sync hook: the daemon thread it runs in (daemon, so a stuck one cannot hold the process open);
+- a sync hook: the daemon thread it runs in (daemon, so a stuck one cannot hold the process open). It
+  cannot be cancelled, but it is asked: the core's waiting helpers in that thread (``wait_until``,
+  ``waiting.sleep``, ``check_stop``, and through them ``tars_core.prometheus``'s waits) raise
+  :class:`~tars_core.errors.HookStopped` at once, so a hook waiting minutes for rules to evaluate stops
+  within moments of Ctrl-C instead of holding the run (TARS-1002 lived on for 100 s);
 - an async hook: its own task, cancelled through an anyio cancel scope so that anyio's
   ``to_thread.run_sync`` (which does not abandon its thread by default) finishes only with its thread;
 - jobs an async hook submitted to the event loop's default executor (``asyncio.to_thread``,
@@ -35,6 +39,7 @@ from typing import Any, TypeVar
 import anyio
 
 from tars_core.errors import HookStillRunning
+from tars_core.waiting import STOP
 
 T = TypeVar("T")
 
@@ -73,6 +78,7 @@ async def run_hook(call: Callable[[], Any], *, in_thread: bool, hook: str, timeo
     finished = anyio.Event()
     box: list[Any] = []  # [result] or [None, exception]
     scope = anyio.CancelScope()
+    stop = threading.Event()  # a sync hook's thread learns at its next core wait that it must stop
     started = anyio.current_time()
 
     def settle(outcome: list[Any]) -> None:
@@ -82,6 +88,7 @@ async def run_hook(call: Callable[[], Any], *, in_thread: bool, hook: str, timeo
     if in_thread:
 
         def work() -> None:
+            STOP.set(stop)
             try:
                 outcome: list[Any] = [call()]
             except BaseException as exc:  # handed to the awaiting task, raised there
@@ -116,6 +123,7 @@ async def run_hook(call: Callable[[], Any], *, in_thread: bool, hook: str, timeo
             await finished.wait()
     except BaseException as exc:  # TimeoutError, or the caller's cancellation: stop the worker, wait for it
         scope.cancel()
+        stop.set()
         with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
             await finished.wait()
             while any(not job.done() for job in jobs):

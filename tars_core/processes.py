@@ -195,8 +195,16 @@ def spawn(
     cwd: Path | str | None = None,
     user: str | None = None,
     banner: str = "",
+    die_with_parent: bool = False,
 ) -> ProcessId:
     """Start ``argv`` in its own session, output appended to ``log``; returns its identity.
+
+    ``die_with_parent``: the kernel SIGKILLs the child when this process dies, however it dies (Linux
+    ``PR_SET_PDEATHSIG``), for helpers that must not outlive the run that needs them (a soak of a
+    trainer: a SIGKILLed ``tars-run`` left a 600 MB TensorFlow child training on). The death that counts
+    is that of the *thread* that calls ``spawn``: call it from the event loop or a thread that outlives
+    the child, never from a short-lived worker thread. Services that must outlive ``tars-run`` (the
+    sandbox's) leave it off.
 
     The child inherits ``os.environ`` updated with ``env`` (plus ``PYTHONUNBUFFERED`` so a Python
     service's log is current when an error quotes it).
@@ -217,6 +225,7 @@ def spawn(
                 env=full_env,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=_dies_with(os.getpid()) if die_with_parent else None,
                 **_as_user(user),
             )
         except OSError as exc:
@@ -227,6 +236,20 @@ def spawn(
     if ident is None:  # exited before psutil could look: keep the pid so the caller sees "gone"
         return ProcessId(proc.pid, 0.0)
     return ident
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """``preexec_fn`` of a child that the kernel kills when ``parent`` dies (Linux only)."""
+
+    def setup() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request: it will never be delivered
+            os._exit(1)
+
+    return setup
 
 
 def run_once(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,19 @@ from tars_core.model import Targets
 from tars_core.processes import Service, free_port, http_ready
 from tars_core.redact import safe_url
 from tars_core.state import atomic_write_bytes, atomic_write_text
-from tars_core.waiting import WaitTimeout, wait_until
+from tars_core.waiting import WaitTimeout, sleep, wait_until
 
 
 class Prometheus:
     """Synchronous client for one Prometheus server."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, reconnect_for: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self.shown = safe_url(self.url)  # the URL as messages print it: without its password
+        # once it has answered, a Prometheus that stops answering (restarted, paused) is tried again for
+        # this long before a request fails: a dependency that came back must not fail the step
+        self.reconnect_for = reconnect_for
+        self._answered = False
         try:
             self.client = httpx.Client(base_url=self.url, timeout=timeout)
         except (httpx.InvalidURL, ValueError) as exc:
@@ -49,12 +54,27 @@ class Prometheus:
         self.close()
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            return self.client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise PrometheusUnreachable(
-                f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {exc})"
-            ) from None
+        deadline: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                resp = self.client.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                if self._answered and self.reconnect_for > 0:
+                    deadline = deadline if deadline is not None else time.monotonic() + self.reconnect_for
+                    if time.monotonic() < deadline:
+                        sleep(delay)  # ends at once (HookStopped) when the runner stops the hook
+                        delay = min(delay * 2, 3.0)
+                        continue
+                raise PrometheusUnreachable(
+                    f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {exc})"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise PrometheusUnreachable(
+                    f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {exc})"
+                ) from None
+            self._answered = True
+            return resp
 
     def ready(self) -> None:
         """Raise :class:`PrometheusError` unless ``/-/ready`` answers 200."""
@@ -206,6 +226,9 @@ def load_rule_file(
         atomic_write_text(path, text)
     try:
         reload()
+    except TargetError:  # lost after its retries: the old file back for when it returns, exit 2
+        _restore(path, previous)
+        raise
     except FixError as exc:  # PrometheusError included
         _restore(path, previous)
         with contextlib.suppress(FixError):
@@ -235,6 +258,8 @@ def unload_rule_file(
     _restore(path, previous)
     try:
         (reload or prom.reload)()
+    except TargetError:
+        raise
     except FixError as exc:
         raise FixError(f"rule file restored but Prometheus did not reload: {exc}") from None
     if previous is None and not wait_absent(prom, names, timeout):

@@ -8,12 +8,42 @@ and, when time runs out, an error that says *what* was awaited and what was last
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, overload
 
+from tars_core.errors import HookStopped
+
 T = TypeVar("T")
+
+#: Set by the runner in the thread of a sync hook: the event it sets when the hook must stop.
+STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("tars_hook_stop", default=None)
+
+
+def stop_requested() -> bool:
+    """Has the runner asked the hook running in this thread to stop (its timeout, Ctrl-C)?"""
+    event = STOP.get()
+    return event is not None and event.is_set()
+
+
+def check_stop() -> None:
+    """Raise :class:`~tars_core.errors.HookStopped` if the runner asked this sync hook to stop: call it
+    between long steps of your own (the core's waiting helpers already do)."""
+    if stop_requested():
+        raise HookStopped("the runner asked this hook to stop (its timeout or Ctrl-C)")
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that a stop request ends at once (raising :class:`HookStopped`) in a sync hook."""
+    event = STOP.get()
+    if event is None:
+        time.sleep(seconds)
+        return
+    if event.wait(seconds):
+        check_stop()
 
 
 class WaitTimeout(TimeoutError):
@@ -65,10 +95,13 @@ def wait_until(
     Exceptions listed in ``retry_on`` count as "not yet" (a server still starting refuses connections);
     the last one is named in the :class:`WaitTimeout`. The predicate is always tried at least once and
     once more at the deadline, so a slow machine does not lose a condition that became true meanwhile.
+    In a sync hook's thread it raises :class:`~tars_core.errors.HookStopped` as soon as the runner asks
+    the hook to stop, instead of waiting on to its deadline.
     """
     tries = _Tries(timeout, interval, what)
     for pause in tries:
-        time.sleep(pause)
+        sleep(pause)
+        check_stop()
         try:
             if tries.done(value := predicate()):
                 return value

@@ -418,3 +418,178 @@ def test_status_after_a_crash_shows_the_interrupted_phase(three: Any) -> None:
     assert three.run("apply").returncode == 0
     code, doc = three.json("status")
     assert all(r["unfinished"] is None for r in doc["plugins"])  # type: ignore[union-attr]
+
+
+# -- defect 2: a sync hook stops at Ctrl-C instead of living on in its thread -------------------------------
+
+WAITING = '''
+"""Test plugin waiting-fix: a sync apply that waits two minutes for a condition, like TARS-1002 waiting for
+its rules to evaluate."""
+from pathlib import Path
+
+import attrs
+
+from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
+from tars_core.waiting import wait_until
+
+
+@attrs.define
+class Config:
+    dir: str = "."
+
+
+@hookimpl
+def tars_plugin_info():
+    return PluginInfo(name="waiting-fix", title="waiting", config=Config)
+
+
+@hookimpl
+def tars_apply(ctx):
+    marker = Path(ctx.config.dir) / "marker"
+    marker.write_text("half")
+    (Path(ctx.config.dir) / "waiting").write_text("1")
+    try:
+        wait_until(lambda: False, timeout=120, interval=0.5, what="rules evaluated")
+    finally:
+        (Path(ctx.config.dir) / "unwound").write_text("1")
+    return ApplyResult()
+
+
+@hookimpl
+def tars_verify(ctx):
+    return VerifyResult(ok=(Path(ctx.config.dir) / "marker").exists())
+
+
+@hookimpl
+def tars_rollback(ctx):
+    (Path(ctx.config.dir) / "marker").unlink(missing_ok=True)
+    return ApplyResult()
+'''
+
+
+def test_ctrl_c_stops_a_sync_hook_waiting_in_its_thread(project: Any) -> None:
+    """A sync hook runs in a thread that cannot be cancelled: after Ctrl-C the run waited it out (or gave
+    up after timeout_grace with exit 4, and TARS-1002 lived on for 100 s). The core's waits now end at the
+    stop request: exit 130, the apply interrupted (not unknown), rolled back, its finally run."""
+    import signal
+
+    project.module("waiting-fix", WAITING)
+    project.config(release={"bake_time": 0, "timeout_grace": 5})
+    with project.start("apply") as run:
+        run.wait_for(project.work / "waiting")
+        code = run.stop(signal.SIGINT)
+    assert code == 130, run.err
+    assert "Traceback" not in run.err
+    assert (project.work / "unwound").exists() and not (project.work / "marker").exists()
+    with sqlite3.connect(project.work / ".tars" / "state.db") as db:
+        rows = db.execute("SELECT phase, outcome FROM tars_phases ORDER BY id").fetchall()
+    assert rows == [("apply", "interrupted"), ("rollback", "ok")]
+
+
+# -- defect 3: a helper process dies with the run that needs it -----------------------------------------------
+
+
+def test_a_child_spawned_to_die_with_its_parent_dies_when_the_parent_is_killed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tars_core.waiting import wait_until
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from tars_core.processes import spawn\n"
+            "ident = spawn(['sleep', '600'], log=Path(sys.argv[1]), die_with_parent=True)\n"
+            "print(ident.pid, flush=True)\n"
+            "time.sleep(600)\n",
+            str(tmp_path / "child.log"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert psutil.pid_exists(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, timeout=10, interval=0.05, what="the child gone with its parent")
+
+
+# -- defect 8: a dependency that pauses or restarts is retried, not a failed release --------------------------
+
+
+def test_feature_flags_ride_out_a_paused_or_restarted_redis_but_not_a_wrong_one(tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    import anyio
+
+    from tars_core.errors import TargetError, TargetLost
+    from tars_core.flags import FeatureFlags
+    from tars_core.processes import Service, free_port, redis_ready
+
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+
+    def server() -> Service:
+        return Service("redis", argv, log=tmp_path / "redis.log", ready=redis_ready(port), start_timeout=30)
+
+    url = f"redis://127.0.0.1:{port}/0"
+
+    async def scenario(redis: Service) -> None:
+        flags = FeatureFlags(url, "faults:flags", read_timeout=1.0, reconnect_for=20)
+        try:
+            await flags.set("fix", "on")
+            assert redis.ident is not None
+            os.kill(redis.ident.pid, signal.SIGSTOP)
+            threading.Timer(2.0, os.kill, (redis.ident.pid, signal.SIGCONT)).start()
+            assert await flags.get("fix") == "on"  # paused 2 s: read timeouts, tried again
+            redis.stop()
+
+            def restart() -> None:
+                time.sleep(1.0)
+                redis.start()
+
+            threading.Thread(target=restart).start()
+            await flags.set("fix", "on")  # refused while it is down, then the new server takes it
+            assert await flags.get("fix") == "on"
+        finally:
+            await flags.aclose()
+
+    with server() as redis:
+        anyio.run(scenario, redis)
+
+    async def never_reached() -> None:
+        flags = FeatureFlags(f"redis://127.0.0.1:{free_port()}/0", reconnect_for=20)
+        with pytest.raises(TargetError) as err:
+            await flags.get("fix")
+        assert not isinstance(err.value, TargetLost) and "start Redis or fix targets.redis" in str(err.value)
+
+    anyio.run(never_reached)
+
+
+def test_a_prometheus_client_rides_out_a_restart(tmp_path: Path) -> None:
+    import threading
+
+    from tars_core.prometheus import Prometheus, PrometheusServer
+
+    with PrometheusServer(tmp_path / "prom") as server:
+        with Prometheus(server.url, timeout=5) as prom:
+            prom.ready()
+            server.stop()
+            threading.Thread(target=server.start).start()
+            assert prom.query("vector(1)")[0]["value"][1] == "1"
