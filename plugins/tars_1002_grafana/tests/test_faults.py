@@ -48,3 +48,53 @@ def test_every_bad_config_value_is_refused_naming_its_key() -> None:
     reload_method: ftp read "unknown error"), each refused on one line before anything runs."""
     cases = assert_bad_config_refused(plugin)
     assert {"reload_timeout_s", "reload_method", "extra_rules", "verify_data"} <= {c.path for c in cases}
+
+
+def test_ctrl_c_while_rules_load_stops_the_apply_and_gives_everything_back(env: Any, tmp_path: Path) -> None:
+    """Defect 2: Ctrl-C during apply. The apply is a sync hook waiting (up to reload_timeout_s) for its
+    rules to evaluate; its thread lived on after the run's last line (100 s), or, past timeout_grace, the
+    run gave up with exit 4 and the target half-applied. Now the wait ends at the stop request: exit 130,
+    one line, the apply interrupted and rolled back, every file byte- and mode-equal, no rule loaded."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tars_core.waiting import wait_until
+
+    env.rules_dir.mkdir(exist_ok=True)
+    before = _files(env.rules_dir, env.dash_dir)
+    doc = {
+        "targets": {
+            "prometheus_url": env.server.url,
+            "prometheus_rules_dir": str(env.rules_dir),
+            "grafana_dashboards_dir": str(env.dash_dir),
+        },
+        "release": {"bake_time": 0, "timeout_grace": 5},
+        "plugins": {"tars-1002-grafana": {"reload_timeout_s": 120, "verify_data": False}},
+    }
+    (tmp_path / "tars.yaml").write_text(yaml.safe_dump(doc))
+    argv = [str(Path(sys.executable).with_name("tars-run")), "--plugins", "TARS-1002", "--config", "tars.yaml"]
+    argv += ["--state", f"sqlite:///{tmp_path / 'ledger.db'}", "apply"]
+    run = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (env.rules_dir / RULE_FILE_NAME).exists(), timeout=120, interval=0.01, what="rule file")
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("tars-run:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert _files(env.rules_dir, env.dash_dir) == before
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        rows = db.execute("SELECT phase, outcome FROM tars_phases ORDER BY id").fetchall()
+    assert rows == [("apply", "interrupted"), ("rollback", "ok")], rows
+    from tars_core.prometheus import Prometheus
+
+    with Prometheus(env.server.url) as prom:
+        assert prom.rule_groups() == []
