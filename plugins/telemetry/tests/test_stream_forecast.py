@@ -369,7 +369,7 @@ def test_the_sandbox_seed_writes_the_rules_and_the_dashboard_once(tmp_path: Path
     rules_dir, dash_dir = tmp_path / "prometheus" / "rules", tmp_path / "grafana" / "dashboards"
     targets = Targets(prometheus_rules_dir=str(rules_dir), grafana_dashboards_dir=str(dash_dir))
     written = regression_rules.seed_sandbox(targets)
-    rules, dash = rules_dir / regression_rules.FILE_NAME, dash_dir / regression_rules.DASHBOARD_FILE
+    rules, dash = rules_dir / regression_rules.FILE_NAME, dash_dir / "telemetry" / regression_rules.DASHBOARD_FILE
     assert written == [rules, dash]
     assert rules.read_text(encoding="utf-8") == regression_rules.render()
     assert json.loads(dash.read_text(encoding="utf-8"))["uid"] == "tars-regression"

@@ -114,3 +114,12 @@ def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     daemon = sandbox_contribution(site)
     config = {"rule_interval": "5s", "long_rule_interval": "15s", "poll_interval_s": 3.0, "min_window_s": 15.0}
     return attrs.evolve(daemon, config=config)
+
+
+@hookimpl
+def tars_sandbox_seed(ctx: Context) -> None:
+    """The regression monitor's recorded series (``tars:regression:*``, which the daemon forecasts) in the
+    sandbox Prometheus from its first start, and the forecast dashboard in a Grafana folder of its own."""
+    from tars_telemetry.regression_rules import seed_sandbox
+
+    seed_sandbox(ctx.targets)

@@ -116,12 +116,15 @@ def seed_sandbox(targets: Targets) -> list[Path]:
 
     wanted = {
         Path(targets.require("prometheus_rules_dir")) / FILE_NAME: render(),
-        Path(targets.require("grafana_dashboards_dir")) / DASHBOARD_FILE: dashboard_text(),
+        # a subfolder (a Grafana folder with foldersFromFilesStructure): TARS-1002 patches the dashboards
+        # at the top of this folder and must not take the monitor's own for T.A.R.S. dashboards
+        Path(targets.require("grafana_dashboards_dir")) / "telemetry" / DASHBOARD_FILE: dashboard_text(),
     }
     written = []
     for path, text in wanted.items():
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
         written.append(path)
     return written
