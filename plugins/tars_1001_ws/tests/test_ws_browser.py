@@ -384,3 +384,17 @@ async def test_the_readme_example_page_works_as_documented(browser, bhub, bproxy
         await context.close()
         server.shutdown()
         server.server_close()
+
+
+async def test_a_channel_subscribed_while_the_page_recovers_is_not_left_for_the_next_reconnect(page, bhub, bproxy):
+    i = await page.start(bproxy.url(), ["a"], **JS_FAST)
+    bproxy.delay = 0.3  # every chunk through the proxy waits: the resubscribe's reply is slow to come
+    bproxy.reset()
+    await until(page, i, lambda v: v["state"] == "recovering", "recovering")
+    await page.subscribe(i, "b")  # the recovery's subscribe frame was made without it
+    bproxy.heal()
+    async with ReconnectingWebSocketClient(bhub.url, **FAST) as pub:
+        await until(page, i, lambda v: v["connected"], "recovered")
+        await (await pub.publish("b", "late")).wait(5)
+        view = await until(page, i, lambda v: data(v, "b") == ["late"], "the late channel delivering")
+    assert view["stats"]["connections"] == 2  # on the connection it was made on, not a later one

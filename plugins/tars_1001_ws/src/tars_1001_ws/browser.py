@@ -128,6 +128,10 @@ window.T = {
     return i;
   },
   send(i, text) { all[i].ws.send(text); },
+  subscribe(i, channel) {
+    const rec = all[i];
+    rec.client.subscribe(channel, (m) => { (rec.got[channel] ??= []).push([m.seq, m.data, Date.now()]); });
+  },
   publish(i, channel, data, key) {
     return all[i].client.publish(channel, data, key ? { key } : {}).then(
       (seq) => ({ seq }), (err) => ({ error: `${err.name}: ${err.message}` }));
@@ -184,6 +188,10 @@ class Dashboard:
 
     async def raw(self, url: str, protocols: list[str] | None = None) -> int:
         return int(await self.page.evaluate("([u, p]) => T.raw(u, p)", [url, protocols]))
+
+    async def subscribe(self, i: int, channel: str) -> None:
+        """Subscribe dashboard ``i`` to one more channel (recorded like the others), without waiting."""
+        await self.page.evaluate("([i, c]) => T.subscribe(i, c)", [i, channel])
 
     async def send(self, i: int, text: str) -> None:
         """Send ``text`` as written (a ``\\ud83d`` escape stays six characters, as JSON.stringify writes it)."""

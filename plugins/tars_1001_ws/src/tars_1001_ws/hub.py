@@ -194,7 +194,9 @@ class Hub:
         """
         if self.flags_redis is None or self.legacy:
             return
-        flags = FeatureFlags(self.flags_redis, self.flags_key, connect_timeout=1.0, read_timeout=1.0)
+        # no retrying inside a read (the core's default rides out 30 s of outage): this loop polls every
+        # flag_refresh seconds anyway and must notice the outage at once to keep serving the last value
+        flags = FeatureFlags(self.flags_redis, self.flags_key, connect_timeout=1.0, read_timeout=1.0, reconnect_for=0.0)
         failing = False
         try:
             while not self.stopping.is_set():
