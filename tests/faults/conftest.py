@@ -41,7 +41,7 @@ _TALLY: Any = None
 
 @pytest.fixture(scope="session")
 def tally() -> Any:
-    from harness import Tally
+    from faults.harness import Tally
 
     global _TALLY
     _TALLY = Tally()
@@ -50,7 +50,7 @@ def tally() -> Any:
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[Any]:
-    from harness import Site
+    from faults.harness import Site
 
     root = Path(tempfile.mkdtemp(prefix="tars-faults-"))
     os.chmod(root, 0o755)  # the postgres account must reach the cluster folder inside

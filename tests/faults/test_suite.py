@@ -25,9 +25,9 @@ import time
 from typing import Any
 
 import pytest
-from harness import Outcome, Site, one_clear_line, pause
-from judges import Judge, judges
 
+from faults.harness import Outcome, Site, one_clear_line, pause
+from faults.judges import Judge, judges
 from tars_core.plugins import PluginHost
 from tars_core.testing import bad_config_values
 
