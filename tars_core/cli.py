@@ -66,12 +66,23 @@ def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--debug", action="store_true", default=d(False), help="tracebacks and debug logs")
 
 
+def _core_version() -> str:
+    """The installed tars-core distribution's version (what a build smoke test and a bug report need)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tars-core")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (tars-core not installed)"
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tars-run",
         description="Apply, verify and roll back T.A.R.S. hotfix plugins as one release.",
         epilog="exit codes: " + ", ".join(f"{int(c)} {c.meaning}" for c in ExitCode),
     )
+    parser.add_argument("--version", action="version", version=f"tars-run {_core_version()}")
     _options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     helps = {

@@ -236,3 +236,8 @@ def test_blocklist_still_applies_inside_the_allowlist(shop: Project) -> None:
         "-p", "no:fix-a", "--plugins", "fix-a", "plan", select=False, env=shop.env(TARS_LOAD_PLUGINS=allowed)
     )
     assert res.returncode == 2 and "disabled" in verdict(res.stderr)
+
+
+def test_version_prints_the_installed_core_and_exits_0(project: Project) -> None:
+    res = project.run("--version", select=False)
+    assert (res.returncode, res.stdout.strip()) == (0, f"tars-run {md.version('tars-core')}")
