@@ -236,6 +236,15 @@ async def _consume(svc: Service, stream: str, group: str, handler: Handler) -> N
                 for _, entries in _entries(reply):
                     await _process_legacy(svc, stream, group, entries, handler)
         except redis.RedisError as exc:
+            if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                # Redis lost its data (a restart without persistence): the stream and the group are gone,
+                # and the consumer would wait for them forever. Make them again (what was in them is lost).
+                log.warning(
+                    "%s: group %s on %s is gone (Redis lost its data?); creating it again", svc.name, group, stream
+                )
+                with contextlib.suppress(redis.RedisError):  # BUSYGROUP: another consumer was first
+                    await svc.client.xgroup_create(stream, group, id="0", mkstream=True)
+                continue
             log.warning("%s: %s on %s; retrying", svc.name, exc, stream)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(svc.stop.wait(), 1.0)
