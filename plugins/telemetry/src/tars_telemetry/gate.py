@@ -33,7 +33,7 @@ from tars_core.prometheus import Prometheus, connect
 from tars_core.report import markdown_table
 from tars_telemetry.config import SLOMonitorConfig
 from tars_telemetry.monitor import load_slos
-from tars_telemetry.rules import BURN_ALERT, error_ratio_expr, events_expr
+from tars_telemetry.rules import BURN_ALERT, TIERS, Tier, error_ratio_expr, events_expr, num, threshold
 from tars_telemetry.spec import SLO
 
 RELEASE_STARTED = "release_started"  # ctx.state key: unix time of the preflight of the running release
@@ -58,6 +58,12 @@ def _scalar(prom: Prometheus, query: str, at: float) -> float | None:
         return None
     value = float(result[0]["value"][1])
     return None if math.isnan(value) else value
+
+
+def _burning_expr(slo: SLO, tier: Tier) -> str:
+    """A tier's burn condition (both windows above its threshold) without the minimum-events guard."""
+    sel, thr = f'{{slo="{slo.name}"}}', num(threshold(slo, tier))
+    return f"slo:sli_error:ratio_rate{tier.long}{sel} > {thr} and slo:sli_error:ratio_rate{tier.short}{sel} > {thr}"
 
 
 def _alert_key(labels: Mapping[str, str]) -> tuple[str, str]:
@@ -162,6 +168,8 @@ def check(
     since_q = alerts.replace("ALERTS{", "ALERTS_FOR_STATE{").replace(',alertstate="firing"', "")
     active = {_alert_key(r["metric"]): float(r["value"][1]) for r in prom.query(since_q, at=t)}
     evidence.append(Evidence(query=alerts, value=float(len(firing)), at=iso(t), detail="page-tier alerts firing"))
+    by_name = {s.name: s for s in slos}
+    tiers = {tier.name: tier for tier in TIERS}
     for alert in firing:
         labels = alert["metric"]
         started = active.get(_alert_key(labels), t)
@@ -169,17 +177,20 @@ def check(
             f"{labels.get('slo')}: page tier {labels.get('tier')} (burn over both {labels.get('long_window')} and "
             f"{labels.get('short_window')})"
         )
-        if started >= applied:
-            failures.append(f"{where} started firing after {change.plugin} was applied")
+        if started < applied:
+            why = f"active since {iso(started)}, before {change.plugin}"
         else:
-            evidence.append(
-                Evidence(
-                    query=since_q,
-                    value=started,
-                    at=iso(t),
-                    detail=f"{where} active since {iso(started)}, before {change.plugin}: not judged against it",
-                )
-            )
+            # An alert can start after the fix only because its minimum-events guard was met then: the burn
+            # was there before. Its condition without the guard, at the time the fix was applied, says which.
+            slo, tier = by_name.get(labels.get("slo", "")), tiers.get(labels.get("tier", ""))
+            before_q = _burning_expr(slo, tier) if slo and tier else None
+            if before_q is None or not prom.query(before_q, at=applied):
+                failures.append(f"{where} started firing after {change.plugin} was applied")
+                continue
+            why = f"its burn condition already held when {change.plugin} was applied ({before_q})"
+        evidence.append(
+            Evidence(query=since_q, value=started, at=iso(t), detail=f"{where} {why}: not judged against it")
+        )
     judged = 0
     window = max(t - applied, config.min_window_s)
     w = f"{round(window)}s"
