@@ -131,7 +131,12 @@ class TrainerService:
             self.trainer = LeakyPPOTrainer(self.config)
         self.impl = impl
         self.impl_iterations = 0
-        self.redis.delete(f"{status_key(self.prefix, self.trainer_id)}:samples")
+        import redis
+
+        try:
+            self.redis.delete(f"{status_key(self.prefix, self.trainer_id)}:samples")
+        except redis.RedisError as exc:  # a Redis that pauses or restarts must not take the trainer down
+            log.warning("cannot clear the old samples in Redis: %s", exc)
 
     def step(self) -> None:
         self.flag_value = self.flags.value(self.flag)
