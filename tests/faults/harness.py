@@ -220,7 +220,7 @@ class Site:
                     continue
                 if "tars-run" in cmd and proc.cwd() == str(self.root) and "sandbox" not in cmd:
                     found.append(f"tars-run pid {proc.pid}: {cmd[:80]}")
-                elif "tars_1005_ppo.soak" in cmd:
+                elif "tars_1005_ppo.soak" in cmd and str(self.root) in cmd:  # this site's, not another run's
                     found.append(f"soak pid {proc.pid}")
         return found
 
