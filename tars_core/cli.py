@@ -183,15 +183,23 @@ def _emit(fmt: str, doc: dict[str, Any], text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    _FINISHED.clear()
     redactor = Redactor()
     _setup_logging(redactor, args.debug)
     blocked = [b[3:] if b.startswith("no:") else b for b in args.block]
     try:
-        return int(_main(args, blocked, redactor))
+        code = int(_main(args, blocked, redactor))
+        if argv is None:  # the console script: the run is over, a late Ctrl-C has nothing left to stop
+            _ignore_late_signals()
+        return code
     except UsageError as exc:  # ConfigError and LedgerError are UsageErrors too
         _stderr(f"tars-run: error: {redactor(str(exc))}")
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
+        if _FINISHED:  # Ctrl-C after the command had finished and said so: its exit code stands
+            if argv is None:
+                _ignore_late_signals()
+            return _FINISHED[0]
         _stderr("tars-run: interrupted")
         return ExitCode.INTERRUPTED
     except Exception as exc:
@@ -203,6 +211,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = redactor(f"{type(exc).__name__}: {exc}".splitlines()[0])
         _stderr(f"tars-run: internal error: {text} (run with --debug for the traceback)")
         return ExitCode.FAILED
+
+
+_FINISHED: list[int] = []  # the exit code of a command that has finished (its final line printed)
+
+
+def _ignore_late_signals() -> None:
+    """After the final line, Ctrl-C or SIGTERM would only kill the exiting interpreter with a traceback
+    (exit -2 after an exit code was announced): the run is over, nothing is left to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> int:
@@ -281,10 +299,12 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
 
     code = ExitCode.OK
     error: Exception | None = None
+    _quiet_background_errors(args.debug)
     async with anyio.create_task_group() as tg:
         await tg.start(_watch_signals, runner)  # Ctrl-C goes to the runner before the ledger is touched
         try:
             code = await _with_ledger(runner, args, plugins)
+            _FINISHED[:] = [int(code)]
         except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
             error = exc
         tg.cancel_scope.cancel()
@@ -295,6 +315,27 @@ async def _run(runner: Runner, args: argparse.Namespace, plugins: list[LoadedPlu
     if error is not None:
         raise error
     return code
+
+
+def _quiet_background_errors(debug: bool) -> None:
+    """What the event loop reports about tasks a hook left behind (a cancelled proxy pump asked for its
+    exception while the loop shut down) printed a traceback after the run's final line. Without --debug
+    a cancelled task is not news, and anything else is one warning line."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if debug:
+            loop.default_exception_handler(context)
+            return
+        exc = context.get("exception")
+        if isinstance(exc, asyncio.CancelledError):
+            return
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else context.get("message", "unknown")
+        logging.getLogger("tars").warning("a background task failed: %s", str(what).splitlines()[0])
+
+    loop.set_exception_handler(handler)
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -225,6 +225,27 @@ class FeatureFlags:
                 log.debug("closing the flags client failed: %s", exc)
 
 
+def redis_client(url: str, *, reconnect_for: float = 30.0, **kwargs: Any) -> Any:
+    """An asyncio Redis client (``decode_responses``) for a hook's own commands (streams, status keys,
+    probes) that rides out what :class:`FeatureFlags` rides out: a lost connection or a timeout is tried
+    again with backoff for about ``reconnect_for`` seconds. Use it after ``ctx.flags`` has read the flag,
+    which reports a Redis never reached or a refused password at once; ``kwargs`` go to ``from_url``."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.25), max(1, int(reconnect_for / 2)))
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **kwargs,
+    )
+
+
 class FlagReader:
     """Synchronous, cached flag reads for services (a hub, a worker, a trainer loop).
 

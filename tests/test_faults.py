@@ -593,3 +593,112 @@ def test_a_prometheus_client_rides_out_a_restart(tmp_path: Path) -> None:
             server.stop()
             threading.Thread(target=server.start).start()
             assert prom.query("vector(1)")[0]["value"][1] == "1"
+
+
+# -- found by the fault suite: no traceback after the final line ---------------------------------------------
+
+LITTER = '''
+"""Test plugin litter-fix: its apply leaves a background task whose done-callback asks a cancelled task
+for its exception (what a WebSocket proxy's pump does when the loop shuts down)."""
+import asyncio
+
+import attrs
+
+from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
+
+
+@attrs.define
+class Config:
+    dir: str = "."
+
+
+@hookimpl
+def tars_plugin_info():
+    return PluginInfo(name="litter-fix", title="litter", config=Config)
+
+
+@hookimpl
+async def tars_apply(ctx):
+    task = asyncio.ensure_future(asyncio.sleep(3600))
+    task.add_done_callback(lambda t: t.exception())
+    return ApplyResult()
+
+
+@hookimpl
+def tars_verify(ctx):
+    return VerifyResult(ok=True)
+
+
+@hookimpl
+def tars_rollback(ctx):
+    return ApplyResult()
+'''
+
+
+def test_a_task_a_hook_left_behind_prints_no_traceback_after_the_final_line(project: Any) -> None:
+    """The fault suite's TARS-1001 Ctrl-C cases exited 130 as they should, then asyncio printed 'Exception
+    in callback ... CancelledError' with a traceback for a proxy task cancelled at shutdown."""
+    project.module("litter-fix", LITTER)
+    project.config(release={"bake_time": 0})
+    res = project.run("apply")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "Exception in callback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("tars-run: apply: ok")
+
+
+def test_ctrl_c_after_the_final_line_keeps_the_announced_exit_code(three: Any) -> None:
+    """A Ctrl-C landing after tars-run announced its result (closing the ledger, the interpreter exiting)
+    killed it with a KeyboardInterrupt traceback and exit -2 (the fault suite's TARS-1004 case): the
+    announced code must stand."""
+    import signal
+    import subprocess
+
+    three.config()
+    for _ in range(3):
+        proc = subprocess.Popen(three.cmd("verify"), cwd=three.work, env=three.env(), stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("tars-run: verify:"):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=60)
+        err = "".join(lines) + rest
+        assert "Traceback" not in err, err
+        assert code == (1 if "a fix failed" in lines[-1] else 0), (code, err)
+
+
+def test_a_hooks_own_redis_client_rides_out_a_restart(tmp_path: Path) -> None:
+    """TARS-1003's streams and TARS-1005's status keys go through their own client: it retries a lost
+    connection like ctx.flags does (a raw ConnectionError failed the fix with exit 1)."""
+    import threading
+    import time
+
+    import anyio
+
+    from tars_core.flags import redis_client
+    from tars_core.processes import Service, free_port, redis_ready
+
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    with Service("redis", argv, log=tmp_path / "redis.log", ready=redis_ready(port), start_timeout=30) as redis:
+
+        async def scenario() -> None:
+            client = redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=1)
+            try:
+                await client.set("k", "v")
+                redis.stop()
+
+                def restart() -> None:
+                    time.sleep(1.0)
+                    redis.start()
+
+                threading.Thread(target=restart).start()
+                await client.set("k", "again")  # refused while it is down, then the new server takes it
+                assert await client.get("k") == "again"
+            finally:
+                await client.aclose()
+
+        anyio.run(scenario)

@@ -93,9 +93,10 @@ def _client(ctx: Context) -> Any:
     Every hook reads the flag through ``ctx.flags`` before it calls this, so an unusable
     ``targets.redis`` has already become the core's :class:`TargetError` (exit 2) and nothing changed.
     """
-    import redis.asyncio as aioredis
+    from tars_core.flags import redis_client
 
-    return aioredis.from_url(ctx.targets.require("redis"), decode_responses=True, socket_connect_timeout=5)
+    # a Redis that pauses or restarts mid-phase is ridden out (retries), not a failed release
+    return redis_client(ctx.targets.require("redis"), socket_connect_timeout=5)
 
 
 async def _registry(client: Any, cfg: JaegerConfig) -> dict[str, dict[str, Any]]:

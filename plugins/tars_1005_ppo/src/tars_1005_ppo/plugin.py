@@ -57,10 +57,10 @@ def tars_plugin_info() -> PluginInfo:
 def _status_client(ctx: Context) -> Any:
     """A client for the trainers' status keys, used as ``async with`` (which closes it). Hooks read the flag
     through ``ctx.flags`` first, so an unreachable Redis has already been reported as a ``TargetError``."""
-    import redis.asyncio as aioredis
+    from tars_core.flags import redis_client
 
-    url = ctx.targets.require("redis")
-    return aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+    # a Redis that pauses or restarts mid-phase is ridden out (retries), not a failed release
+    return redis_client(ctx.targets.require("redis"), socket_connect_timeout=5, socket_timeout=10)
 
 
 async def _live_trainers(client: Any, cfg: PPOFixConfig) -> dict[str, dict[str, str]]:
