@@ -69,9 +69,9 @@ def test_an_injected_fast_burn_during_a_bake_rolls_that_fix_back(sandbox: Path) 
     assert injected is not None, stderr
     assert code == 1, stderr
     final = lines[-1]
-    assert (
-        "tars-1001-ws failed (monitor tars-slo-monitor judged it fail: api-availability: error budget burning" in final
-    )
+    # either reason is the gate working: the bake-window burn, or the page tier that burn sets off (which of
+    # the two the monitor sees first depends on where the bake's polls fall against the rule evaluations)
+    assert "tars-1001-ws failed (monitor tars-slo-monitor judged it fail: api-availability: " in final
     assert "rolled back tars-1001-ws, tars-slo-monitor" in final
     print(f"incident to exit: {time.monotonic() - injected:.0f} s (target: rolled back within 180 s)")
 
