@@ -42,10 +42,9 @@ from tars_core.waiting import WaitTimeout, wait_until
 Readiness = Callable[[], "str | None"]
 
 BANNER = "--- tars: starting "  # the line spawn() writes before each start; tail() skips it
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-_EXITED: dict[
-    int, int
-] = {}  # exit codes of reaped children, for exit_code()  # our own children, reaped so they leave no zombie
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # our own children, reaped so they leave no zombie
+_EXITED: dict[int, int] = {}  # exit codes of reaped children, for exit_code()
+_SPAWNED: dict[int, ProcessId] = {}  # the identity spawn() gave each of them
 
 
 @attrs.frozen
@@ -67,6 +66,8 @@ class ProcessId:
         _reap(self.pid)
         try:
             proc = psutil.Process(self.pid)
+            if _ours(self):  # our unreaped child: the pid cannot be another's, whatever psutil's clock says
+                return proc
             if not _same_start(proc.create_time(), self.create_time) or proc.status() == psutil.STATUS_ZOMBIE:
                 return None
         except psutil.Error:
@@ -74,7 +75,19 @@ class ProcessId:
         return proc
 
     def alive(self) -> bool:
+        """Still running? For a child :func:`spawn` started in this process the answer is the kernel's
+        (it has not been reaped), never psutil's look at it: a look that failed, or a create time read
+        apart, ended the wait for a soak that was still training, so its exit status was never read and
+        it ran on unstopped."""
+        _reap(self.pid)
+        if _ours(self):
+            return True
         return self.process() is not None
+
+
+def _ours(ident: ProcessId) -> bool:
+    """Is ``ident`` a child :func:`spawn` started in this process, not reaped yet?"""
+    return ident.pid in _CHILDREN and _SPAWNED.get(ident.pid) == ident
 
 
 def _same_start(a: float, b: float) -> bool:
@@ -232,20 +245,24 @@ def spawn(
             raise ServiceError(f"cannot start {argv[0]}: {exc.strerror or exc}; is it installed?") from None
     _CHILDREN[proc.pid] = proc
     _EXITED.pop(proc.pid, None)  # a reused pid starts without an old child's exit code
-    ident = ProcessId.of(proc.pid)
-    if ident is None:  # exited before psutil could look: keep the pid so the caller sees "gone"
-        return ProcessId(proc.pid, 0.0)
+    ident = ProcessId.of(proc.pid) or ProcessId(proc.pid, 0.0)  # psutil could not look: ours all the same
+    _SPAWNED[proc.pid] = ident
     return ident
 
 
 def _dies_with(parent: int) -> Callable[[], None]:
-    """``preexec_fn`` of a child that the kernel kills when ``parent`` dies (Linux only)."""
+    """``preexec_fn`` of a child that the kernel kills when ``parent`` dies (Linux only).
+
+    ``prctl`` is looked up here, in the parent: the child runs this between fork and exec, where an
+    import could wait forever on a lock another thread of the parent held at the fork.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
 
     def setup() -> None:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the request: it will never be delivered
             os._exit(1)
 
@@ -280,7 +297,7 @@ def _session_members(ident: ProcessId) -> list[psutil.Process]:
     names a *new* leader (create time differs): then our session is empty and nothing is ours.
     """
     with contextlib.suppress(psutil.Error):
-        if not _same_start(psutil.Process(ident.pid).create_time(), ident.create_time):
+        if not _ours(ident) and not _same_start(psutil.Process(ident.pid).create_time(), ident.create_time):
             return []
     members = []
     for proc in psutil.process_iter(["pid"]):
@@ -302,8 +319,9 @@ def terminate(
     ``timeout`` seconds, then wait until every member is gone, so the ports and shared memory are free
     when this returns.
     """
+    child = _CHILDREN.get(ident.pid) if _ours(ident) else None
     proc = ident.process()
-    was_running = proc is not None
+    was_running = proc is not None or (child is not None and child.poll() is None)
     if proc is not None:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
@@ -311,6 +329,16 @@ def terminate(
             with contextlib.suppress(psutil.Error):
                 proc.kill()
             _wait_gone([proc], timeout)
+    elif child is not None and child.poll() is None:  # ours, though psutil cannot see it: the Popen can
+        with contextlib.suppress(OSError):
+            child.send_signal(sig)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
     kill_all(_session_members(ident), timeout=timeout)
     _reap(ident.pid)
     return was_running

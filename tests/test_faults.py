@@ -702,3 +702,23 @@ def test_a_hooks_own_redis_client_rides_out_a_restart(tmp_path: Path) -> None:
                 await client.aclose()
 
         anyio.run(scenario)
+
+
+def test_our_own_child_is_alive_until_the_kernel_says_so_and_its_exit_status_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 3's other half: when psutil could not look at a child right after it started (or read its
+    start time apart), spawn's identity did not match it, alive() was False at once, the TARS-1005 soak
+    was taken for ended while it trained on, unstopped, and its exit status was never read ('soak of fixed
+    exited None' in CI and the demo). A child spawn started here is alive until it is reaped."""
+    from tars_core.processes import ProcessId, exit_code, spawn, terminate
+    from tars_core.waiting import wait_until
+
+    monkeypatch.setattr(ProcessId, "of", classmethod(lambda cls, pid: None))  # psutil's look failed
+    ident = spawn(["sh", "-c", "sleep 1; exit 3"], log=tmp_path / "child.log", die_with_parent=True)
+    assert ident.alive()
+    wait_until(lambda: not ident.alive(), timeout=30, interval=0.05, what="the child ended")
+    assert exit_code(ident) == 3
+    sleeper = spawn(["sleep", "600"], log=tmp_path / "sleeper.log")
+    assert terminate(sleeper, timeout=5) and not sleeper.alive()
+    assert exit_code(sleeper) == -15

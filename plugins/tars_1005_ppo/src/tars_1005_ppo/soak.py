@@ -408,6 +408,21 @@ def _checkpoint(
     tmp.replace(state_file)
 
 
+#: Environment variable every soak process carries: the folder it works in.
+SOAK_MARK = "TARS_1005_SOAK_DIR"
+
+
+def stop_leftover_soaks(out: Path) -> list[int]:
+    """Kill soak processes still running in ``out`` (a run killed before soaks died with their parent);
+    returns their pids. Two soaks in one folder would fight over its files and its verdict."""
+    from tars_core.processes import kill_all, marked_processes
+
+    leftovers = marked_processes((SOAK_MARK, str(out.resolve())))
+    if leftovers:
+        kill_all(leftovers, timeout=10.0)
+    return [p.pid for p in leftovers]
+
+
 async def soak_subprocess(
     out: Path, *, impl: str, fix: PPOFixConfig, iterations: int, warmup: str = "0.2", sample_every: int = 1
 ) -> Verdict:
@@ -422,6 +437,7 @@ async def soak_subprocess(
     from tars_core.waiting import WaitTimeout, await_until
 
     out.mkdir(parents=True, exist_ok=True)
+    stop_leftover_soaks(out)
     cfg_file = out / "trainer-config.json"
     cfg_file.write_text(json.dumps(cattrs.unstructure(fix.trainer)))
     verdict_file = out / "verdict.json"
@@ -450,7 +466,10 @@ async def soak_subprocess(
         "0",
     ]
     log = out / "soak.log"
-    ident = spawn(argv, log=log, env={"TF_CPP_MIN_LOG_LEVEL": "2"}, banner=f"{impl} soak")
+    # dies with this process however it dies (a SIGKILLed tars-run left a 600 MB soak training on), and
+    # carries its folder so that a leftover of an older core is still found by the next soak here
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", SOAK_MARK: str(out.resolve())}
+    ident = spawn(argv, log=log, env=env, banner=f"{impl} soak", die_with_parent=True)
     timeout_s = fix.soak_timeout_s
     try:
         await await_until(lambda: not ident.alive(), timeout=timeout_s, interval=0.5, what=f"{impl} soak")
