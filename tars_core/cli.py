@@ -50,6 +50,12 @@ def _options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--plugins", default=d("all"), help="all (default) or NAME[,NAME...]; fix ids work too")
     parser.add_argument("--config", type=Path, default=d(None), help="config file (default ./tars.yaml, else sandbox)")
     parser.add_argument("--state", default=d(None), help="ledger URL: sqlite:///PATH or postgresql://...")
+    parser.add_argument(
+        "--region",
+        default=d(None),
+        help="the region this run releases (overrides release.region): its own rows and lock in the shared "
+        "ledger; status and report show every region unless given",
+    )
     parser.add_argument("--format", choices=("text", "json"), default=d("text"))
     parser.add_argument(
         "--dry-run", action="store_true", default=d(False), help="change nothing; say what would happen"
@@ -92,8 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
         "verify": "check every selected fix is in place and working",
         "rollback": "undo the selected fixes in reverse order",
         "benchmark": "measure each fix (before/after figures)",
-        "report": "write .tars/reports/<release>/ (report.json, report.md, junit.xml)",
-        "status": "what the ledger says about each plugin",
+        "report": "write .tars/reports/<release>/[<region>/] (report.json, report.md, junit.xml)",
+        "status": "what the ledger says about each plugin, in every region",
         "sandbox": "manage the embedded sandbox deployment",
         "new-plugin": "scaffold a third-party plugin distribution",
     }
@@ -257,10 +263,12 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
         return sandbox.run_command(host, root, args.action, args.format)
     import anyio
 
-    from tars_core.config import find_config, load_config, plugin_config
+    from tars_core.config import check_region, find_config, load_config, plugin_config
     from tars_core.ledger import open_ledger
     from tars_core.runner import Runner
 
+    if args.region is not None:  # before the sandbox may start: bad input changes nothing
+        check_region(args.region, "--region")
     cfg_path = find_config(args.config, root)
     if cfg_path is None:
         cfg_path = _sandbox_config(host, root, start=args.command in NEEDS_TARGETS and not args.dry_run)
@@ -268,7 +276,8 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
     plugins = host.select(args.plugins, with_requirements=args.command in ("apply", "plan"))
     for p in plugins:  # every config error before anything runs
         plugin_config(p.info, cfg)
-    ledger = open_ledger(args.state or cfg.state.url, root, redactor)
+    region = args.region or cfg.release.region or ""
+    ledger = open_ledger(args.state or cfg.state.url, root, redactor, region)
     runner = Runner(
         host,
         cfg,
@@ -406,10 +415,12 @@ async def _command(runner: Runner, args: argparse.Namespace, plugins: list[Loade
         recovered = await runner.resolve_crashed()
     else:
         recovered = []
-    if cmd in ("plan", "status"):
-        return await _plan_or_status(runner, plugins, cmd, fmt)
+    if cmd == "plan":
+        return await _plan(runner, plugins, fmt)
+    if cmd == "status":
+        return await _status(runner, plugins, fmt, args.region)
     if cmd == "report":
-        return await _report(runner, plugins, fmt)
+        return await _report(runner, plugins, fmt, args.region)
     import attrs
 
     action = getattr(runner, cmd)
@@ -420,6 +431,7 @@ async def _command(runner: Runner, args: argparse.Namespace, plugins: list[Loade
     doc = {
         "command": cmd,
         "release": runner.release,
+        "region": runner.ledger.region or None,
         "run_id": runner.run_id,
         "dry_run": runner.dry_run,
         "exit_code": int(out.exit_code),
@@ -538,12 +550,12 @@ def _status_row(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> dict[str
     }
 
 
-async def _unfinished(runner: Runner, live: bool) -> dict[str, dict[str, Any]]:
-    """Per plugin, a phase still ``running`` in the ledger: in progress while a run holds the lock, else
-    interrupted by a run that died. The state row says what was true before that phase started, so a
-    status that showed only it hid a half-applied target right after a crash."""
+async def _unfinished(runner: Runner, live: bool, region: str) -> dict[str, dict[str, Any]]:
+    """Per plugin, a phase of ``region`` still ``running`` in the ledger: in progress while a run holds
+    the region's lock, else interrupted by a run that died. The state row says what was true before that
+    phase started, so a status that showed only it hid a half-applied target right after a crash."""
     out: dict[str, dict[str, Any]] = {}
-    for _, rec, release in await runner.ledger.unfinished():
+    for _, rec, release in await runner.ledger.unfinished(region):
         if release == runner.release:
             out[rec.plugin] = {
                 "phase": rec.phase,
@@ -557,29 +569,54 @@ def _same(runner: Runner, p: LoadedPlugin, st: dict[str, str]) -> bool:
     return st.get("version") == p.version and st.get("config_digest") == runner.digest(p)
 
 
-async def _plan_or_status(runner: Runner, plugins: list[LoadedPlugin], cmd: str, fmt: str) -> int:
-    import attrs
-
+async def _plan(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
     states = await runner.ledger.states(runner.release)
-    row = _plan_row if cmd == "plan" else _status_row
-    rows = [row(runner, p, states.get(p.name, {})) for p in plugins]
+    rows = [_plan_row(runner, p, states.get(p.name, {})) for p in plugins]
     doc: dict[str, Any] = {
-        "command": cmd,
+        "command": "plan",
         "release": runner.release,
+        "region": runner.ledger.region or None,
         "ledger": runner.ledger.location,
         "plugins": rows,
     }
-    if cmd == "plan":
-        text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
-        _emit(fmt, doc, text)
-        return ExitCode.OK
-    doc["last_run"] = last = await runner.ledger.last_run()
-    holder = await runner.ledger.holder()
-    doc["lock"] = attrs.asdict(holder) if holder else None
-    unfinished = await _unfinished(runner, live=holder is not None)
+    text = "\n".join(f"{i + 1}. {r['plugin']:24} {r['state']:12} -> {r['action']}" for i, r in enumerate(rows))
+    _emit(fmt, doc, text)
+    return ExitCode.OK
+
+
+async def _shown_regions(runner: Runner, explicit: str | None) -> list[str]:
+    """The regions ``status`` and ``report`` show: the one given with ``--region``, else every region of
+    the release in the ledger (this runner's own too, once it has a name), else the runner's own."""
+    if explicit is not None:
+        return [explicit]
+    found = await runner.ledger.regions(runner.release)
+    own = runner.ledger.region
+    if (own and own not in found) or not found:
+        found = sorted({*found, own})
+    return found
+
+
+async def _region_status(runner: Runner, plugins: list[LoadedPlugin], region: str) -> dict[str, Any]:
+    """One region's state of the release: each plugin's row, its last run and who holds its lock."""
+    import attrs
+
+    ledger = runner.ledger
+    states = await ledger.states(runner.release, region)
+    rows = [_status_row(runner, p, states.get(p.name, {})) for p in plugins]
+    holder = await ledger.holder(region)
+    unfinished = await _unfinished(runner, live=holder is not None, region=region)
     for r in rows:
         r["unfinished"] = unfinished.get(r["plugin"])
+    return {
+        "region": region or None,
+        "plugins": rows,
+        "last_run": await ledger.last_run(region),
+        "lock": attrs.asdict(holder) if holder else None,
+        "_holder": holder,
+    }
 
+
+def _status_text(block: dict[str, Any]) -> str:
     def note(r: dict[str, Any]) -> str:
         u = r["unfinished"]
         if u is None:
@@ -588,35 +625,102 @@ async def _plan_or_status(runner: Runner, plugins: list[LoadedPlugin], cmd: str,
             return f"  {u['phase']} in progress since {u['started_at']}"
         return f"  {u['phase']} INTERRUPTED at {u['started_at']} (its run died; the next apply or rollback resolves it)"
 
+    holder, last = block["_holder"], block["last_run"]
     text = "\n".join(
         f"{r['plugin']:24} {r['state']:14} {r['applied_version'] or '':10} {r['updated_at'] or ''}{note(r)}"
-        for r in rows
+        for r in block["plugins"]
     )
     if last:
         outcome = last["outcome"] or ("running" if holder is not None else "died (the next run resolves it)")
         text += f"\nlast run: {last['command']} {outcome} at {last['started_at']}"
-    text += f"\nlock: {holder.describe() if holder else 'free'}"
+    return text + f"\nlock: {holder.describe() if holder else 'free'}"
+
+
+async def _status(runner: Runner, plugins: list[LoadedPlugin], fmt: str, explicit: str | None) -> int:
+    """Every region's state of the release (or the one of ``--region``). The JSON keeps ``plugins``,
+    ``last_run`` and ``lock`` of this runner's own region at the top, as before regions, and lists every
+    shown region under ``regions``; the text has one block per region once there is more than none."""
+    own = runner.ledger.region
+    shown = await _shown_regions(runner, explicit)
+    blocks = {region: await _region_status(runner, plugins, region) for region in shown}
+    mine = blocks[own] if own in blocks else await _region_status(runner, plugins, own)
+    doc: dict[str, Any] = {
+        "command": "status",
+        "release": runner.release,
+        "ledger": runner.ledger.location,
+        "region": own or None,
+        **{k: v for k, v in mine.items() if k in ("plugins", "last_run", "lock")},
+        "regions": [{k: v for k, v in b.items() if k != "_holder"} for b in blocks.values()],
+    }
+    if shown == [""]:
+        text = _status_text(blocks[""])
+    else:
+        text = "\n\n".join(f"== {_region_title(region)} ==\n{_status_text(blocks[region])}" for region in shown)
     _emit(fmt, doc, text)
     return ExitCode.OK
 
 
-async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
+def _region_title(region: str) -> str:
+    return f"region {region}" if region else "no region (rows written without --region)"
+
+
+async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str, explicit: str | None) -> int:
+    """The report of one region (``--region R``: ``.tars/reports/<release>/R/``), or of every region of
+    the release in one report with a section per region (``.tars/reports/<release>/``). A ledger without
+    regions gets the report it always had."""
+    from tars_core.report import write_regions_report, write_report
+
+    shown = await _shown_regions(runner, explicit)
+    base = runner.root / ".tars" / "reports" / runner.release
+    versions = {p.name: p.version for p in plugins}
+    if explicit is not None or shown == [""]:
+        region = shown[0]
+        release, sections = await _region_report(runner, plugins, region, base / region if region else base)
+        paths = write_report(release, sections, runner.redact, versions, region=region or None)
+        states = {region: dict(release.states)}
+    else:
+        parts = []
+        for region in shown:
+            release, sections = await _region_report(runner, plugins, region, base / region if region else base)
+            parts.append((region, release, sections))
+        paths = write_regions_report(runner.release, parts, runner.redact, versions, base)
+        states = {region: dict(release.states) for region, release, _ in parts}
+    _stderr(f"tars-run: report written to {paths['md']}")
+    own = runner.ledger.region
+    _emit(
+        fmt,
+        {
+            "command": "report",
+            "release": runner.release,
+            "files": {k: str(v) for k, v in paths.items()},
+            # this runner's region's states, as before regions ({} when the report does not show it)
+            "states": states.get(own, next(iter(states.values())) if len(states) == 1 else {}),
+            "regions": states,
+        },
+        str(paths["md"]),
+    )
+    return ExitCode.OK
+
+
+async def _region_report(
+    runner: Runner, plugins: list[LoadedPlugin], region: str, report_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """One region's release, rebuilt from the ledger, and the sections its plugins' report hooks add."""
     from tars_core.config import converter
     from tars_core.errors import HookStillRunning
-    from tars_core.report import build_release, write_report
+    from tars_core.report import build_release
 
     ledger = runner.ledger
-    report_dir = runner.root / ".tars" / "reports" / runner.release
     targets = runner.redact.data(converter.unstructure(runner.cfg.targets))
     release = build_release(
         runner.release,
         plugins,
-        await ledger.states(runner.release),
-        await ledger.phases(runner.release),
-        await ledger.benchmarks(runner.release),
+        await ledger.states(runner.release, region),
+        await ledger.phases(runner.release, region),
+        await ledger.benchmarks(runner.release, region),
         targets,
         report_dir,
-        await ledger.judgements(runner.release),
+        await ledger.judgements(runner.release, region),
     )
     sections: dict[str, Any] = {}
     for p in plugins:
@@ -631,19 +735,7 @@ async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str) -> int:
             if isinstance(exc, HookStillRunning):
                 runner.stuck.append(p.name)  # the process must not wait for it at exit
             sections[p.name] = runner.redact(f"tars_report failed: {type(exc).__name__}: {exc}")
-    paths = write_report(release, sections, runner.redact, {p.name: p.version for p in plugins})
-    _stderr(f"tars-run: report written to {paths['md']}")
-    _emit(
-        fmt,
-        {
-            "command": "report",
-            "release": runner.release,
-            "files": {k: str(v) for k, v in paths.items()},
-            "states": dict(release.states),
-        },
-        str(paths["md"]),
-    )
-    return ExitCode.OK
+    return release, sections
 
 
 if __name__ == "__main__":  # pragma: no cover

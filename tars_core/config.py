@@ -47,6 +47,35 @@ class Timeouts:
 TIMED_PHASES = tuple(a.name for a in attrs.fields(Timeouts))
 
 
+#: A region name: letters, digits, ``-`` and ``_``, starting and ending with a letter or digit, at most
+#: 63 characters (a DNS label: the Helm chart puts it into Job names; a SQLite ledger into a file name).
+REGION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+
+
+def _region_problem(value: object) -> str | None:
+    if isinstance(value, str) and REGION.fullmatch(value):
+        return None
+    return (
+        "expected a region name such as us-east-1 (letters, digits, - and _, at most 63, starting and ending "
+        f"with a letter or digit), got {value!r}"
+    )
+
+
+def check_region(value: object, where: str) -> str:
+    """``value`` as a region name, or a :class:`ConfigError` (exit 2) naming ``where`` it came from."""
+    problem = _region_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
+    return str(value)
+
+
+def _region_name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    """The validator of ``release.region``; its message reaches the user (``release: region: ...``)."""
+    problem = _region_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name}: {problem}")
+
+
 @attrs.define
 class ReleaseConfig:
     """The ``release`` section.
@@ -78,6 +107,9 @@ class ReleaseConfig:
     # a rollback that cannot reach its target is tried again this many times, delay x the try apart
     rollback_retries: int = attrs.field(default=2, validator=non_negative)
     rollback_retry_delay: float = attrs.field(default=2.5, validator=non_negative)
+    # the region this runner releases (``--region`` overrides it): its own ledger rows and run lock inside
+    # one shared ledger, so the regions of one release run in parallel; None: the ledger without regions
+    region: str | None = attrs.field(default=None, validator=attrs.validators.optional(_region_name))
 
 
 @attrs.define

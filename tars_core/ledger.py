@@ -10,6 +10,13 @@ Locking: SQLite uses ``flock`` on a sibling ``.lock`` file (released by the kern
 PostgreSQL uses a session advisory lock (released when the holder's connection drops). In both cases the
 holder writes who it is (host, pid, start time) so a refused run can name it.
 
+Regions: a ledger is opened for one region (``release.region`` / ``--region``; ``""`` is the ledger
+without regions, as every ledger before schema 3). Runs, phases, plugin states, benchmarks, judgements
+and the run lock belong to a region, so runners of different regions of one release proceed in parallel
+on one shared ledger while two runners of the same region still exclude each other; crash recovery only
+touches the rows of its own region. Reads take an optional ``region`` so ``status`` and ``report`` can
+show every region.
+
 Every write is one statement or one transaction (a row is replaced with an upsert, never DELETE then
 INSERT), so a SIGKILL at any instant leaves the old row or the new one. Outcomes and states are the
 enums of :mod:`tars_core.model`, stored as their string values.
@@ -18,6 +25,7 @@ enums of :mod:`tars_core.model`, stored as their string values.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -34,13 +42,14 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from tars_core.config import check_region
 from tars_core.errors import LedgerError, LockHeld
 from tars_core.model import Evidence, JudgementRecord, Outcome, PhaseRecord, PluginState
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
-ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database
+SCHEMA_VERSION = 3
+ADVISORY_KEY = 0x7A125  # arbitrary constant shared by every tars-run using the same database (region "")
 BUSY_TIMEOUT = 30.0  # seconds a SQLite write waits for another process's write lock before giving up
 HOLDER_WAIT = 2.0  # seconds a refused run waits for the holder's identity to appear (see acquire)
 CRASHED = "crashed"  # tars_runs.outcome of a run whose process died; the others are ExitCode names
@@ -73,9 +82,51 @@ _MIGRATIONS: dict[int, list[str]] = {
         kind TEXT NOT NULL, verdict TEXT NOT NULL, reasons TEXT NOT NULL, evidence TEXT NOT NULL,
         score DOUBLE PRECISION, started_at TEXT NOT NULL, ended_at TEXT NOT NULL)""",
     ],
+    # regions: every row belongs to one ("" for the rows written before, i.e. the ledger without regions);
+    # the tables whose primary key must include it are rebuilt (SQLite cannot change a primary key)
+    3: [
+        "ALTER TABLE tars_runs ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tars_phases ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tars_judgements ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE tars_state_v3 (
+        release TEXT NOT NULL, region TEXT NOT NULL DEFAULT '', plugin TEXT NOT NULL, state TEXT NOT NULL,
+        version TEXT NOT NULL, config_digest TEXT NOT NULL, updated_at TEXT NOT NULL, run_id TEXT NOT NULL,
+        PRIMARY KEY (release, region, plugin))""",
+        "INSERT INTO tars_state_v3 (release, plugin, state, version, config_digest, updated_at, run_id) "
+        "SELECT release, plugin, state, version, config_digest, updated_at, run_id FROM tars_state",
+        "DROP TABLE tars_state",
+        "ALTER TABLE tars_state_v3 RENAME TO tars_state",
+        """CREATE TABLE tars_benchmarks_v3 (
+        release TEXT NOT NULL, region TEXT NOT NULL DEFAULT '', plugin TEXT NOT NULL, run_id TEXT NOT NULL,
+        at TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (release, region, plugin))""",
+        "INSERT INTO tars_benchmarks_v3 (release, plugin, run_id, at, data) "
+        "SELECT release, plugin, run_id, at, data FROM tars_benchmarks",
+        "DROP TABLE tars_benchmarks",
+        "ALTER TABLE tars_benchmarks_v3 RENAME TO tars_benchmarks",
+        # one holder row per region; ``id`` is no longer read (kept so a schema-2 style INSERT still fits)
+        """CREATE TABLE tars_lock_v3 (
+        region TEXT NOT NULL DEFAULT '' PRIMARY KEY, id INTEGER, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        started_at TEXT NOT NULL, command TEXT NOT NULL)""",
+        "INSERT INTO tars_lock_v3 (region, id, host, pid, started_at, command) "
+        "SELECT '', id, host, pid, started_at, command FROM tars_lock WHERE id=1",
+        "DROP TABLE tars_lock",
+        "ALTER TABLE tars_lock_v3 RENAME TO tars_lock",
+    ],
 }
 _JUDGEMENT_COLS = "run_id, monitor, plugin, kind, verdict, reasons, evidence, score, started_at, ended_at"
 _PHASE_COLS = "run_id, plugin, phase, outcome, started_at, ended_at, error, detail, version, config_digest"
+
+
+def advisory_key(region: str) -> int:
+    """The PostgreSQL advisory lock of a region's runs: :data:`ADVISORY_KEY` for the ledger without
+    regions (what every tars-run before regions took), else a stable signed 64-bit digest of the name."""
+    if not region:
+        return ADVISORY_KEY
+    return int.from_bytes(hashlib.sha256(f"tars-region:{region}".encode()).digest()[:8], "big", signed=True)
+
+
+def describe_region(region: str) -> str:
+    return f"region {region}" if region else "no region"
 
 
 def now() -> str:
@@ -115,6 +166,7 @@ class Ledger(ABC):
     """
 
     location: str
+    region: str = ""  # the region this ledger writes (see the module docstring); "" = no region
     on_wait: Callable[[float], None] | None = None
     on_wait_every: float = 5.0
 
@@ -132,8 +184,15 @@ class Ledger(ABC):
     async def release_lock(self) -> None: ...
 
     @abstractmethod
-    async def holder(self) -> Holder | None:
-        """Who holds the run lock right now (``None``: free), without taking it."""
+    async def holder(self, region: str | None = None) -> Holder | None:
+        """Who holds the run lock of ``region`` (default: ours) right now (``None``: free), without taking it."""
+
+    def _region(self, region: str | None) -> str:
+        return self.region if region is None else region
+
+    def _where(self) -> str:
+        """Where the lock is, for :class:`LockHeld`: the ledger, and the region when there is one."""
+        return f"{self.location}, {describe_region(self.region)}" if self.region else self.location
 
     @abstractmethod
     async def _execute(self, sql: str, *args: Any) -> None: ...
@@ -151,13 +210,15 @@ class Ledger(ABC):
     # -- runs and phases -------------------------------------------------------------------------
     async def start_run(self, run_id: str, release: str, command: str) -> None:
         await self._execute(
-            "INSERT INTO tars_runs (run_id, release, command, host, pid, started_at) VALUES ($1,$2,$3,$4,$5,$6)",
+            "INSERT INTO tars_runs (run_id, release, command, host, pid, started_at, region) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7)",
             run_id,
             release,
             command,
             socket.gethostname(),
             os.getpid(),
             now(),
+            self.region,
         )
 
     async def end_run(self, run_id: str, outcome: str) -> None:
@@ -165,7 +226,9 @@ class Ledger(ABC):
         await self._execute("UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE run_id=$3", now(), outcome, run_id)
 
     async def phase_start(self, run_id: str, release: str, plugin: str, phase: str, version: str, digest: str) -> int:
-        return await self._insert_phase((run_id, release, plugin, phase, str(Outcome.RUNNING), now(), version, digest))
+        return await self._insert_phase(
+            (run_id, release, plugin, phase, str(Outcome.RUNNING), now(), version, digest, self.region)
+        )
 
     async def phase_end(
         self, phase_id: int, outcome: Outcome, error: str | None = None, detail: str | None = None
@@ -179,47 +242,70 @@ class Ledger(ABC):
             phase_id,
         )
 
-    async def unfinished(self) -> list[tuple[int, PhaseRecord, str]]:
-        """Phases left ``running`` by a dead run, with their row id and release."""
+    async def unfinished(self, region: str | None = None) -> list[tuple[int, PhaseRecord, str]]:
+        """Phases of ``region`` (default: ours) left ``running`` by a dead run (or in flight in a run that
+        holds that region's lock), with their row id and release."""
         rows = await self._fetch(
-            f"SELECT id, release, {_PHASE_COLS} FROM tars_phases WHERE outcome=$1 ORDER BY id", str(Outcome.RUNNING)
+            f"SELECT id, release, {_PHASE_COLS} FROM tars_phases WHERE outcome=$1 AND region=$2 ORDER BY id",
+            str(Outcome.RUNNING),
+            self._region(region),
         )
         return [(int(r[0]), PhaseRecord(*r[2:]), str(r[1])) for r in rows]
 
     async def close_dead_runs(self, current: str) -> list[str]:
-        """Mark runs that never ended (their process died) as crashed; called with the lock held."""
-        rows = await self._fetch("SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1", current)
+        """Mark runs of our region that never ended (their process died) as crashed; called with our
+        region's lock held (another region's open run is alive under its own lock)."""
+        rows = await self._fetch(
+            "SELECT run_id FROM tars_runs WHERE ended_at IS NULL AND run_id <> $1 AND region=$2", current, self.region
+        )
         if rows:
             await self._execute(
-                "UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE ended_at IS NULL AND run_id <> $3",
+                "UPDATE tars_runs SET ended_at=$1, outcome=$2 WHERE ended_at IS NULL AND run_id <> $3 AND region=$4",
                 now(),
                 CRASHED,
                 current,
+                self.region,
             )
         return [r[0] for r in rows]
 
-    async def phases(self, release: str) -> list[PhaseRecord]:
-        rows = await self._fetch(f"SELECT {_PHASE_COLS} FROM tars_phases WHERE release=$1 ORDER BY id", release)
+    async def phases(self, release: str, region: str | None = None) -> list[PhaseRecord]:
+        rows = await self._fetch(
+            f"SELECT {_PHASE_COLS} FROM tars_phases WHERE release=$1 AND region=$2 ORDER BY id",
+            release,
+            self._region(region),
+        )
         return [PhaseRecord(*r) for r in rows]
 
-    async def last_run(self) -> dict[str, Any] | None:
+    async def last_run(self, region: str | None = None) -> dict[str, Any] | None:
+        """The latest run of ``region`` (default: ours), of any release: the one its lock last served."""
         rows = await self._fetch(
             "SELECT run_id, release, command, host, pid, started_at, ended_at, outcome FROM tars_runs "
-            "ORDER BY started_at DESC LIMIT 1"
+            "WHERE region=$1 ORDER BY started_at DESC LIMIT 1",
+            self._region(region),
         )
         keys = ("run_id", "release", "command", "host", "pid", "started_at", "ended_at", "outcome")
         return dict(zip(keys, rows[0], strict=True)) if rows else None
+
+    async def regions(self, release: str) -> list[str]:
+        """Every region that has run, or holds a state, of ``release`` (``""``: rows without a region)."""
+        rows = await self._fetch(
+            "SELECT region FROM tars_runs WHERE release=$1 UNION SELECT region FROM tars_state WHERE release=$1 "
+            "UNION SELECT region FROM tars_phases WHERE release=$1",
+            release,
+        )
+        return sorted({str(r[0]) for r in rows})
 
     # -- per-plugin state ------------------------------------------------------------------------
     async def set_state(
         self, release: str, plugin: str, state: PluginState, version: str, digest: str, run_id: str
     ) -> None:
         await self._execute(
-            "INSERT INTO tars_state (release, plugin, state, version, config_digest, updated_at, run_id) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (release, plugin) DO UPDATE SET state=excluded.state, "
-            "version=excluded.version, config_digest=excluded.config_digest, updated_at=excluded.updated_at, "
-            "run_id=excluded.run_id",
+            "INSERT INTO tars_state (release, region, plugin, state, version, config_digest, updated_at, run_id) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (release, region, plugin) DO UPDATE SET "
+            "state=excluded.state, version=excluded.version, config_digest=excluded.config_digest, "
+            "updated_at=excluded.updated_at, run_id=excluded.run_id",
             release,
+            self.region,
             plugin,
             str(state),
             version,
@@ -228,27 +314,33 @@ class Ledger(ABC):
             run_id,
         )
 
-    async def states(self, release: str) -> dict[str, dict[str, str]]:
+    async def states(self, release: str, region: str | None = None) -> dict[str, dict[str, str]]:
         rows = await self._fetch(
-            "SELECT plugin, state, version, config_digest, updated_at, run_id FROM tars_state WHERE release=$1",
+            "SELECT plugin, state, version, config_digest, updated_at, run_id FROM tars_state "
+            "WHERE release=$1 AND region=$2",
             release,
+            self._region(region),
         )
         keys = ("state", "version", "config_digest", "updated_at", "run_id")
         return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
 
     async def save_benchmark(self, release: str, plugin: str, run_id: str, data: dict[str, Any]) -> None:
         await self._execute(
-            "INSERT INTO tars_benchmarks (release, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5) "
-            "ON CONFLICT (release, plugin) DO UPDATE SET run_id=excluded.run_id, at=excluded.at, data=excluded.data",
+            "INSERT INTO tars_benchmarks (release, region, plugin, run_id, at, data) VALUES ($1,$2,$3,$4,$5,$6) "
+            "ON CONFLICT (release, region, plugin) DO UPDATE SET run_id=excluded.run_id, at=excluded.at, "
+            "data=excluded.data",
             release,
+            self.region,
             plugin,
             run_id,
             now(),
             json.dumps(data),
         )
 
-    async def benchmarks(self, release: str) -> dict[str, dict[str, Any]]:
-        rows = await self._fetch("SELECT plugin, data FROM tars_benchmarks WHERE release=$1", release)
+    async def benchmarks(self, release: str, region: str | None = None) -> dict[str, dict[str, Any]]:
+        rows = await self._fetch(
+            "SELECT plugin, data FROM tars_benchmarks WHERE release=$1 AND region=$2", release, self._region(region)
+        )
         return {r[0]: json.loads(r[1]) for r in rows}
 
     # -- release gates ---------------------------------------------------------------------------
@@ -256,8 +348,10 @@ class Ledger(ABC):
         """One row per judgement, in one INSERT: a crash leaves the judgement recorded whole or not at all."""
         evidence = [attrs.asdict(e) for e in record.evidence]
         await self._execute(
-            f"INSERT INTO tars_judgements (release, {_JUDGEMENT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            f"INSERT INTO tars_judgements (release, region, {_JUDGEMENT_COLS}) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
             release,
+            self.region,
             record.run_id,
             record.monitor,
             record.plugin,
@@ -270,8 +364,12 @@ class Ledger(ABC):
             record.ended_at,
         )
 
-    async def judgements(self, release: str) -> list[JudgementRecord]:
-        rows = await self._fetch(f"SELECT {_JUDGEMENT_COLS} FROM tars_judgements WHERE release=$1 ORDER BY id", release)
+    async def judgements(self, release: str, region: str | None = None) -> list[JudgementRecord]:
+        rows = await self._fetch(
+            f"SELECT {_JUDGEMENT_COLS} FROM tars_judgements WHERE release=$1 AND region=$2 ORDER BY id",
+            release,
+            self._region(region),
+        )
         return [
             JudgementRecord(
                 run_id=r[0],
@@ -327,10 +425,11 @@ class SQLiteLedger(Ledger):
     through ``on_wait``, up to :data:`BUSY_TIMEOUT`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, region: str = "") -> None:
         self.path = path
         self.location = str(path)
-        self.lock_path = path.with_name(path.name + ".lock")
+        self.region = region
+        self.lock_path = self._lock_path(region)
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._limiter: anyio.CapacityLimiter | None = None
@@ -344,7 +443,14 @@ class SQLiteLedger(Ledger):
             await self._call(lambda db: db.execute("PRAGMA synchronous=NORMAL"))
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}; check --state and permissions") from None
-        await self._migrate()
+        # Two runs opening an older ledger at once (two regions starting together) must not both migrate
+        # it: a flock around the check and the migration, as PostgreSQL's advisory lock does there.
+        fd = os.open(self.path.with_name(self.path.name + ".migrate"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+            await self._migrate()
+        finally:
+            os.close(fd)  # releases the flock
 
     async def close(self) -> None:
         await self.release_lock()
@@ -395,16 +501,21 @@ class SQLiteLedger(Ledger):
                     await anyio.sleep(0.01)
                     continue
                 os.close(fd)
-                raise LockHeld(current, self.location) from None
+                raise LockHeld(current, self._where()) from None
             break
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(attrs.asdict(holder)).encode())
         os.fsync(fd)
         self._lock_fd = fd
 
-    async def holder(self) -> Holder | None:
+    def _lock_path(self, region: str) -> Path:
+        """The run lock of a region: ``state.db.lock`` without one (as before regions), else
+        ``state.db.<region>.lock`` (a region name is a plain file-name word, see :data:`REGION`)."""
+        return self.path.with_name(f"{self.path.name}.{region}.lock" if region else f"{self.path.name}.lock")
+
+    async def holder(self, region: str | None = None) -> Holder | None:
         deadline = time.monotonic() + HOLDER_WAIT
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._lock_path(self._region(region)), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             while True:
                 try:
@@ -440,8 +551,8 @@ class SQLiteLedger(Ledger):
 
     async def _insert_phase(self, values: Sequence[Any]) -> int:
         sql = (
-            "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version, config_digest)"
-            " VALUES (?,?,?,?,?,?,?,?)"
+            "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version, config_digest,"
+            " region) VALUES (?,?,?,?,?,?,?,?,?)"
         )
         return await self._call(lambda db: int(db.execute(sql, tuple(values)).lastrowid or 0))
 
@@ -464,9 +575,11 @@ class PostgresLedger(Ledger):
 
     _serial = "BIGSERIAL PRIMARY KEY"
 
-    def __init__(self, dsn: str, redacted: str) -> None:
+    def __init__(self, dsn: str, redacted: str, region: str = "") -> None:
         self.dsn = dsn
         self.location = redacted
+        self.region = region
+        self._key = advisory_key(region)
         self._conn: Any = None
         self._locked = False
 
@@ -494,35 +607,38 @@ class PostgresLedger(Ledger):
         """The session advisory lock, then our row in ``tars_lock``; a loser that finds no row yet (taken,
         not written; or being released) looks again for up to :data:`HOLDER_WAIT` s (see SQLite's)."""
         deadline = time.monotonic() + HOLDER_WAIT
-        while not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
-            current = await self._lock_row()
+        while not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
+            current = await self._lock_row(self.region)
             if current is not None or time.monotonic() >= deadline:
-                raise LockHeld(current, self.location)
+                raise LockHeld(current, self._where())
             await anyio.sleep(0.01)
         self._locked = True
         await self._conn.execute(
-            "INSERT INTO tars_lock (id, host, pid, started_at, command) VALUES (1,$1,$2,$3,$4) ON CONFLICT (id) "
-            "DO UPDATE SET host=excluded.host, pid=excluded.pid, started_at=excluded.started_at, "
-            "command=excluded.command",
+            "INSERT INTO tars_lock (region, host, pid, started_at, command) VALUES ($1,$2,$3,$4,$5) "
+            "ON CONFLICT (region) DO UPDATE SET host=excluded.host, pid=excluded.pid, "
+            "started_at=excluded.started_at, command=excluded.command",
+            self.region,
             holder.host,
             holder.pid,
             holder.started_at,
             holder.command,
         )
 
-    async def _lock_row(self) -> Holder | None:
-        row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE id=1")
+    async def _lock_row(self, region: str) -> Holder | None:
+        row = await self._conn.fetchrow("SELECT host, pid, started_at, command FROM tars_lock WHERE region=$1", region)
         return Holder(**dict(row)) if row else None
 
-    async def holder(self) -> Holder | None:
-        if self._locked:
+    async def holder(self, region: str | None = None) -> Holder | None:
+        region = self._region(region)
+        if self._locked and region == self.region:
             return Holder.me("this run")
+        key = advisory_key(region)
         deadline = time.monotonic() + HOLDER_WAIT
         while True:
-            if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_KEY):
-                await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+            if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                await self._conn.execute("SELECT pg_advisory_unlock($1)", key)
                 return None
-            current = await self._lock_row()
+            current = await self._lock_row(region)
             if current is not None:
                 return current
             if time.monotonic() >= deadline:
@@ -531,8 +647,8 @@ class PostgresLedger(Ledger):
 
     async def release_lock(self) -> None:
         if self._locked and self._conn is not None:
-            await self._conn.execute("DELETE FROM tars_lock WHERE id=1")
-            await self._conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_KEY)
+            await self._conn.execute("DELETE FROM tars_lock WHERE region=$1", self.region)
+            await self._conn.execute("SELECT pg_advisory_unlock($1)", self._key)
             self._locked = False
 
     async def _execute(self, sql: str, *args: Any) -> None:
@@ -550,18 +666,22 @@ class PostgresLedger(Ledger):
         return int(
             await self._conn.fetchval(
                 "INSERT INTO tars_phases (run_id, release, plugin, phase, outcome, started_at, version,"
-                " config_digest) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
+                " config_digest, region) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING id",
                 *values,
             )
         )
 
 
-def open_ledger(url: str | None, root: Path, redact: Any) -> Ledger:
-    """``None`` or ``sqlite:///path`` -> SQLite; ``postgresql://`` / ``postgres://`` -> PostgreSQL."""
+def open_ledger(url: str | None, root: Path, redact: Any, region: str = "") -> Ledger:
+    """``None`` or ``sqlite:///path`` -> SQLite; ``postgresql://`` / ``postgres://`` -> PostgreSQL; either
+    written for ``region`` (``""``: no region). Both backends take regions with the same meaning; a SQLite
+    file serves the regions of one machine (its locks are flocks), PostgreSQL those of many."""
+    if region:
+        check_region(region, "--region")
     if not url:
-        return SQLiteLedger(root / ".tars" / "state.db")
+        return SQLiteLedger(root / ".tars" / "state.db", region)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresLedger(url, redact(url))
+        return PostgresLedger(url, redact(url), region)
     if url.startswith("sqlite:///"):
-        return SQLiteLedger(Path(url[len("sqlite:///") :]))
+        return SQLiteLedger(Path(url[len("sqlite:///") :]), region)
     raise LedgerError(f"unsupported --state {redact(url)!r}: use sqlite:///PATH or postgresql://...")

@@ -4,6 +4,9 @@ The report is rebuilt from the ledger (not from the last run's memory), so it te
 every phase ever recorded for the release, including crashes that were resolved later. Plugins add
 sections through ``tars_report``; a plugin whose hook raises gets a section saying so instead of
 silently disappearing from the evidence.
+
+A release run in several regions (``release.region``) has a report per region (``write_report`` with
+``region``) and one for all of them with a section per region (``write_regions_report``).
 """
 
 from __future__ import annotations
@@ -146,12 +149,67 @@ def write_report(
     sections: dict[str, ReportSection | str],
     redact: Redactor,
     versions: dict[str, str],
+    region: str | None = None,
 ) -> dict[str, Path]:
-    """Write the three files; ``sections`` maps plugin name to its section or to an error text."""
+    """Write the three files; ``sections`` maps plugin name to its section or to an error text; a
+    ``region`` is named in each (the ledger rows behind them are that region's)."""
     out = release.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {
+    doc = redact.data(_report_doc(release, sections, versions, region))
+    paths = {"json": out / "report.json", "md": out / "report.md", "junit": out / "junit.xml"}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["md"].write_text(redact(_markdown(doc)))
+    paths["junit"].write_text(redact(ET.tostring(_junit_suite(doc), encoding="unicode") + "\n"))
+    return paths
+
+
+def write_regions_report(
+    name: str,
+    parts: Sequence[tuple[str, Release, dict[str, ReportSection | str]]],
+    redact: Redactor,
+    versions: dict[str, str],
+    out: Path,
+) -> dict[str, Path]:
+    """One report of a release across regions: ``parts`` is (region, its release, its sections) per
+    region (``""``: rows written without a region). report.json has the region documents under
+    ``regions``; report.md a summary table, then each region's report one heading level down; junit.xml
+    one test suite per region, so CI shows which region failed."""
+    out.mkdir(parents=True, exist_ok=True)
+    docs = [redact.data(_report_doc(release, sections, versions, region)) for region, release, sections in parts]
+    doc = {"release": name, "regions": docs}
+    summary = [
+        (
+            _region_name(d["region"]),
+            p["name"],
+            p["state"],
+            f"{p['phases'][-1]['phase']} {p['phases'][-1]['outcome']}" if p["phases"] else "never run",
+        )
+        for d in docs
+        for p in d["plugins"]
+    ]
+    lines = [f"# Release {name} in {len(docs)} region{'s' if len(docs) != 1 else ''}", ""]
+    lines += [markdown_table(("region", "plugin", "state", "last phase"), summary), ""]
+    markdown = "\n".join(lines) + "\n" + "".join(_markdown(d, depth=1) for d in docs)
+    suites = ET.Element("testsuites", name=f"tars-{name}")
+    for d in docs:
+        suites.append(_junit_suite(d, prefix=f"{d['region']}." if d["region"] else ""))
+    paths = {"json": out / "report.json", "md": out / "report.md", "junit": out / "junit.xml"}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["md"].write_text(redact(markdown))
+    paths["junit"].write_text(redact(ET.tostring(suites, encoding="unicode") + "\n"))
+    return paths
+
+
+def _region_name(region: str | None) -> str:
+    return region or "(no region)"
+
+
+def _report_doc(
+    release: Release, sections: dict[str, ReportSection | str], versions: dict[str, str], region: str | None
+) -> dict[str, Any]:
+    return {
         "release": release.name,
+        "region": region or None,
         "targets": release.targets,
         "plugins": [
             {
@@ -171,12 +229,6 @@ def write_report(
         ],
         "judgements": [converter.unstructure(j) for j in release.judgements],
     }
-    doc = redact.data(doc)
-    paths = {"json": out / "report.json", "md": out / "report.md", "junit": out / "junit.xml"}
-    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    paths["md"].write_text(redact(_markdown(doc)))
-    paths["junit"].write_text(redact(_junit(doc)))
-    return paths
 
 
 def _section_data(section: ReportSection | str | None) -> dict[str, Any] | None:
@@ -187,11 +239,15 @@ def _section_data(section: ReportSection | str | None) -> dict[str, Any] | None:
     return {"title": section.title, "markdown": section.markdown, "data": dict(section.data)}
 
 
-def _markdown(doc: dict[str, Any]) -> str:
-    lines = [
-        f"# Release {doc['release']}",
-        "",
-    ]
+def _markdown(doc: dict[str, Any], depth: int = 0) -> str:
+    """The report of one region (or of the ledger without regions); ``depth`` more ``#`` on every heading
+    when it is a section of the report across regions."""
+    deeper = "#" * depth
+    if depth:
+        title = f"# Region {_region_name(doc['region'])}"
+    else:
+        title = f"# Release {doc['release']}" + (f", region {doc['region']}" if doc["region"] else "")
+    lines = [deeper + title, ""]
     rows = []
     for p in doc["plugins"]:
         last = p["phases"][-1] if p["phases"] else None
@@ -208,9 +264,9 @@ def _markdown(doc: dict[str, Any]) -> str:
     targets = ", ".join(f"{k}={v}" for k, v in doc["targets"].items() if v)
     lines += [f"Targets: {targets or 'none'}", ""]
     if doc["judgements"]:
-        lines += _gates_markdown(doc["judgements"])
+        lines += [deeper + line if line.startswith("#") else line for line in _gates_markdown(doc["judgements"])]
     for p in doc["plugins"]:
-        lines += [f"## {p['name']}: {p['title']}", ""]
+        lines += [f"{deeper}## {p['name']}: {p['title']}", ""]
         if p["phases"]:
             rows = [
                 (r["phase"], r["outcome"], r["started_at"], r.get("ended_at"), r.get("error") or r.get("detail"))
@@ -222,7 +278,7 @@ def _markdown(doc: dict[str, Any]) -> str:
                 lines += [p["benchmark"]["detail"], ""]
             lines += [metrics_table(p["benchmark"]["metrics"]), ""]
         if p["section"]:
-            lines += [f"### {p['section']['title']}", "", p["section"]["markdown"], ""]
+            lines += [f"{deeper}### {p['section']['title']}", "", p["section"]["markdown"], ""]
     return "\n".join(lines) + "\n"
 
 
@@ -262,9 +318,11 @@ _FAILING = frozenset({Outcome.FAILED, Outcome.UNREACHED, Outcome.INTERRUPTED, Ou
 _SKIPPING = frozenset({Outcome.SKIPPED, Outcome.DRY_RUN})
 
 
-def _junit(doc: dict[str, Any]) -> str:
-    """One testcase per plugin and phase (its latest outcome), so CI shows which phase of which fix failed."""
-    suite = ET.Element("testsuite", name=f"tars-{doc['release']}")
+def _junit_suite(doc: dict[str, Any], prefix: str = "") -> ET.Element:
+    """One testcase per plugin and phase (its latest outcome), so CI shows which phase of which fix failed;
+    ``prefix`` (``region.``) keeps the class names of two regions apart in one file."""
+    name = f"tars-{doc['release']}" + (f"-{doc['region']}" if doc.get("region") else "")
+    suite = ET.Element("testsuite", name=name)
     tests = failures = skipped = 0
     for p in doc["plugins"]:
         latest: dict[str, dict[str, Any]] = {}
@@ -272,7 +330,7 @@ def _junit(doc: dict[str, Any]) -> str:
             latest[r["phase"]] = r
         for phase, r in latest.items():
             tests += 1
-            case = ET.SubElement(suite, "testcase", classname=p["name"], name=phase)
+            case = ET.SubElement(suite, "testcase", classname=prefix + p["name"], name=phase)
             if r["outcome"] in _FAILING:
                 failures += 1
                 ET.SubElement(case, "failure", message=r.get("error") or r["outcome"]).text = r.get("error") or ""
@@ -282,7 +340,7 @@ def _junit(doc: dict[str, Any]) -> str:
     errors = 0
     for j in doc["judgements"]:  # one testcase per judgement: a failed gate fails CI, a blind one errs
         tests += 1
-        case = ET.SubElement(suite, "testcase", classname=j["monitor"], name=_judged(j))
+        case = ET.SubElement(suite, "testcase", classname=prefix + j["monitor"], name=_judged(j))
         reasons = "; ".join(j["reasons"])
         evidence = "\n".join(f"{e['at']} {e['query']} = {format_number(e['value'])}" for e in j["evidence"])
         if j["verdict"] == "fail":
@@ -297,4 +355,4 @@ def _junit(doc: dict[str, Any]) -> str:
     suite.set("failures", str(failures))
     suite.set("errors", str(errors))
     suite.set("skipped", str(skipped))
-    return ET.tostring(suite, encoding="unicode") + "\n"
+    return suite

@@ -20,6 +20,7 @@ from conftest import Project
 from test_release import one_clear_line
 from test_runner_hooks import ledger_rows
 
+from tars_core.ledger import SCHEMA_VERSION
 from tars_core.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -356,7 +357,7 @@ def test_a_schema_1_sqlite_ledger_is_migrated_in_place(gated: Project) -> None:
     _migrated(gated, f"sqlite:///{path}")
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT value FROM tars_meta").fetchall() == [("2",)]
+        assert db.execute("SELECT value FROM tars_meta").fetchall() == [(str(SCHEMA_VERSION),)]
         assert db.execute("SELECT count(*) FROM tars_judgements").fetchone() == (3,)
     finally:
         db.close()
@@ -379,7 +380,7 @@ def test_a_schema_1_postgres_ledger_is_migrated_in_place(gated: Project, tars_po
 
     anyio.run(run, SCHEMA_1, "")
     _migrated(gated, url)
-    assert anyio.run(run, [], "SELECT value FROM tars_meta") == [("2",)]
+    assert anyio.run(run, [], "SELECT value FROM tars_meta") == [(str(SCHEMA_VERSION),)]
     assert anyio.run(run, [], "SELECT count(*) FROM tars_judgements") == [(3,)]
 
 
