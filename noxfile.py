@@ -82,7 +82,7 @@ def plugin(session: nox.Session, plugin: str) -> None:
     session.run("pytest", "-p", "no:cacheprovider", f"plugins/{plugin}/tests", *session.posargs)
 
 
-LINTED = ("tars_core", "tests", "plugins", "benchmarks", "noxfile.py")
+LINTED = ("tars_core", "tests", "plugins", "benchmarks", "release", "deploy", "noxfile.py")
 
 
 @nox.session(tags=["tests"])
