@@ -231,6 +231,10 @@ def _ignore_late_signals() -> None:
 
 def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> int:
     root = Path.cwd()
+    if args.region is not None:  # first, whatever the command: bad input changes nothing
+        from tars_core.config import check_region
+
+        check_region(args.region, "--region")
     if args.command == "new-plugin":
         from tars_core.scaffold import new_plugin
 
@@ -263,12 +267,10 @@ def _main(args: argparse.Namespace, blocked: list[str], redactor: Redactor) -> i
         return sandbox.run_command(host, root, args.action, args.format)
     import anyio
 
-    from tars_core.config import check_region, find_config, load_config, plugin_config
+    from tars_core.config import find_config, load_config, plugin_config
     from tars_core.ledger import open_ledger
     from tars_core.runner import Runner
 
-    if args.region is not None:  # before the sandbox may start: bad input changes nothing
-        check_region(args.region, "--region")
     cfg_path = find_config(args.config, root)
     if cfg_path is None:
         cfg_path = _sandbox_config(host, root, start=args.command in NEEDS_TARGETS and not args.dry_run)
