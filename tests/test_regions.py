@@ -357,3 +357,33 @@ def test_region_lock_keys_are_apart() -> None:
     keys = {advisory_key(r) for r in ("", US, EU, "default")}
     assert len(keys) == 4 and advisory_key("") == 0x7A125
     assert all(-(2**63) <= k < 2**63 for k in keys)
+
+
+def test_two_runs_opening_a_schema_2_sqlite_ledger_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Two regions starting together on an old SQLite ledger: the schema-3 migration (ALTER TABLE, not
+    idempotent) runs once; the other run waits for it and finds schema 3 (without the flock around it the
+    second failed with 'duplicate column name: region')."""
+    from tars_core.ledger import SQLiteLedger
+
+    async def both(path: Path) -> None:
+        ledgers = [SQLiteLedger(path, region) for region in (US, EU)]
+        try:
+            async with anyio.create_task_group() as tg:
+                for ledger in ledgers:
+                    tg.start_soon(ledger.open)
+        finally:
+            for ledger in ledgers:
+                await ledger.close()
+
+    for attempt in range(5):
+        path = tmp_path / f"old-{attempt}.db"
+        db = sqlite3.connect(path)
+        for stmt in SCHEMA_2:
+            db.execute(stmt.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        db.commit()
+        db.close()
+        anyio.run(both, path)
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT value FROM tars_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert db.execute("SELECT region, plugin FROM tars_state").fetchall() == [("", "gated-fix")]
+        db.close()
