@@ -26,6 +26,7 @@ from tars_core.plugins import LoadedPlugin, PluginHost
 from tars_core.redact import RedactingFilter, Redactor
 
 if TYPE_CHECKING:
+    from tars_core.model import Release, ReportSection
     from tars_core.runner import Runner
 
 COMMANDS = (
@@ -641,7 +642,8 @@ def _status_text(block: dict[str, Any]) -> str:
 async def _status(runner: Runner, plugins: list[LoadedPlugin], fmt: str, explicit: str | None) -> int:
     """Every region's state of the release (or the one of ``--region``). The JSON keeps ``plugins``,
     ``last_run`` and ``lock`` of this runner's own region at the top, as before regions, and lists every
-    shown region under ``regions``; the text has one block per region once there is more than none."""
+    shown region under ``regions``. The text has one block per region, except for a ledger whose rows all
+    have no region (every ledger before regions): then it is the text it always was."""
     own = runner.ledger.region
     shown = await _shown_regions(runner, explicit)
     blocks = {region: await _region_status(runner, plugins, region) for region in shown}
@@ -706,7 +708,7 @@ async def _report(runner: Runner, plugins: list[LoadedPlugin], fmt: str, explici
 
 async def _region_report(
     runner: Runner, plugins: list[LoadedPlugin], region: str, report_dir: Path
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Release, dict[str, ReportSection | str]]:
     """One region's release, rebuilt from the ledger, and the sections its plugins' report hooks add."""
     from tars_core.config import converter
     from tars_core.errors import HookStillRunning
@@ -724,7 +726,7 @@ async def _region_report(
         report_dir,
         await ledger.judgements(runner.release, region),
     )
-    sections: dict[str, Any] = {}
+    sections: dict[str, ReportSection | str] = {}
     for p in plugins:
         if not runner.host.has_hook(p.name, "tars_report"):
             continue
@@ -732,7 +734,9 @@ async def _region_report(
         try:
             result = await runner.host.call(p.name, "tars_report", timeout=timeout, grace=runner.grace, release=release)
             results = result if isinstance(result, list) else [result]
-            sections[p.name] = next((r for r in results if r is not None), None)
+            section = next((r for r in results if r is not None), None)
+            if section is not None:  # a hook that returns None adds no section
+                sections[p.name] = section
         except Exception as exc:
             if isinstance(exc, HookStillRunning):
                 runner.stuck.append(p.name)  # the process must not wait for it at exit
