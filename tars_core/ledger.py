@@ -6,9 +6,11 @@ ledger. A phase row is written as ``running`` *before* the hook is called and cl
 still ``running`` when the next run holds the lock can only come from a run that died (SIGKILL, power
 loss), which is how crash recovery finds the work it must resolve.
 
-Locking: SQLite uses ``flock`` on a sibling ``.lock`` file (released by the kernel when the holder dies);
-PostgreSQL uses a session advisory lock (released when the holder's connection drops). In both cases the
-holder writes who it is (host, pid, start time) so a refused run can name it.
+Locking: SQLite uses ``flock`` on a sibling ``.lock`` file (``state.db.lock``, ``state.db.<region>.lock``;
+released by the kernel when the holder dies); PostgreSQL uses a session advisory lock whose key is derived
+from the region (released when the holder's connection drops). In both cases the holder writes who it is
+(host, pid, start time) so a refused run can name it. A schema migration is serialised too (a flock on
+``state.db.migrate``; an advisory lock of its own), so two runs opening an old ledger migrate it once.
 
 Regions: a ledger is opened for one region (``release.region`` / ``--region``; ``""`` is the ledger
 without regions, as every ledger before schema 3). Runs, phases, plugin states, benchmarks, judgements
