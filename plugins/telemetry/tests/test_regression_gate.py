@@ -184,6 +184,29 @@ def test_a_canary_flag_splits_the_series_its_buckets_select() -> None:
     assert {c.how for c in everyone} <= {"after vs before"} or len(everyone) == 1
 
 
+def test_a_partial_rollback_judges_the_rolled_back_instances_as_the_canary() -> None:
+    # TARS-1005 on everywhere, then the flag back to a fraction: the v1.0.0 code returns on the trainers
+    # outside it, and those are what changed (the leaky "canary" of issue 13)
+    inside, outside = _ids("ppo-fixed", 0.5)
+    spec = MetricSpec("rss", "rss_bytes", "memory")
+    series = [
+        _series({"trainer": inside}, [1.0] * 20, start=APPLIED - 45),
+        _series({"trainer": outside}, [2.0] * 20, start=APPLIED - 45),
+    ]
+    change = _change(canary="ppo-fixed=0.5")
+    (c,) = regression_gate.compare(
+        RegressionMonitorConfig(), [spec], {"rss": (series, [])}, change, APPLIED, {"ppo-fixed": "on"}
+    )
+    assert set(c.canary.values) == {2.0} and outside in c.how
+
+
+def test_the_flags_seen_are_the_next_fix_s_before() -> None:
+    state: dict[str, Any] = {}
+    regression_gate.record_flags(state, {"a": "off", "b": "on"})
+    regression_gate.record_flags(state, {"a": "0.25"})
+    assert state[regression_gate.FLAGS] == {"a": "0.25", "b": "on"}
+
+
 def test_optional_metrics_and_the_fix_s_own_metrics() -> None:
     own = MetricSpec("queue_depth", "tars_queue_depth", "gauge", bad="increase")
     config = RegressionMonitorConfig(optional_metrics=["api_error_ratio"], metrics_for={"tars-x": [own]})

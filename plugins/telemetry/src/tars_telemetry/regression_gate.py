@@ -98,9 +98,22 @@ def parse_canary(text: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def in_canary(canary: Sequence[tuple[str, str]], ident: str) -> bool:
-    """Does a canary flag turn the new code on for ``ident`` (a trainer id, a host)?"""
-    return any(enabled_for(value, flag, ident) for flag, value in canary)
+def in_canary(canary: Sequence[tuple[str, str]], ident: str, previous: Mapping[str, str] | None = None) -> bool:
+    """Did the fix change what runs for ``ident`` (a trainer id, a host)? Under each canary flag, is it on
+    now and was it not before (or the other way round)? ``previous`` holds the flags' values before the fix
+    (:func:`record_flags`); a flag it lacks was off, so the canary is the side the fraction turns on. Taking
+    the side that *changed* makes a partial rollback (``on`` to ``0.75``: the v1.0.0 code back on a quarter)
+    judge the rolled-back instances as the canary, which is what changed."""
+    before = previous or {}
+    return any(enabled_for(value, flag, ident) != enabled_for(before.get(flag), flag, ident) for flag, value in canary)
+
+
+FLAGS = "flags_before"  # ctx.state key: the feature flags as the last preflight or observe left them
+
+
+def record_flags(state: Any, flags: Mapping[str, str]) -> None:
+    """Remember flag values for the next fix's canary split (merged over what was recorded)."""
+    state.update({FLAGS: {**dict(state.get(FLAGS) or {}), **dict(flags)}})
 
 
 # -- reading Prometheus ------------------------------------------------------------------------------------------------
@@ -267,12 +280,13 @@ def canary_vs_baseline(
     canary: Sequence[tuple[str, str]],
     applied: float,
     config: RegressionMonitorConfig,
+    previous: Mapping[str, str] | None = None,
 ) -> Compared | None:
-    """The series the canary flag turns on against the others, over the bake; ``None`` when the flag
-    selects all or none of them (then they are judged before against after)."""
+    """The series the fix changed (:func:`in_canary`) against the others, over the bake; ``None`` when
+    that is all or none of them (then they are judged before against after)."""
     label = config.canary_label
-    inside = [s for s in series if in_canary(canary, s.labels[label])]
-    outside = [s for s in series if not in_canary(canary, s.labels[label])]
+    inside = [s for s in series if in_canary(canary, s.labels[label], previous)]
+    outside = [s for s in series if not in_canary(canary, s.labels[label], previous)]
     if not inside or not outside:
         return None
     ids = ", ".join(sorted(s.labels[label] for s in inside))
@@ -325,9 +339,11 @@ def compare(
     data: Mapping[str, tuple[list[Series], list[Series]]],
     change: Change,
     applied: float,
+    previous: Mapping[str, str] | None = None,
 ) -> list[Compared]:
-    """Every judged metric's arms from what :func:`read` returned, by spec name. A spec with no series at
-    all is one metric with empty arms (no data is never a pass)."""
+    """Every judged metric's arms from what :func:`read` returned, by spec name (``previous``: the flags
+    before the fix, see :func:`in_canary`). A spec with no series at all is one metric with empty arms (no
+    data is never a pass)."""
     canary = parse_canary(change.canary)
     out: list[Compared] = []
     for spec in specs:
@@ -337,7 +353,7 @@ def compare(
             continue
         label = config.canary_label
         if canary and label and all(label in s.labels for s in series):
-            split = canary_vs_baseline(spec, series, exposure, canary, applied, config)
+            split = canary_vs_baseline(spec, series, exposure, canary, applied, config, previous)
             if split is not None:
                 out.append(split)
                 continue
@@ -406,13 +422,36 @@ class Round:
 
 
 def judge_round(
-    prom: Prometheus, config: RegressionMonitorConfig, specs: Sequence[MetricSpec], change: Change, applied: float
+    prom: Prometheus,
+    config: RegressionMonitorConfig,
+    specs: Sequence[MetricSpec],
+    change: Change,
+    applied: float,
+    previous: Mapping[str, str] | None = None,
 ) -> Round:
     t = time.time()
     start = applied - config.baseline_window_s
     data = {s.name: read(prom, s, start, t, config.step_s) for s in specs}
-    compared = compare(config, specs, data, change, applied)
+    compared = compare(config, specs, data, change, applied, previous)
     return Round(compared, run_judges(config, compared), t)
+
+
+async def preflight(ctx: Context) -> None:
+    """Record the feature flags before the release changes any, so the first fix's canary split knows
+    which side it changed (:func:`in_canary`). Abstains (no judgement): it judges nothing, and a Redis it
+    cannot read only means a canary is taken to be the side its fraction turns on."""
+    if not ctx.targets.redis:
+        return
+    try:
+        flags = await ctx.flags.all()
+    except Exception as exc:  # TargetError and what a Redis client raises: judging goes on without them
+        ctx.log.warning(
+            "cannot read the feature flags before the release (%s): a canary is taken to be the "
+            "side its fraction turns on",
+            exc,
+        )
+        return
+    ctx.state.update({FLAGS: dict(flags)})
 
 
 async def observe(ctx: Context, change: Change) -> Judgement:
@@ -424,6 +463,8 @@ async def observe(ctx: Context, change: Change) -> Judgement:
             (f"no metrics to judge {change.plugin} on: default_metrics is off and none are configured",),
         )
     applied = _unix(change.applied_at)
+    previous: dict[str, str] = dict(ctx.state.get(FLAGS) or {})
+    record_flags(ctx.state, change.flags)  # the next fix's "before", whatever this judgement says
     deadline = time.monotonic() + change.bake_seconds
     rounds = 0
     first_fail: int | None = None
@@ -435,7 +476,7 @@ async def observe(ctx: Context, change: Change) -> Judgement:
                 await anyio.sleep(left)
                 continue
             try:
-                last = await anyio.to_thread.run_sync(judge_round, prom, config, specs, change, applied)
+                last = await anyio.to_thread.run_sync(judge_round, prom, config, specs, change, applied, previous)
             except PrometheusError as exc:
                 return Judgement("inconclusive", (f"cannot read the metrics while {change.plugin} bakes: {exc}",))
             rounds += 1

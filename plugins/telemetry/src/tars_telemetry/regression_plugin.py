@@ -16,7 +16,7 @@ from tars_telemetry.regression_config import RegressionMonitorConfig
 
 if TYPE_CHECKING:
     from tars_core import ApplyResult, Context, Release, ReportSection, SandboxContribution, SandboxSite, VerifyResult
-    from tars_core.model import Change, Judgement
+    from tars_core.model import Change, Judgement, Plan
 
 NAME = "tars-regression-monitor"
 
@@ -55,6 +55,14 @@ def tars_rollback(ctx: Context) -> ApplyResult:
     from tars_telemetry import regression_monitor
 
     return regression_monitor.rollback(ctx)
+
+
+@hookimpl
+async def tars_preflight(ctx: Context, plan: Plan) -> None:
+    """Records the feature flags before the release (for the canary split); judges nothing, so abstains."""
+    from tars_telemetry import regression_gate
+
+    await regression_gate.preflight(ctx)
 
 
 @hookimpl
