@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -189,7 +190,7 @@ def write_regions_report(
     ]
     lines = [f"# Release {name} in {len(docs)} region{'s' if len(docs) != 1 else ''}", ""]
     lines += [markdown_table(("region", "plugin", "state", "last phase"), summary), ""]
-    markdown = "\n".join(lines) + "\n" + "".join(_markdown(d, depth=1) for d in docs)
+    markdown = "\n".join(lines) + "\n" + "".join(_markdown(_relinked(d), depth=1) for d in docs)
     suites = ET.Element("testsuites", name=f"tars-{name}")
     for d in docs:
         suites.append(_junit_suite(d, prefix=f"{d['region']}." if d["region"] else ""))
@@ -202,6 +203,26 @@ def write_regions_report(
 
 def _region_name(region: str | None) -> str:
     return region or "(no region)"
+
+
+# A Markdown link or image whose target is a relative path: not a URL (scheme:), an absolute path or an anchor.
+_RELATIVE_LINK = re.compile(r"(!?\[[^\]\n]*\]\()(?![A-Za-z][A-Za-z0-9+.-]*:|/|#)([^)\s]+)(\))")
+
+
+def _relinked(doc: dict[str, Any]) -> dict[str, Any]:
+    """A region's document for the report across regions, its sections' relative links pointing into the
+    region's folder: a plugin attaches files to its report folder (``<release>/<region>/``) and links them
+    relative to it, while this report.md sits in ``<release>/``."""
+    if not doc["region"]:
+        return doc
+    prefix = doc["region"] + "/"
+    plugins = []
+    for p in doc["plugins"]:
+        section = p["section"]
+        if section:
+            section = {**section, "markdown": _RELATIVE_LINK.sub(rf"\g<1>{prefix}\g<2>\g<3>", section["markdown"])}
+        plugins.append({**p, "section": section})
+    return {**doc, "plugins": plugins}
 
 
 def _report_doc(

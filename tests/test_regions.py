@@ -34,7 +34,7 @@ from pathlib import Path
 import anyio
 import attrs
 
-from tars_core import ApplyResult, PluginInfo, VerifyResult, hookimpl
+from tars_core import ApplyResult, PluginInfo, ReportSection, VerifyResult, hookimpl
 
 
 @attrs.define
@@ -72,6 +72,14 @@ def tars_verify(ctx):
 def tars_rollback(ctx):
     (Path(ctx.config.dir) / "gated-fix.applied").unlink(missing_ok=True)
     return ApplyResult()
+
+
+@hookimpl
+def tars_report(release):
+    # an attachment in the report folder, linked relative to it (as the regression monitor's chart)
+    release.report_dir.mkdir(parents=True, exist_ok=True)
+    (release.report_dir / "gated-note.txt").write_text(release.states["gated-fix"])
+    return ReportSection(title="gated notes", markdown="[the note](gated-note.txt), [docs](https://example.org/x)")
 """
 
 US, EU = "us-east-1", "eu-west-1"
@@ -205,6 +213,7 @@ def test_reports_of_one_region_and_of_all_regions(tmp_path: Path) -> None:
     assert doc["files"]["md"] == str(one / "report.md") and doc["regions"] == {US: {"gated-fix": "applied"}}
     assert json.loads((one / "report.json").read_text())["region"] == US
     assert (one / "report.md").read_text().startswith(f"# Release v1.0.1, region {US}\n")
+    assert "[the note](gated-note.txt)" in (one / "report.md").read_text()
 
     res = us.project.run("--state", ledger, "--format", "json", "report")  # no --region: every region
     assert res.returncode == 0, res.stderr
@@ -217,6 +226,11 @@ def test_reports_of_one_region_and_of_all_regions(tmp_path: Path) -> None:
     assert md.startswith("# Release v1.0.1 in 2 regions\n")
     assert f"## Region {EU}" in md and f"## Region {US}" in md and "### gated-fix: a fix" in md
     assert f"| {EU} | gated-fix | rolled_back |" in md
+    # a region's attachments are in its folder, and the report across regions links them there
+    for region, state in ((EU, "rolled_back"), (US, "applied")):
+        assert f"[the note]({region}/gated-note.txt)" in md
+        assert (everywhere / region / "gated-note.txt").read_text() == state
+    assert "[docs](https://example.org/x)" in md
     junit = (everywhere / "junit.xml").read_text()
     assert f'<testsuite name="tars-v1.0.1-{EU}"' in junit and f'classname="{EU}.gated-fix"' in junit
 
