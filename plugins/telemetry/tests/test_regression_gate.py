@@ -22,7 +22,7 @@ import attrs
 import pytest
 import yaml
 from conftest import Exporter
-from tars_telemetry import judges, regression_gate, regression_plugin
+from tars_telemetry import judges, regression_gate, regression_monitor, regression_plugin, regression_rules
 from tars_telemetry.regression_config import KINDS, MetricSpec, RegressionMonitorConfig
 from tars_telemetry.regression_gate import Series
 
@@ -297,6 +297,55 @@ def test_steady_traffic_passes_and_too_little_traffic_is_inconclusive(
     k = _observe(prom, tmp_path, 8, time.time(), mde={"errors": 0.01})
     assert k.verdict == "inconclusive", k.reasons
     assert any("on_inconclusive" in r for r in k.reasons) and "LowPower" in k.reasons[0]
+
+
+class _Requests:
+    """``tars_http_requests_total{service="api"}`` growing 20/s: what the default rules read (a collector,
+    so the counter is computed at each scrape)."""
+
+    def __init__(self) -> None:
+        self.since = time.time()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("tars_http_requests", "requests", labels=["service", "code"])
+        family.add_metric(["api", "200"], int((time.time() - self.since) * 20))
+        yield family
+
+
+def test_the_rules_load_verify_and_roll_back_on_a_real_prometheus(tmp_path: Path) -> None:
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    from tars_core.processes import free_port
+    from tars_core.testing import check_conformance
+
+    registry = CollectorRegistry()
+    registry.register(_Requests())  # type: ignore[arg-type]
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        with PrometheusServer(tmp_path / "prom", scrape_targets=[f"127.0.0.1:{port}"], scrape_interval="1s") as srv:
+            targets = Targets(prometheus_url=srv.url, prometheus_rules_dir=str(srv.rules_dir))
+            ctx = make_context(regression_plugin, targets=targets, config={}, state_dir=tmp_path / "st")
+            anyio.run(check_conformance, regression_plugin, ctx)
+            assert not (srv.rules_dir / "tars-regression-rules.yml").exists()
+            # a file already loaded (the sandbox seeds it) is left as it is: apply records nothing to undo
+            (srv.rules_dir / "tars-regression-rules.yml").write_text(regression_rules.render())
+            ctx = make_context(regression_plugin, targets=targets, config={}, state_dir=tmp_path / "st2")
+            from tars_core.prometheus import Prometheus, wait_healthy
+
+            with Prometheus(srv.url) as p:
+                p.reload()
+                wait_healthy(p, regression_monitor.NAMES, timeout=60)
+            assert not regression_plugin.tars_apply(ctx).changed
+            assert not regression_plugin.tars_rollback(ctx).changed
+            assert (srv.rules_dir / "tars-regression-rules.yml").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
