@@ -297,6 +297,8 @@ def test_steady_traffic_passes_and_too_little_traffic_is_inconclusive(
     k = _observe(prom, tmp_path, 8, time.time(), mde={"errors": 0.01})
     assert k.verdict == "inconclusive", k.reasons
     assert any("on_inconclusive" in r for r in k.reasons) and "LowPower" in k.reasons[0]
+    # the same, in a bake shorter than min_bake_s: not judged (abstains), rather than failing the fix
+    assert _observe(prom, tmp_path, 8, time.time(), mde={"errors": 0.01}, min_bake_s=60) is None
 
 
 class _Requests:

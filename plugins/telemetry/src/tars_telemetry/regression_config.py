@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from tars_core import non_empty, positive, unit_interval
+from tars_core import non_empty, non_negative, positive, unit_interval
 
 #: the judges' metric kinds (tars_telemetry.judges.KINDS; a test checks they agree)
 KINDS = ("latency", "errors", "throughput", "memory", "counts", "gauge")
@@ -121,6 +121,10 @@ class RegressionMonitorConfig:
     # the label naming the instance a canary flag selects (TARS-1005's trainers: "trainer"); a metric whose
     # series carry it is judged canary against baseline when the fix leaves a flag at a fraction
     canary_label: str = attrs.field(default="trainer", validator=_label)
+    # a bake shorter than this that ends inconclusive is not judged: the hook abstains (nothing recorded,
+    # a warning logged) instead of failing every fix of a demo whose bakes are seconds long. A regression
+    # seen in a short bake still fails the fix, and a powered pass still passes. 0 (default): always judge.
+    min_bake_s: float = attrs.field(default=0.0, validator=non_negative)
     # a chart (PNG) of every judged metric, kept in the monitor's state folder and copied into the report
     charts: bool = True
     # apply/verify: the rule file of the default series (skipped when an identical one is already loaded)

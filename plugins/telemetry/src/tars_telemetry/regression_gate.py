@@ -454,7 +454,7 @@ async def preflight(ctx: Context) -> None:
     ctx.state.update({FLAGS: dict(flags)})
 
 
-async def observe(ctx: Context, change: Change) -> Judgement:
+async def observe(ctx: Context, change: Change) -> Judgement | None:
     config: RegressionMonitorConfig = ctx.config
     specs = specs_for(config, change.plugin)
     if not specs:
@@ -489,6 +489,18 @@ async def observe(ctx: Context, change: Change) -> Judgement:
             await anyio.sleep(min(config.poll_interval_s, left))
     finally:
         prom.close()
+    if last.result.verdict == "inconclusive" and change.bake_seconds < config.min_bake_s:
+        ctx.log.warning(
+            "%s not judged: its %gs bake is shorter than min_bake_s (%gs) and ended inconclusive (%s); "
+            "abstaining. Give it release.bake_times.%s >= %g for a verdict",
+            change.plugin,
+            change.bake_seconds,
+            config.min_bake_s,
+            last.result.reasons[0] if last.result.reasons else "no reason",
+            change.plugin,
+            config.min_bake_s,
+        )
+        return None
     return await anyio.to_thread.run_sync(_judgement, ctx, config, change, last, rounds, first_fail, applied)
 
 

@@ -66,7 +66,7 @@ async def tars_preflight(ctx: Context, plan: Plan) -> None:
 
 
 @hookimpl
-async def tars_observe(ctx: Context, change: Change) -> Judgement:
+async def tars_observe(ctx: Context, change: Change) -> Judgement | None:
     from tars_telemetry import regression_gate
 
     return await regression_gate.observe(ctx, change)
@@ -84,13 +84,17 @@ def tars_report(release: Release) -> ReportSection | None:
 @hookimpl
 def tars_sandbox(site: SandboxSite) -> SandboxContribution:
     """Only a config section (the rules are seeded by tars-slo-monitor's sandbox seed): poll every 5 s over a
-    2-minute pre-release window, as the sandbox's bake times are short. The error ratio and trainer RSS are
+    2-minute pre-release window, as the sandbox's bake times are short (a 15 s demo bake that ends inconclusive
+    is not judged: ``min_bake_s``). The error ratio and trainer RSS are
     optional there: a two-minute bake of sandbox traffic holds a few dozen errors (an error-rate test needs
     hundreds to see a 50 % change) and 24 RSS samples (a slope needs 30), so they could only ever be
     "inconclusive"; they are still judged, and a regression in them still fails the fix."""
     from tars_core import SandboxContribution
 
     config = {
+        # the demo bakes each fix 15 s (release.bake_time): too short for a verdict, so the monitor abstains
+        # there unless it sees a regression; give a fix 90 s or more (bake_times) to have it judged
+        "min_bake_s": 90.0,
         "poll_interval_s": 5.0,
         "step_s": 5.0,
         "baseline_window_s": 120.0,
