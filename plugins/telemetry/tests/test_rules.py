@@ -112,6 +112,23 @@ def test_generated_promtool_tests_pass(name: str, tmp_path: Path) -> None:
         (lambda text: re.sub(r' and slo:sli_events:increase1h\{slo="api-availability"\} >= \d+', "", text), "got: {"),
         # a single-window alert does not reset when the short window is clean
         (lambda text: text.replace(' and slo:sli_error:ratio_rate5m{slo="api-availability"} > 0.144', ""), "time: 28m"),
+        # budget exhausted: an alert that waits for 10 % overspent misses the budget spent at 1.05x ...
+        (
+            lambda text: text.replace('ratio{slo="api-availability"} <= 0 ', 'ratio{slo="api-availability"} <= -0.1 '),
+            "time: 8m",
+        ),
+        # ... one that fires with 10 % left pages on the 5 % left ...
+        (
+            lambda text: text.replace('ratio{slo="api-availability"} <= 0 ', 'ratio{slo="api-availability"} <= 0.1 '),
+            'alertstate=\\"firing\\"}", time: 8m,\n        exp: nil',
+        ),
+        # ... one without its "for" fires at once ...
+        (lambda text: text.replace(" >= 70\n    for: 5m\n", " >= 70\n"), "time: 3m"),
+        # ... and one without the minimum-events guard fires on low traffic (50 % errors, 1/4 of the 70 events)
+        (
+            lambda text: text.replace(' and slo:sli_events:increase30d{slo="api-availability"} >= 70', ""),
+            'slo=\\"api-availability\\"}", time: 20m',
+        ),
     ],
 )
 def test_generated_tests_catch_broken_rules(mutation, caught: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

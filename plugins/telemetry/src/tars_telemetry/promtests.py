@@ -3,8 +3,11 @@
 For every tier of an SLO the file holds three cases: constant traffic at 1.05x the tier's error-ratio
 threshold (the tier's alert fires, with every label), at 0.95x (it stays silent), and a burst at 2x
 followed by clean traffic (it fires, then resolves once the short window has moved past the burst). Per
-SLO two more: no data at all (``SLOMetricAbsent`` fires, no burn alert) and low traffic at a 50 % error
-ratio (no burn alert, not even pending; ``slo:insufficient_data:bool`` is 1 and its alert fires).
+SLO four more: no data at all (``SLOMetricAbsent`` fires, no burn alert); low traffic at a 50 % error
+ratio (no burn alert, not even pending, and no ``SLOErrorBudgetExhausted`` although the ratio is 50x the
+budget; ``slo:insufficient_data:bool`` is 1 and its alert fires); and the period's error ratio at 1.05x
+the budget (the budget is spent: ``SLOErrorBudgetExhausted`` is pending for its ``for`` and then fires,
+with every label) and at 0.95x (5 % of it left: silent).
 
 Input series are built from the spec's own selectors: label values are chosen so the "bad" side matches
 the bad (or not the good) selector and the rest matches only the total, so the test exercises the
@@ -19,15 +22,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from tars_telemetry.live import EXHAUSTED_ALERT  # the rule's name, as the live view reads it
 from tars_telemetry.rules import (
     ABSENT_FOR,
     BURN_ALERT,
+    EXHAUSTED_FOR,
     INSUFFICIENT_FOR,
     Tier,
     alert_labels,
     dump,
     eval_order,
     num,
+    runbook,
     threshold,
     tier_min_events,
     tiers_for,
@@ -227,6 +233,44 @@ def tier_cases(slo: SLO, tier: Tier) -> list[dict[str, Any]]:
     ]
 
 
+def _exhausted_labels(slo: SLO) -> str:
+    labels = {"alertname": EXHAUSTED_ALERT, "alertstate": "firing", "slo": slo.name, "service": slo.service}
+    labels.update({**dict(slo.alert_labels), "runbook_url": runbook(slo), "tier": "budget", "severity": "ticket"})
+    return "ALERTS{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def exhausted_cases(slo: SLO) -> list[dict[str, Any]]:
+    """The period's budget spent (error ratio 1.05x the budget all along) and 5 % of it left (0.95x).
+
+    The inputs start at t=0, so the period's ratio is the plan's ratio from the first evaluation on: the
+    alert is pending from then and fires once its ``for`` has passed; checked before (pending, not firing)
+    and well after. The budget is the rule's own (``num``-rounded) figure: ``slo.budget`` carries float
+    noise (0.010000000000000009) that would put a 1000-slice "just below" count exactly on the budget.
+    """
+    budget = float(num(slo.budget))
+    minimum = default_min_events(slo)
+    hold = _minutes(EXHAUSTED_FOR)
+    run = hold + 3  # fires at 5m (slices: a ratio from t=0) or 6m (counters: a rate from t=1m)
+    alert = _alerts(EXHAUSTED_ALERT, slo)
+    if isinstance(slo.indicator, Threshold):
+        n, hi, lo = slice_counts(budget)
+        spent, left = slice_inputs(slo, n, [(hi, run)]), slice_inputs(slo, n, [(lo, run)])
+        what = f"{hi}/{n} slices bad vs {lo}/{n}"
+    else:
+        rate = max(1000.0, 10.0 * minimum)
+        spent = event_inputs(slo, [(1.05 * budget, run)], rate)
+        left = event_inputs(slo, [(0.95 * budget, run)], rate)
+        what = f"error ratio 1.05x / 0.95x of the budget {num(budget)}"
+    return [
+        _case(
+            f"{slo.name}: budget spent ({what}): {EXHAUSTED_ALERT} fires after its {EXHAUSTED_FOR}",
+            spent,
+            [_expect(alert, hold - 2, []), _expect(alert, run, [(_exhausted_labels(slo), 1)])],
+        ),
+        _case(f"{slo.name}: 5% of the budget left: {EXHAUSTED_ALERT} stays silent", left, [_expect(alert, run, [])]),
+    ]
+
+
 def slo_cases(slo: SLO) -> list[dict[str, Any]]:
     minimum = default_min_events(slo)
     sel = f'{{slo="{slo.name}"}}'
@@ -248,14 +292,16 @@ def slo_cases(slo: SLO) -> list[dict[str, Any]]:
             ],
         ),
         _case(
-            f"{slo.name}: low traffic at a 50% error ratio: insufficient data, never a burn alert",
+            f"{slo.name}: low traffic at a 50% error ratio: insufficient data, never a burn or exhausted alert",
             low,
             [
                 _expect(any_burn, low_at, []),
+                _expect(f'ALERTS{{alertname="{EXHAUSTED_ALERT}",slo="{slo.name}"}}', low_at, []),
                 _expect(f"slo:insufficient_data:bool{sel}", low_at, [(f"slo:insufficient_data:bool{own}", 1)]),
                 _expect(f"count({_alerts('SLOInsufficientData', slo)})", low_at, [("{}", 1)]),
             ],
         ),
+        *exhausted_cases(slo),
     ]
 
 
