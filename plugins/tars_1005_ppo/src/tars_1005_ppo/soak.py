@@ -36,6 +36,7 @@ import cattrs
 import numpy as np
 
 from tars_1005_ppo.config import PPOConfig, PPOFixConfig, describe_config_error, parse_duration
+from tars_core.state import atomic_write_text
 
 FIELDS = (
     "segment",
@@ -403,9 +404,7 @@ def _checkpoint(
 ) -> None:
     trainer.save(ckpt)
     state.update(elapsed_s=elapsed, train_seconds=train_seconds, iteration=trainer.iteration)
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(state_file)
+    atomic_write_text(state_file, json.dumps(state))
 
 
 #: Environment variable every soak process carries: the folder it works in.

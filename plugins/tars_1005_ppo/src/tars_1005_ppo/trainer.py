@@ -39,6 +39,7 @@ import gymnasium as gym
 import tensorflow as tf
 
 from tars_1005_ppo.config import PPOConfig
+from tars_core.state import atomic_write_text
 
 
 def _configure_threads() -> None:
@@ -385,9 +386,7 @@ class _TrainerBase:
             "rng": self.rng.bit_generator.state,
             "config": attrs.asdict(self.config),
         }
-        tmp = directory / "trainer_state.json.tmp"
-        tmp.write_text(json.dumps(sidecar))
-        tmp.replace(directory / "trainer_state.json")
+        atomic_write_text(directory / "trainer_state.json", json.dumps(sidecar))
         return Path(prefix)
 
     def restore(self, directory: str | os.PathLike[str]) -> bool:
