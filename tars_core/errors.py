@@ -103,6 +103,19 @@ class HookStopped(BaseException):
     like ``KeyboardInterrupt``, so ``except Exception`` in a plugin does not swallow it."""
 
 
+class WaitTimeout(TimeoutError):
+    """A condition awaited with :mod:`tars_core.waiting` did not hold within the deadline; ``last`` is what
+    the predicate returned last, ``error`` the last exception it raised that counted as "not yet"."""
+
+    def __init__(self, what: str, timeout: float, last: object = None, error: BaseException | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.last = last
+        self.error = error
+        seen = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
+        super().__init__(f"{what}: not done after {timeout:g}s{seen}")
+
+
 class PromtoolError(FixError):
     """promtool refused a rule or test file, or is missing; the message is promtool's own output."""
 
@@ -140,4 +153,5 @@ __all__ = [
     "TargetError",
     "TargetLost",
     "UsageError",
+    "WaitTimeout",
 ]

@@ -33,7 +33,7 @@ from tars_core.processes import (
 from tars_core.redact import Redactor, host_port, safe_url
 from tars_core.state import PluginStateStore
 from tars_core.testing import create_database, drop_database
-from tars_core.waiting import WaitTimeout, await_until, wait_until
+from tars_core.waiting import STOP, WaitTimeout, await_until, rounds, wait_until
 
 PY = sys.executable
 
@@ -142,6 +142,96 @@ async def _await_until_cases() -> None:
     assert await await_until(lambda: "yes", timeout=1) == "yes"
     with pytest.raises(WaitTimeout):
         await await_until(lambda: None, timeout=0.05, interval=0.01)
+
+
+def test_retries_back_off_and_are_announced() -> None:
+    """backoff grows the pause up to max_interval; on_retry hears each pause and the error that caused it;
+    an error at the deadline is named by WaitTimeout, which is the one class in tars_core.errors."""
+    from tars_core import errors
+
+    assert WaitTimeout is errors.WaitTimeout
+    heard: list[tuple[float, str]] = []
+    failures = iter([ConnectionError("a"), ConnectionError("b"), None, ConnectionError("c"), ConnectionError("d")])
+
+    def connect() -> str | None:
+        exc = next(failures, "up")
+        if isinstance(exc, Exception):
+            raise exc
+        return exc
+
+    def on_retry(pause: float, error: BaseException | None) -> None:
+        heard.append((pause, str(error)))
+
+    got = wait_until(
+        connect, timeout=60, interval=0.01, backoff=2, max_interval=0.04, retry_on=(ConnectionError,), on_retry=on_retry
+    )
+    assert got == "up"
+    assert heard == [(0.01, "a"), (0.02, "b"), (0.04, "None"), (0.04, "c"), (0.04, "d")]
+
+    async def lost() -> None:
+        raise ConnectionError("gone")
+
+    heard.clear()
+    with pytest.raises(WaitTimeout, match=r"reconnect: not done after 0\.05s; last error: ConnectionError: gone"):
+        anyio.run(
+            lambda: await_until(
+                lost,
+                timeout=0.05,
+                interval=0.01,
+                backoff=1.5,
+                retry_on=(ConnectionError,),
+                what="reconnect",
+                on_retry=on_retry,
+            )
+        )
+    assert heard and all(error == "gone" for _, error in heard)
+
+
+def test_rounds_run_until_the_deadline_then_end() -> None:
+    """rounds: one round at once, one at the deadline itself, counted from 0; first=False with
+    interval=timeout is a single round at the end (a fixed-sample judgement after a bake)."""
+    span = rounds(0.1, 0.02)
+    seen = [(n, time.monotonic()) for n in span]
+    assert [n for n, _ in seen] == list(range(len(seen))) and len(seen) >= 2
+    assert seen[-1][1] >= span.deadline
+    end = rounds(0.05, 0.05, first=False)
+    once = [(n, time.monotonic()) for n in end]
+    assert len(once) == 1 and once[0][1] >= end.deadline
+
+    async def gather() -> list[int]:
+        return [n async for n in rounds(0.05, 0.01)]
+
+    assert anyio.run(gather)[:2] == [0, 1]
+
+
+def test_rounds_stop_for_the_runner_and_for_cancellation() -> None:
+    """A sync hook's rounds end with HookStopped as soon as the runner sets its stop event, mid-pause;
+    async rounds end when the caller's scope is cancelled (Ctrl-C, the hook's timeout)."""
+    import threading
+
+    from tars_core.errors import HookStopped
+
+    stop = threading.Event()
+    token = STOP.set(stop)
+    done: list[int] = []
+    try:
+        with pytest.raises(HookStopped):
+            for n in rounds(600, 300):
+                done.append(n)
+                threading.Timer(0.05, stop.set).start()
+    finally:
+        STOP.reset(token)
+    assert done == [0]
+
+    async def cancelled() -> list[int]:
+        seen: list[int] = []
+        with anyio.move_on_after(0.05) as scope:
+            async for n in rounds(600, 300):
+                seen.append(n)
+        assert scope.cancelled_caught
+        return seen
+
+    assert anyio.run(cancelled) == [0]
 
 
 @pytest.mark.parametrize(
