@@ -34,6 +34,7 @@ from tars_1004_db.config import BuildSettings
 from tars_1004_db.db import CONNECTION_LOST, one_line, sql_text
 from tars_1004_db.pagination import HOT_QUERIES
 from tars_core import FixError
+from tars_core.waiting import WaitTimeout, await_until
 
 INDEX_FILE = "v1_0_1_add_indexes.sql"
 TABLE = "evaluations"
@@ -260,19 +261,23 @@ async def stop_our_builds(
     if not pids:
         return []
     log.warning("stopping index work an interrupted tars-1004-db session left on the server (pid %s)", pids)
+
+    async def stopped() -> bool:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND state = 'active' "
+            "AND query ~* '^\\s*(CREATE|DROP)\\s+INDEX\\s+CONCURRENTLY'",
+            pids,
+        )
+        return not left
+
     for action in ("pg_cancel_backend", "pg_terminate_backend"):
         for pid in pids:
             await conn.fetchval(f"SELECT {action}($1)", pid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            left = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND state = 'active' "
-                "AND query ~* '^\\s*(CREATE|DROP)\\s+INDEX\\s+CONCURRENTLY'",
-                pids,
-            )
-            if not left:
-                return pids
-            await asyncio.sleep(0.1)
+        try:
+            await await_until(stopped, timeout=timeout, interval=0.1, what=f"{action} of pid {pids}")
+            return pids
+        except WaitTimeout:
+            continue
     raise FixError(
         f"index work of an interrupted tars-1004-db session (pid {', '.join(map(str, pids))}) would not stop: "
         "ask the DBA to end it, then run rollback (or apply) again"
@@ -282,14 +287,15 @@ async def stop_our_builds(
 async def stop_backend(conn: asyncpg.Connection, pid: int, *, timeout: float = 10.0) -> bool:
     """Cancel whatever backend ``pid`` runs and wait until it is idle or gone (True) or ``timeout``."""
     await conn.fetchval("SELECT pg_cancel_backend($1)", pid)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')", pid
-        ):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+
+    async def idle() -> bool:
+        sql = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')"
+        return not await conn.fetchval(sql, pid)
+
+    try:
+        return await await_until(idle, timeout=timeout, interval=0.05, what=f"backend {pid} idle")
+    except WaitTimeout:
+        return False
 
 
 def _delay(settings: BuildSettings, attempt: int) -> float:

@@ -7,8 +7,6 @@ library modules are imported inside the hooks.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -94,15 +92,19 @@ async def _on_the_server(
     from tars_1004_db import db
     from tars_core.errors import TargetError, TargetLost
     from tars_core.redact import host_port
+    from tars_core.waiting import WaitTimeout, await_until
 
     dsn = ctx.targets.require("postgres")
-    deadline = time.monotonic() + cfg.reconnect_s
     lost: str | None = None
-    for attempt in itertools.count(1):
+
+    async def attempt() -> list[T]:
+        """One connection's go at ``work``: ``[its result]`` (boxed: a falsy result is still done), or
+        ``[]`` when the connection was lost, which ``await_until`` retries."""
+        nonlocal lost
         try:
             async with _connected(ctx, cfg) as conn:
                 try:
-                    return await work(conn)
+                    return [await work(conn)]
                 except anyio.get_cancelled_exc_class():
                     await _stop_on_cancel(ctx, cfg, conn)
                     raise
@@ -114,17 +116,28 @@ async def _on_the_server(
             if lost is None:  # never connected in this phase: the target is unusable as configured
                 raise
             lost = f"{lost}; then {exc}"
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TargetLost(
-                f"lost the connection to PostgreSQL at {host_port(dsn, 5432)} during {phase} ({lost}) and it did "
-                f"not come back within {cfg.reconnect_s:g} s (plugins.{NAME}.reconnect_s): start the server, then "
-                f"run tars-run {phase} again"
-            )
-        delay = min(0.5 * 2 ** (attempt - 1), 5.0, left)
+        return []
+
+    def reconnecting(delay: float, _: BaseException | None) -> None:
         ctx.log.warning("lost the connection to PostgreSQL during %s (%s); reconnecting in %.1f s", phase, lost, delay)
-        await anyio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    try:
+        (result,) = await await_until(
+            attempt,
+            timeout=cfg.reconnect_s,
+            interval=0.5,
+            backoff=2.0,
+            max_interval=5.0,
+            on_retry=reconnecting,
+            what=f"PostgreSQL back during {phase}",
+        )
+    except WaitTimeout:
+        raise TargetLost(
+            f"lost the connection to PostgreSQL at {host_port(dsn, 5432)} during {phase} ({lost}) and it did "
+            f"not come back within {cfg.reconnect_s:g} s (plugins.{NAME}.reconnect_s): start the server, then "
+            f"run tars-run {phase} again"
+        ) from None
+    return result
 
 
 @hookimpl
