@@ -18,9 +18,9 @@ Fixtures:
   default ``postgresql://postgres@127.0.0.1:5432/test``, a database that must exist to connect to);
   fails the test run with one line when it does not answer.
 * ``tars_postgres_db``: a factory ``tars_postgres_db(template=None) -> url`` that creates a database
-  named ``tars_test_<random>`` (a copy of ``template`` when given) and drops it ``WITH (FORCE)`` when
-  the test ends. :func:`create_database` / :func:`drop_database` do the same for session-scoped
-  fixtures (e.g. a template seeded once per run).
+  named ``tars_test_<random>`` (a copy of ``template``, a database name or URL, when given) and drops it
+  ``WITH (FORCE)`` when the test ends. :func:`create_database` / :func:`drop_database` do the same for
+  session-scoped fixtures (e.g. a template seeded once per run, as tars-1004-db's tests do).
 
 Functions:
 
@@ -592,9 +592,14 @@ def _admin(server_url: str, sql: str) -> None:
 def create_database(server_url: str, *, template: str | None = None, prefix: str = "tars_test") -> str:
     """Create a database owned by this test run and return its URL; names are random so runs never meet.
 
-    With ``template`` the new database is a file-level copy of that one (fast: seed once, copy per test).
+    With ``template`` (a database name, or the URL :func:`create_database` returned for it) the new
+    database is a file-level copy of that one (fast: seed a session-scoped template once, copy per test).
     """
+    from urllib.parse import urlsplit
+
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    if template and "://" in template:
+        template = urlsplit(template).path.lstrip("/")
     copy = f' TEMPLATE "{template}"' if template else ""
     _admin(server_url, f'CREATE DATABASE "{name}"{copy}')
     return database_url(server_url, name)

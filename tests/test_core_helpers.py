@@ -371,8 +371,10 @@ def test_postgres_databases_are_created_from_templates_and_dropped(
     try:
         anyio.run(run, template, "CREATE TABLE seeded AS SELECT 42 AS answer")
         copy = tars_postgres_db(template=template.rsplit("/", 1)[1])
+        by_url = tars_postgres_db(template=template)
         empty = tars_postgres_db()
         assert anyio.run(run, copy, "SELECT answer FROM seeded") == 42
+        assert anyio.run(run, by_url, "SELECT answer FROM seeded") == 42
         assert anyio.run(run, empty, "SELECT count(*) FROM pg_tables WHERE tablename = 'seeded'") == 0
     finally:
         drop_database(template)
