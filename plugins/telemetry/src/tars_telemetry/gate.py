@@ -31,6 +31,7 @@ from tars_core.errors import PrometheusError
 from tars_core.model import Change, Evidence, Judgement, JudgementRecord, Plan, Release, ReportSection
 from tars_core.prometheus import Prometheus, connect
 from tars_core.report import markdown_table
+from tars_core.waiting import rounds
 from tars_telemetry.config import SLOMonitorConfig
 from tars_telemetry.monitor import load_slos
 from tars_telemetry.rules import BURN_ALERT, TIERS, Tier, error_ratio_expr, events_expr, num, threshold
@@ -250,20 +251,16 @@ async def observe(ctx: Context, change: Change) -> Judgement:
     slos = gated(config, change.plugin)
     since = float(ctx.state.get(RELEASE_STARTED) or _unix(change.applied_at))
     baseline: dict[str, float | None] = ctx.state.get(BASELINE) or {}
-    deadline = time.monotonic() + change.bake_seconds
+    bake = rounds(change.bake_seconds, config.poll_interval_s)  # the bake starts now, not once connected
     prom = await anyio.to_thread.run_sync(connect, ctx.targets)
     try:
-        while True:
+        async for _ in bake:
             try:
                 last = await anyio.to_thread.run_sync(check, prom, config, slos, change, since, baseline)
             except PrometheusError as exc:
                 return Judgement("inconclusive", (f"cannot read the SLOs while {change.plugin} bakes: {exc}",))
             if last.failures:
                 return Judgement("fail", tuple(last.failures), last.evidence)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await anyio.sleep(min(config.poll_interval_s, left))
     finally:
         prom.close()
     if not last.judged:
