@@ -464,15 +464,18 @@ class _Clock:
 def _instants_by_group(
     clock: _Clock, groups: Mapping[str, Sequence[Rule]], need: int, timeout: float
 ) -> dict[str, list[float]]:
-    """For each group, the first ``need`` clean evaluation instants after every target's second scrape."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """For each group, the first ``need`` clean evaluation instants after every target's second scrape,
+    looked for every 2 s; what was found by ``timeout`` when some group still has fewer."""
+    from tars_core.waiting import rounds
+
+    found: dict[str, list[float]] = {}
+    for _ in rounds(timeout, 2.0):
         warm = clock.first_scrapes()
         scrapes = clock.scrape_windows()
         found = {g: clock.clean(clock.group_instants(g, rules), warm, scrapes)[:need] for g, rules in groups.items()}
-        if all(len(v) >= need for v in found.values()) or time.monotonic() > deadline:
-            return found
-        time.sleep(2.0)
+        if all(len(v) >= need for v in found.values()):
+            break
+    return found
 
 
 # -- variables ---------------------------------------------------------------------------------------------
