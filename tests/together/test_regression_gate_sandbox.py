@@ -71,28 +71,49 @@ def _config(root: Path, name: str, bake: float, **monitor: Any) -> Path:
     return path
 
 
-def _states(root: Path, config: Path) -> dict[str, str]:
-    status = _run(root, "--config", str(config), "--plugins", PLUGINS, "--format", "json", "status")
+def _states(root: Path, config: Path, plugins: str = PLUGINS) -> dict[str, str]:
+    status = _run(root, "--config", str(config), "--plugins", plugins, "--format", "json", "status")
     return {p["plugin"]: p["state"] for p in json.loads(status.stdout)["plugins"]}
 
 
-def _report(root: Path, config: Path) -> str:
-    report = _run(root, "--config", str(config), "--plugins", PLUGINS, "report")
+def _report(root: Path, config: Path, plugins: str = PLUGINS) -> str:
+    report = _run(root, "--config", str(config), "--plugins", plugins, "report")
     assert report.returncode == 0, report.stderr
     return "\n".join(p.read_text() for p in root.glob(".tars/reports/**/report.md"))
 
 
-def test_a_clean_release_passes_the_regression_gate(sandbox: Path) -> None:
+def test_a_clean_release_passes_both_gates(sandbox: Path) -> None:
+    """The two monitors side by side on one healthy release: the regression gate finds nothing against
+    the pre-release window, and the SLO gate (the other half of test_slo_gate_sandbox.py) lets the fix
+    through after a real bake: its steady background burns (queue wait, trace continuity without
+    TARS-1003) are there before the release and must not be blamed on the fix."""
+    both = f"tars-slo-monitor,{PLUGINS}"
     config = _config(sandbox, "clean", 60, baseline_window_s=80)
-    proc = _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "apply")
+    proc = _run(sandbox, "--config", str(config), "--plugins", both, "apply")
     assert proc.returncode == 0, proc.stderr
     assert "tars-regression-monitor: observe of tars-1001-ws pass: " in proc.stderr, proc.stderr
-    assert _states(sandbox, config) == {"tars-regression-monitor": "applied", "tars-1001-ws": "applied"}
-    text = _report(sandbox, config)
+    assert "tars-slo-monitor: observe of tars-1001-ws pass: " in proc.stderr, proc.stderr
+    assert _states(sandbox, config, both) == {
+        "tars-regression-monitor": "applied",
+        "tars-slo-monitor": "applied",
+        "tars-1001-ws": "applied",
+    }
+    text = _report(sandbox, config, both)
     assert "Regression monitor: judged metrics per fix" in text and "#### tars-1001-ws: pass" in text
     assert '| api_latency_p95_seconds{service="eval-api"} | latency | pass | Pass |' in text
+    assert "| tars-slo-monitor | observe of tars-1001-ws | pass |" in text
+    assert "SLO monitor: error budget spent by the release" in text
+    (path,) = sandbox.glob(".tars/reports/v1.0.1/report.json")
+    judged = json.loads(path.read_text())["judgements"]
+    observed = [j for j in judged if j["monitor"] == "tars-slo-monitor" and j["kind"] == "observe"]
+    assert [(j["plugin"], j["verdict"]) for j in observed] == [("tars-1001-ws", "pass")], observed
+    (reason,) = observed[0]["reasons"]
+    assert reason.endswith("SLO(s) burned below 14.4x during the 60s bake"), reason
+    details = [e["detail"] for e in observed[0]["evidence"]]
+    assert any(d.startswith("budget spent by the release api-availability: ") for d in details), details
+    assert any(d.startswith("burn ") and "since tars-1001-ws was applied" in d for d in details), details
     # leave the fix as the next test expects to find it: not applied
-    assert _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "rollback").returncode == 0
+    assert _run(sandbox, "--config", str(config), "--plugins", both, "rollback").returncode == 0
 
 
 def test_a_20_percent_latency_shift_during_the_bake_is_judged_a_regression_and_rolled_back(sandbox: Path) -> None:
