@@ -124,8 +124,14 @@ def verify(ctx: Context) -> VerifyResult:
         with_source = [s for s in slos if not prom.query(absent_expr(s))]
 
         def missing() -> list[str]:
-            recorded = {r["metric"].get("slo") for r in prom.query("slo:sli_error:ratio_rate5m")}
-            return [s.name for s in with_source if s.name not in recorded]
+            # the short ratio and the period's remaining budget (the long group, what the gate's preflight
+            # reads): a monitor applied in the same release is judged by its preflight right after this
+            # verify, and found "no data yet" when the long group had not been evaluated once
+            recorded = [
+                {r["metric"].get("slo") for r in prom.query(q)}
+                for q in ("slo:sli_error:ratio_rate5m", "slo:period_error_budget_remaining:ratio")
+            ]
+            return [s.name for s in with_source if not all(s.name in r for r in recorded)]
 
         try:
             wait_until(lambda: not missing(), timeout=config.data_timeout_s, interval=2.0, what="SLO ratios")
