@@ -47,6 +47,7 @@ from tars_core.errors import PrometheusError
 from tars_core.flags import enabled_for
 from tars_core.model import Change, Evidence, Judgement, Release, ReportSection
 from tars_core.prometheus import Prometheus, connect
+from tars_core.waiting import rounds
 from tars_telemetry.regression_config import MetricSpec, RegressionMonitorConfig
 from tars_telemetry.regression_rules import ERROR_RATIO, KINDS, PREFIX, THROUGHPUT
 
@@ -465,28 +466,22 @@ async def observe(ctx: Context, change: Change) -> Judgement | None:
     applied = _unix(change.applied_at)
     previous: dict[str, str] = dict(ctx.state.get(FLAGS) or {})
     record_flags(ctx.state, change.flags)  # the next fix's "before", whatever this judgement says
-    deadline = time.monotonic() + change.bake_seconds
-    rounds = 0
+    # sequential: a judgement every poll, stopping at the first fail; fixed: one test at the end of the bake
+    interval = config.poll_interval_s if config.mode == "sequential" else change.bake_seconds
+    bake = rounds(change.bake_seconds, interval, first=config.mode == "sequential" or change.bake_seconds <= 0)
+    judged = 0
     first_fail: int | None = None
     prom = await anyio.to_thread.run_sync(connect, ctx.targets)
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if config.mode == "fixed" and left > 0:  # one fixed-sample test, at the end of the bake
-                await anyio.sleep(left)
-                continue
+        async for _ in bake:
             try:
                 last = await anyio.to_thread.run_sync(judge_round, prom, config, specs, change, applied, previous)
             except PrometheusError as exc:
                 return Judgement("inconclusive", (f"cannot read the metrics while {change.plugin} bakes: {exc}",))
-            rounds += 1
+            judged += 1
             if last.result.verdict == "fail":
-                first_fail = rounds
+                first_fail = judged
                 break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await anyio.sleep(min(config.poll_interval_s, left))
     finally:
         prom.close()
     if last.result.verdict == "inconclusive" and change.bake_seconds < config.min_bake_s:
@@ -501,7 +496,7 @@ async def observe(ctx: Context, change: Change) -> Judgement | None:
             config.min_bake_s,
         )
         return None
-    return await anyio.to_thread.run_sync(_judgement, ctx, config, change, last, rounds, first_fail, applied)
+    return await anyio.to_thread.run_sync(_judgement, ctx, config, change, last, judged, first_fail, applied)
 
 
 def _what(compared: Sequence[Compared]) -> str:
@@ -514,7 +509,7 @@ def _judgement(
     config: RegressionMonitorConfig,
     change: Change,
     last: Round,
-    rounds: int,
+    judgements: int,
     first_fail: int | None,
     applied: float,
 ) -> Judgement:
@@ -522,9 +517,9 @@ def _judgement(
     at = iso(last.at)
     elapsed = last.at - applied
     when = (
-        f"after {elapsed:.0f}s of the {change.bake_seconds:g}s bake (judgement {rounds}, {config.mode})"
+        f"after {elapsed:.0f}s of the {change.bake_seconds:g}s bake (judgement {judgements}, {config.mode})"
         if first_fail
-        else f"over the {change.bake_seconds:g}s bake ({rounds} judgement(s), {config.mode})"
+        else f"over the {change.bake_seconds:g}s bake ({judgements} judgement(s), {config.mode})"
     )
     reasons = list(result.reasons)
     if reasons:
