@@ -24,7 +24,7 @@ from cattrs.cols import homogenous_tuple_structure_factory, list_structure_facto
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception
 
-from tars_core.errors import ConfigError
+from tars_core.errors import ConfigError, ValueRefused
 from tars_core.model import PluginInfo, Targets, non_negative, positive
 from tars_core.redact import SECRET_KEY, Redactor
 
@@ -215,13 +215,10 @@ def _positive_seconds(value: object, where: str) -> None:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-class _Refused(ValueError):
-    """A config value of the wrong kind; its message reaches the user as is."""
-
-
 def _strict_str(value: object, _: type) -> str:
     if not isinstance(value, str):
-        raise _Refused(f"invalid value for type, expected str, got {_kind(value)} (quote it if it is meant as text)")
+        kind = _kind(value)
+        raise ValueRefused(f"invalid value for type, expected str, got {kind} (quote it if it is meant as text)")
     return value
 
 
@@ -237,7 +234,7 @@ def _strict_int(value: object, _: type) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _Refused(f"invalid value for type, expected int, got {_kind(value)} {value!r}")
+        raise ValueRefused(f"invalid value for type, expected int, got {_kind(value)} {value!r}")
     return value
 
 
@@ -249,9 +246,9 @@ def _strict_float(value: object, _: type) -> float:
         except ValueError:
             pass
     if not _number(number):
-        raise _Refused(f"invalid value for type, expected float, got {_kind(value)} {value!r}")
+        raise ValueRefused(f"invalid value for type, expected float, got {_kind(value)} {value!r}")
     if not math.isfinite(number):
-        raise _Refused(f"invalid value for type, expected a finite float, got {value!r}")
+        raise ValueRefused(f"invalid value for type, expected a finite float, got {value!r}")
     return float(number)
 
 
@@ -259,7 +256,7 @@ def _strict_bool(value: object, _: type) -> bool:
     if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
         return _BOOL_TEXT[value.strip().lower()]
     if not isinstance(value, bool):
-        raise _Refused(f"invalid value for type, expected bool (true or false), got {_kind(value)} {value!r}")
+        raise ValueRefused(f"invalid value for type, expected bool (true or false), got {_kind(value)} {value!r}")
     return value
 
 
@@ -281,7 +278,7 @@ def _strict_sequence(type_: Any) -> Callable[[object, Any], Any]:
 
     def hook(value: object, t: Any) -> Any:
         if not isinstance(value, list | tuple):
-            raise _Refused(f"expected a list, got {_kind(value)}")
+            raise ValueRefused(f"expected a list, got {_kind(value)}")
         return base(value, t)
 
     return hook
@@ -294,7 +291,7 @@ def _strict_attrs(cls: type) -> Callable[[object, Any], Any]:
 
     def hook(value: object, t: Any) -> Any:
         if not isinstance(value, Mapping):
-            raise _Refused(f"expected a mapping of settings, got {_kind(value)}")
+            raise ValueRefused(f"expected a mapping of settings, got {_kind(value)}")
         return base(value, t)
 
     return hook
@@ -345,7 +342,7 @@ def interpolate(node: Any, redactor: Redactor, path: str = "") -> Any:
 def _format_exception(exc: BaseException, type_: type | None) -> str:
     """cattrs' wording, except that a validator's own message (``type_`` is None) is kept: "must be
     > 0, got 0" tells the user more than cattrs' generic "invalid value"."""
-    if (type_ is None or isinstance(exc, _Refused)) and isinstance(exc, ValueError) and str(exc):
+    if (type_ is None or isinstance(exc, ValueRefused)) and isinstance(exc, ValueError) and str(exc):
         return str(exc)
     if get_origin(type_) is Literal:
         return f"expected one of {', '.join(map(str, get_args(type_)))}"

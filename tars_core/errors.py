@@ -137,6 +137,11 @@ class RollbackFailed(Exception):
         super().__init__(message)
 
 
+class ValueRefused(ValueError):
+    """A config value of the wrong kind, raised inside the structuring of a section (a cattrs hook must
+    raise a ValueError to be reported with its path); its message reaches the user as is."""
+
+
 __all__ = [
     "ConfigError",
     "FixError",
@@ -153,5 +158,6 @@ __all__ = [
     "TargetError",
     "TargetLost",
     "UsageError",
+    "ValueRefused",
     "WaitTimeout",
 ]
