@@ -44,8 +44,8 @@ def together(session: nox.Session) -> None:
     """Every plugin of the repo installed at once: discovery loads them all, none imports anything heavy,
     and their entry points, hook names and config sections do not collide; and releases on the sandbox
     that need them all (tests/together: the SLO gate rolling a fix back). The fault-injection suite is
-    its own session (``nox -s faults``, ``TARS_FAULTS=quick`` for the short sample), not in ``-t tests``
-    yet: its orphan-process judge still finds TARS-1005 soaks left by killed runs (issue 18, defect 3)."""
+    its own session (``nox -s faults``, ``TARS_FAULTS=quick`` for the short sample), not in ``-t tests``:
+    about 50 minutes on 2 cores, where the whole test run must stay under 30."""
     editable = [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
     session.install("-e", ".[test]", *editable)
     session.run(
@@ -58,8 +58,7 @@ def faults(session: nox.Session) -> None:
     """Issue 18's fault-injection suite, every case: on a private sandbox, for each hotfix plugin, SIGKILL
     and SIGINT of tars-run at random moments of apply, verify and rollback, its servers paused and
     killed mid-apply, two applies on one ledger, and the bad-value matrix of its config class, each
-    judged on the target. About an hour on 2 cores, so not tagged ``tests``: ``nox -t tests`` runs its
-    short sample inside ``together``. Figures at the end and in $TARS_FAULTS_REPORT (default
+    judged on the target. About 50 minutes on 2 cores, so not tagged ``tests``. Figures at the end and in $TARS_FAULTS_REPORT (default
     faults-report.json here); TARS_FAULTS_SEED picks the moments."""
     editable = [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
     session.install("-e", ".[test]", *editable)
