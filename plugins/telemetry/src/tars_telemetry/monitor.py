@@ -18,17 +18,17 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
+
 from tars_core import ApplyResult, Context, TargetError, VerifyResult
 from tars_core.errors import ConfigError, FixError, PromtoolError
-from tars_core.prometheus import Prometheus, connect, load_rule_file, rule_health, unload_rule_file
+from tars_core.prometheus import Prometheus, connect, rule_health
 from tars_core.promtool import check_rules_text
 from tars_core.waiting import WaitTimeout, wait_until
+from tars_telemetry import rule_file
 from tars_telemetry.config import SLOMonitorConfig
 from tars_telemetry.rules import absent_expr, render_rules, slo_groups
 from tars_telemetry.spec import SLO, Latency, load_files, tars_slos
-
-PREVIOUS = "previous_rule_file"  # ctx.state key: the rule file's text before our first apply (None: none)
-RULES_PATH = "rule_file"
 
 
 def load_slos(config: SLOMonitorConfig, base: Path | None = None) -> list[SLO]:
@@ -89,23 +89,19 @@ def apply(ctx: Context) -> ApplyResult:
         check_rules_text(text)
     except PromtoolError as exc:
         raise FixError(f"promtool refused the generated SLO rules, nothing was changed: {exc}") from None
-    rules_dir = Path(ctx.targets.require("prometheus_rules_dir"))
-    if not rules_dir.is_dir():
-        raise TargetError(f"targets.prometheus_rules_dir {rules_dir} is not a folder: fix the path in the config")
-    path = rules_dir / config.rule_file_name
     names = rule_names(slos)
     with connect(ctx.targets) as prom:
         absent = check_buckets(prom, slos)
-        note = f"; no data yet for {', '.join(absent)} (SLOMetricAbsent fires until it comes)" if absent else ""
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text and all(v == "ok" for v in rule_health(prom, names).values()):
-            return ApplyResult(changed=False, detail=f"SLO rules for {len(slos)} SLOs already loaded{note}")
-        if ctx.dry_run:
-            return ApplyResult(changed=False, detail=f"dry run: would load rules for {len(slos)} SLOs into {path}")
-        if PREVIOUS not in ctx.state:  # the pre-release file, kept across re-applies of newer versions
-            ctx.state.update({PREVIOUS: current, RULES_PATH: str(path)})
-        load_rule_file(prom, path, text, names, timeout=config.reload_timeout_s)
-    return ApplyResult(changed=True, detail=f"{len(names)} SLO rules for {len(slos)} SLOs loaded and healthy{note}")
+    note = f"; no data yet for {', '.join(absent)} (SLOMetricAbsent fires until it comes)" if absent else ""
+    result = rule_file.install(
+        ctx,
+        text,
+        file_name=config.rule_file_name,
+        names=names,
+        timeout=config.reload_timeout_s,
+        what=f"{len(names)} SLO rules for {len(slos)} SLOs",
+    )
+    return attrs.evolve(result, detail=result.detail + note)
 
 
 def verify(ctx: Context) -> VerifyResult:
@@ -157,15 +153,4 @@ def verify(ctx: Context) -> VerifyResult:
 
 def rollback(ctx: Context) -> ApplyResult:
     config: SLOMonitorConfig = ctx.config
-    if PREVIOUS not in ctx.state:
-        ctx.log.warning("tars-slo-monitor: nothing to roll back (no previous rule file recorded)")
-        return ApplyResult(changed=False, detail="not applied")
-    path = Path(ctx.state[RULES_PATH])
-    previous = ctx.state[PREVIOUS]
-    if ctx.dry_run:
-        return ApplyResult(changed=False, detail=f"dry run: would {'restore' if previous else 'remove'} {path}")
-    with connect(ctx.targets) as prom:
-        unload_rule_file(prom, path, previous, rule_names(load_slos(config)), timeout=config.reload_timeout_s)
-    del ctx.state[PREVIOUS]
-    del ctx.state[RULES_PATH]
-    return ApplyResult(changed=True, detail=f"{'restored' if previous else 'removed'} {path}")
+    return rule_file.restore(ctx, names=rule_names(load_slos(config)), timeout=config.reload_timeout_s)

@@ -11,17 +11,13 @@ worker thread.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tars_core import ApplyResult, Context, TargetError, VerifyResult
+from tars_core import ApplyResult, Context, VerifyResult
 from tars_core.errors import FixError, PromtoolError
-from tars_core.prometheus import connect, load_rule_file, rule_health, unload_rule_file
+from tars_core.prometheus import connect, rule_health
 from tars_core.waiting import WaitTimeout, wait_until
-from tars_telemetry import regression_rules
+from tars_telemetry import regression_rules, rule_file
 from tars_telemetry.regression_config import RegressionMonitorConfig
 
-PREVIOUS = "previous_rule_file"  # ctx.state key: the file's text before our first apply (None: none)
-RULES_PATH = "rule_file"
 NAMES = [name for name, _ in regression_rules.SERIES]
 
 
@@ -34,22 +30,14 @@ def apply(ctx: Context) -> ApplyResult:
         regression_rules.check(text)
     except PromtoolError as exc:
         raise FixError(f"promtool refused the regression rules, nothing was changed: {exc}") from None
-    rules_dir = Path(ctx.targets.require("prometheus_rules_dir"))
-    if not rules_dir.is_dir():
-        raise TargetError(f"targets.prometheus_rules_dir {rules_dir} is not a folder: fix the path in the config")
-    path = rules_dir / config.rule_file_name
-    with connect(ctx.targets) as prom:
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text and all(v == "ok" for v in rule_health(prom, NAMES).values()):
-            return ApplyResult(changed=False, detail=f"{len(NAMES)} tars:regression rules already loaded")
-        if ctx.dry_run:
-            return ApplyResult(
-                changed=False, detail=f"dry run: would load {len(NAMES)} tars:regression rules into {path}"
-            )
-        if PREVIOUS not in ctx.state:
-            ctx.state.update({PREVIOUS: current, RULES_PATH: str(path)})
-        load_rule_file(prom, path, text, NAMES, timeout=config.reload_timeout_s)
-    return ApplyResult(changed=True, detail=f"{len(NAMES)} tars:regression rules loaded and healthy")
+    return rule_file.install(
+        ctx,
+        text,
+        file_name=config.rule_file_name,
+        names=NAMES,
+        timeout=config.reload_timeout_s,
+        what=f"{len(NAMES)} tars:regression rules",
+    )
 
 
 def verify(ctx: Context) -> VerifyResult:
@@ -89,15 +77,4 @@ def verify(ctx: Context) -> VerifyResult:
 
 def rollback(ctx: Context) -> ApplyResult:
     config: RegressionMonitorConfig = ctx.config
-    if PREVIOUS not in ctx.state:
-        ctx.log.warning("tars-regression-monitor: nothing to roll back (apply loaded no rule file)")
-        return ApplyResult(changed=False, detail="not applied")
-    path = Path(ctx.state[RULES_PATH])
-    previous = ctx.state[PREVIOUS]
-    if ctx.dry_run:
-        return ApplyResult(changed=False, detail=f"dry run: would {'restore' if previous else 'remove'} {path}")
-    with connect(ctx.targets) as prom:
-        unload_rule_file(prom, path, previous, NAMES, timeout=config.reload_timeout_s)
-    del ctx.state[PREVIOUS]
-    del ctx.state[RULES_PATH]
-    return ApplyResult(changed=True, detail=f"{'restored' if previous else 'removed'} {path}")
+    return rule_file.restore(ctx, names=NAMES, timeout=config.reload_timeout_s)
