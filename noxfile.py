@@ -58,8 +58,8 @@ def faults(session: nox.Session) -> None:
     """Issue 18's fault-injection suite, every case: on a private sandbox, for each hotfix plugin, SIGKILL
     and SIGINT of tars-run at random moments of apply, verify and rollback, its servers paused and
     killed mid-apply, two applies on one ledger, and the bad-value matrix of its config class, each
-    judged on the target. About 50 minutes on 2 cores, so not tagged ``tests``. Figures at the end and in $TARS_FAULTS_REPORT (default
-    faults-report.json here); TARS_FAULTS_SEED picks the moments."""
+    judged on the target. About 50 minutes on 2 cores, so not tagged ``tests``. Figures at the end and
+    in $TARS_FAULTS_REPORT (default faults-report.json here); TARS_FAULTS_SEED picks the moments."""
     editable = [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
     session.install("-e", ".[test]", *editable)
     report = os.environ.get("TARS_FAULTS_REPORT") or str(ROOT / "faults-report.json")
