@@ -54,10 +54,13 @@ def _pauses(
     is always one try at the deadline itself."""
     if first:
         yield 0.0
-    step = interval
+    step, tried = interval, first
     while (remaining := deadline - time.monotonic()) > 0:
         yield min(step, remaining)
+        tried = True
         step = step * backoff if max_interval is None else min(step * backoff, max_interval)
+    if not tried:  # the deadline passed before the first pause (a slow connect): the try at it is still due
+        yield 0.0
 
 
 class _Tries:

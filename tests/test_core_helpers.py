@@ -197,6 +197,9 @@ def test_rounds_run_until_the_deadline_then_end() -> None:
     end = rounds(0.05, 0.05, first=False)
     once = [(n, time.monotonic()) for n in end]
     assert len(once) == 1 and once[0][1] >= end.deadline
+    late = rounds(0.01, 0.01, first=False)
+    time.sleep(0.05)  # the span ended before the loop began (a connect slower than the bake)
+    assert list(late) == [0]  # its round at the deadline still runs, at once
 
     async def gather() -> list[int]:
         return [n async for n in rounds(0.05, 0.01)]
