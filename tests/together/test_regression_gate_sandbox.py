@@ -13,8 +13,6 @@ recorded a window's worth of its regression series past the first minute (whose 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
+from releases import apply_with_incident, run
 
 from tars_core.prometheus import Prometheus
 from tars_core.waiting import wait_until
 
-TARS_RUN = str(Path(sys.executable).with_name("tars-run"))
 PLUGINS = "tars-regression-monitor,tars-1001-ws"
 LATENCY = "tars:regression:api_latency_p95_seconds"
-
-
-def _run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TARS_RUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _sandbox_config(root: Path) -> dict[str, Any]:
@@ -43,7 +37,7 @@ def _sandbox_config(root: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("sandbox")
-    up = _run(root, "sandbox", "up")
+    up = run(root, "sandbox", "up")
     assert up.returncode == 0, up.stderr
     try:
         url = _sandbox_config(root)["targets"]["prometheus_url"]
@@ -58,7 +52,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             )
         yield root
     finally:
-        _run(root, "sandbox", "down")
+        run(root, "sandbox", "down")
 
 
 def _config(root: Path, name: str, bake: float, **monitor: Any) -> Path:
@@ -72,12 +66,12 @@ def _config(root: Path, name: str, bake: float, **monitor: Any) -> Path:
 
 
 def _states(root: Path, config: Path, plugins: str = PLUGINS) -> dict[str, str]:
-    status = _run(root, "--config", str(config), "--plugins", plugins, "--format", "json", "status")
+    status = run(root, "--config", str(config), "--plugins", plugins, "--format", "json", "status")
     return {p["plugin"]: p["state"] for p in json.loads(status.stdout)["plugins"]}
 
 
 def _report(root: Path, config: Path, plugins: str = PLUGINS) -> str:
-    report = _run(root, "--config", str(config), "--plugins", plugins, "report")
+    report = run(root, "--config", str(config), "--plugins", plugins, "report")
     assert report.returncode == 0, report.stderr
     return "\n".join(p.read_text() for p in root.glob(".tars/reports/**/report.md"))
 
@@ -89,7 +83,7 @@ def test_a_clean_release_passes_both_gates(sandbox: Path) -> None:
     TARS-1003) are there before the release and must not be blamed on the fix."""
     both = f"tars-slo-monitor,{PLUGINS}"
     config = _config(sandbox, "clean", 60, baseline_window_s=80)
-    proc = _run(sandbox, "--config", str(config), "--plugins", both, "apply")
+    proc = run(sandbox, "--config", str(config), "--plugins", both, "apply")
     assert proc.returncode == 0, proc.stderr
     assert "tars-regression-monitor: observe of tars-1001-ws pass: " in proc.stderr, proc.stderr
     assert "tars-slo-monitor: observe of tars-1001-ws pass: " in proc.stderr, proc.stderr
@@ -113,7 +107,7 @@ def test_a_clean_release_passes_both_gates(sandbox: Path) -> None:
     assert any(d.startswith("budget spent by the release api-availability: ") for d in details), details
     assert any(d.startswith("burn ") and "since tars-1001-ws was applied" in d for d in details), details
     # leave the fix as the next test expects to find it: not applied
-    assert _run(sandbox, "--config", str(config), "--plugins", both, "rollback").returncode == 0
+    assert run(sandbox, "--config", str(config), "--plugins", both, "rollback").returncode == 0
 
 
 def test_a_20_percent_latency_shift_during_the_bake_is_judged_a_regression_and_rolled_back(sandbox: Path) -> None:
@@ -121,26 +115,16 @@ def test_a_20_percent_latency_shift_during_the_bake_is_judged_a_regression_and_r
     # and Holm over 11 metrics asks e >= 1100); 240 s is room, and the pre-release window as long as the
     # bake keeps the two arms growing together to the end
     config = _config(sandbox, "latency", 240, baseline_window_s=240)
-    cmd = [TARS_RUN, "--config", str(config), "--plugins", PLUGINS, "apply"]
-    proc = subprocess.Popen(cmd, cwd=sandbox, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    injected: float | None = None
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if injected is None and "tars-1001-ws: observed by tars-regression-monitor" in line:
-                incident = _run(sandbox, "sandbox", "incident", "--latency", "1.2", "--for", "5m")
-                assert incident.returncode == 0, incident.stderr
-                injected = time.monotonic()
-        code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _run(sandbox, "sandbox", "incident", "--clear")
-    stderr = "".join(lines)
-    assert injected is not None, stderr
-    assert code == 1, stderr
+    shift = apply_with_incident(
+        sandbox,
+        config,
+        PLUGINS,
+        trigger="tars-1001-ws: observed by tars-regression-monitor",
+        incident=("--latency", "1.2", "--for", "5m"),
+    )
+    lines, injected = shift.lines, shift.injected
+    assert injected is not None, shift.stderr
+    assert shift.code == 1, shift.stderr
     final = lines[-1]
     assert "tars-1001-ws failed (monitor tars-regression-monitor judged it fail: api_latency_p95_seconds{" in final
     assert "(latency): regression: +" in final and "rolled back tars-1001-ws, tars-regression-monitor" in final

@@ -9,8 +9,6 @@ budget is spent. The sandbox's own traffic, Prometheus and rules, no stand-ins.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +16,20 @@ from typing import Any
 
 import pytest
 import yaml
+from releases import apply_with_incident, run
 
-TARS_RUN = str(Path(sys.executable).with_name("tars-run"))
 PLUGINS = "tars-slo-monitor,tars-1001-ws"
-
-
-def _run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TARS_RUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("sandbox")
-    up = _run(root, "sandbox", "up")
+    up = run(root, "sandbox", "up")
     assert up.returncode == 0, up.stderr
     try:
         yield root
     finally:
-        _run(root, "sandbox", "down")
+        run(root, "sandbox", "down")
 
 
 def _config(root: Path, name: str, **release: Any) -> Path:
@@ -49,25 +43,16 @@ def _config(root: Path, name: str, **release: Any) -> Path:
 
 def test_an_injected_fast_burn_during_a_bake_rolls_that_fix_back(sandbox: Path) -> None:
     config = _config(sandbox, "burn", bake_times={"tars-1001-ws": 120})
-    cmd = [TARS_RUN, "--config", str(config), "--plugins", PLUGINS, "apply"]
-    proc = subprocess.Popen(cmd, cwd=sandbox, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    injected: float | None = None
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if injected is None and "tars-1001-ws: observed by tars-slo-monitor" in line:
-                incident = _run(sandbox, "sandbox", "incident", "--errors", "0.2", "--for", "4m")
-                assert incident.returncode == 0, incident.stderr
-                injected = time.monotonic()
-        code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stderr = "".join(lines)
-    assert injected is not None, stderr
-    assert code == 1, stderr
+    burn = apply_with_incident(
+        sandbox,
+        config,
+        PLUGINS,
+        trigger="tars-1001-ws: observed by tars-slo-monitor",
+        incident=("--errors", "0.2", "--for", "4m"),
+    )
+    lines, injected = burn.lines, burn.injected
+    assert injected is not None, burn.stderr
+    assert burn.code == 1, burn.stderr
     final = lines[-1]
     # either reason is the gate working: the bake-window burn, or the page tier that burn sets off (which of
     # the two the monitor sees first depends on where the bake's polls fall against the rule evaluations)
@@ -75,10 +60,10 @@ def test_an_injected_fast_burn_during_a_bake_rolls_that_fix_back(sandbox: Path) 
     assert "rolled back tars-1001-ws, tars-slo-monitor" in final
     print(f"incident to exit: {time.monotonic() - injected:.0f} s (target: rolled back within 180 s)")
 
-    status = _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "--format", "json", "status")
+    status = run(sandbox, "--config", str(config), "--plugins", PLUGINS, "--format", "json", "status")
     states = {p["plugin"]: p["state"] for p in json.loads(status.stdout)["plugins"]}
     assert states == {"tars-slo-monitor": "rolled_back", "tars-1001-ws": "rolled_back"}, status.stdout
-    report = _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "report")
+    report = run(sandbox, "--config", str(config), "--plugins", PLUGINS, "report")
     assert report.returncode == 0, report.stderr
     text = "\n".join(p.read_text() for p in sandbox.glob("**/report*.md"))
     assert "api-availability: error budget burning at" in text or "api-availability: page tier" in text
@@ -88,9 +73,9 @@ def test_an_injected_fast_burn_during_a_bake_rolls_that_fix_back(sandbox: Path) 
 def test_a_release_that_is_not_a_reliability_release_is_frozen_while_a_budget_is_spent(sandbox: Path) -> None:
     # the sandbox's simulated latency overspends the api-latency budget (its 95 % under 150 ms objective)
     config = _config(sandbox, "freeze", reliability=False, bake_time=0)
-    proc = _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "apply")
+    proc = run(sandbox, "--config", str(config), "--plugins", PLUGINS, "apply")
     assert proc.returncode == 1, proc.stderr
     assert "release frozen by the error-budget policy: " in proc.stderr
-    status = _run(sandbox, "--config", str(config), "--plugins", PLUGINS, "--format", "json", "status")
+    status = run(sandbox, "--config", str(config), "--plugins", PLUGINS, "--format", "json", "status")
     states = {p["plugin"]: p["state"] for p in json.loads(status.stdout)["plugins"]}
     assert states["tars-1001-ws"] != "applied", status.stdout  # nothing of the release was applied
