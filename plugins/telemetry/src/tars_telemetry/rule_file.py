@@ -1,6 +1,7 @@
 """A monitor's own rule file on the Prometheus it reads: the change both monitors make, and undo.
 
-Apply writes the file through the core's rule-file code (atomic write, reload, wait until every rule
+Apply has promtool check the text before anything is written (a refusal is the fix's fault: exit 1,
+nothing changed), then writes the file through the core's rule-file code (atomic write, reload, wait until every rule
 evaluated; a refused file is replaced by what was there) and keeps in ``ctx.state`` what the file held
 before the *first* apply, so re-applies of newer versions still roll back to the pre-release file. An
 identical file already loaded and healthy (the sandbox seeds the regression rules at its first start) is
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tars_core import ApplyResult, Context, TargetError
+from tars_core.errors import FixError, PromtoolError
 from tars_core.prometheus import connect, load_rule_file, rule_health, unload_rule_file
+from tars_core.promtool import check_rules_text
 
 PREVIOUS = "previous_rule_file"  # ctx.state key: the file's text before our first apply (None: none)
 RULES_PATH = "rule_file"  # ctx.state key: where apply wrote it
@@ -21,7 +24,11 @@ RULES_PATH = "rule_file"  # ctx.state key: where apply wrote it
 
 def install(ctx: Context, text: str, *, file_name: str, names: Sequence[str], timeout: float, what: str) -> ApplyResult:
     """Load ``text`` as ``file_name`` in ``targets.prometheus_rules_dir``; ``what`` names the rules in
-    the step's detail ("12 SLO rules for 7 SLOs")."""
+    the step's detail and errors ("12 SLO rules for 7 SLOs")."""
+    try:
+        check_rules_text(text, file_name)
+    except PromtoolError as exc:
+        raise FixError(f"promtool refused {what}, nothing was changed: {exc}") from None
     rules_dir = Path(ctx.targets.require("prometheus_rules_dir"))
     if not rules_dir.is_dir():
         raise TargetError(f"targets.prometheus_rules_dir {rules_dir} is not a folder: fix the path in the config")
